@@ -1,0 +1,113 @@
+"""Running the Trio server as a program: the stdout writer, the signals, the exit status.
+
+``run()`` owns one nursery with three jobs in it -- the server, the stdout writer and the signal
+watcher -- and decides the exit status:
+
+* first SIGINT/SIGTERM: ``handle.shutdown()`` (stop accepting, grace period for the clients);
+  when every connection is closed and stdout has taken everything, exit 0;
+* second signal: cancel everything at once and exit ``128 + signal number``, the status a shell
+  gives a process killed by that signal;
+* stdout closed by its reader: stop, and let the caller print one line and exit 1.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import AsyncIterator
+
+import attrs
+import trio
+
+from .config import Config
+from .logs import LOGGER, NOTICE
+from .server import ServerHandle, serve
+from .writer import open_output_queue, write_stdout
+
+__all__ = ["Outcome", "run"]
+
+# The signals that mean "please stop": Ctrl-C, and what systemd, docker and kill send.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@attrs.frozen
+class Outcome:
+    """How a run ended: the exit status and the one-line summary for stderr."""
+
+    exit_status: int
+    summary: str
+
+
+@attrs.define(eq=False)
+class _SignalWatcher:
+    """First signal: graceful shutdown.  Second: cancel everything (``everything``)."""
+
+    everything: trio.CancelScope
+    handle: ServerHandle | None = None
+    forced_by: int | None = None
+
+    async def watch(self, signals: AsyncIterator[int]) -> None:
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            if self.handle is None or self.handle.shutting_down:
+                if self.handle is not None:
+                    LOGGER.warning("%s again: closing every connection now", name)
+                self.forced_by = signum
+                self.everything.cancel()
+                return
+            active = self.handle.stats.active
+            LOGGER.log(
+                NOTICE,
+                "%s: stopped accepting; waiting up to %g s for %d client%s (%s again to force)",
+                name,
+                self.handle.grace,
+                active,
+                "" if active == 1 else "s",
+                name,
+            )
+            self.handle.shutdown()
+
+
+async def run(config: Config, stdout_fd: int = 1) -> Outcome:
+    """Serve until a signal stops us; see the module docstring for the exit statuses.
+
+    Errors (cannot listen, stdout closed) propagate out, inside an exception group.
+    """
+    # Listen for signals before anything else, so that a signal during start-up is not lost.
+    with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+        queue, receive = open_output_queue(config.queue_bytes)
+        async with trio.open_nursery() as nursery:
+            watcher = _SignalWatcher(nursery.cancel_scope)
+            nursery.start_soon(watcher.watch, signals)
+            async with trio.open_nursery() as work:
+                work.start_soon(write_stdout, queue, receive, stdout_fd)
+                try:
+                    handle = await work.start(serve, config, None if config.quiet else queue)
+                    watcher.handle = handle
+                    LOGGER.log(NOTICE, "listening on %s (%s)", _addresses(handle), _mode(config))
+                    await handle.stopped.wait()
+                finally:
+                    # No more output after this; the writer drains what is queued, then ends.
+                    await queue.aclose()
+            nursery.cancel_scope.cancel()  # stop the signal watcher
+        if watcher.forced_by is not None:
+            stats = watcher.handle.stats.summary() if watcher.handle else "not started"
+            return Outcome(128 + watcher.forced_by, f"forced exit: {stats}")
+        assert watcher.handle is not None
+        return Outcome(0, f"stopped: {watcher.handle.stats.summary()}")
+
+
+def _addresses(handle: ServerHandle) -> str:
+    parts = []
+    for address in handle.addresses:
+        host, port = str(address[0]), address[1]
+        parts.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    return ", ".join(parts)
+
+
+def _mode(config: Config) -> str:
+    what = "echo" if config.echo else "print"
+    if config.echo and not config.quiet:
+        what = "echo and print"
+    if config.quiet:
+        return f"{what}, quiet"
+    return f"{what}, {config.output_format.value}"

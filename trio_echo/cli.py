@@ -1,0 +1,234 @@
+"""The command line: ``python -m trio_echo`` / ``trio-echo``.
+
+Parses the flags into a :class:`~trio_echo.config.Config`, runs the server and turns every way it
+can end into an exit status and at most one line on stderr -- never a traceback:
+
+* 0: stopped by a signal after a graceful shutdown;
+* 1: a runtime error (cannot listen, stdout closed, ...);
+* 2: a usage error (bad flag or value);
+* 128 + N: forced exit by a second signal N (130 for Ctrl-C twice, 143 for SIGTERM twice).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import resource
+import sys
+from collections.abc import Iterator, Sequence
+from typing import NoReturn
+
+import trio
+
+from . import __version__
+from .app import run
+from .config import DEFAULT_HOSTS, DEFAULT_PORT, Config
+from .logs import LEVELS, LOGGER, NOTICE, setup_logging
+from .output import DEFAULT_MAX_LINE, OutputFormat
+from .server import ListenError
+from .writer import StdoutClosed, StdoutError
+
+__all__ = ["main", "parse_args"]
+
+PROG = "trio-echo"
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (plus a hint), not the whole usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _number(kind: str, minimum: float, *, strict: bool, integer: bool = False) -> object:
+    """An argparse ``type=`` that accepts numbers above (or from) ``minimum``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = int(text) if integer else float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}") from None
+        if math.isnan(value) or math.isinf(value) or value < minimum or (
+            strict and value == minimum
+        ):
+            bound = f"greater than {minimum:g}" if strict else f"at least {minimum:g}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {text!r}")
+        return value
+
+    parse.__name__ = kind  # argparse names the type in some messages
+    return parse
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0-65535, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG,
+        description=(
+            "A TCP server that prints what its clients send (or echoes it back), built on "
+            "Trio's structured concurrency. Data goes to stdout, diagnostics to stderr. "
+            "SIGINT/SIGTERM: stop accepting, give clients --grace seconds, exit 0; a second "
+            "signal closes everything at once."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    net = parser.add_argument_group("listening")
+    net.add_argument(
+        "--host",
+        action="append",
+        metavar="HOST",
+        help="address to listen on, repeatable; default: loopback only, "
+        f"{' and '.join(DEFAULT_HOSTS)}; use :: or 0.0.0.0 to open it to the network",
+    )
+    net.add_argument(
+        "--port", type=_port, default=DEFAULT_PORT, help="TCP port; 0 picks a free one"
+    )
+    net.add_argument(
+        "--max-connections",
+        type=_number("a whole number", 0, strict=True, integer=True),
+        default=None,
+        metavar="N",
+        help="serve at most N clients at once; the rest wait in the kernel's listen backlog "
+        "(their connect succeeds, their data waits) until a slot frees. Default: no limit",
+    )
+    net.add_argument(
+        "--idle-timeout",
+        type=_number("a number of seconds", 0, strict=True),
+        default=None,
+        metavar="SECONDS",
+        help="close a connection that sent nothing for this long. Default: off",
+    )
+    net.add_argument(
+        "--grace",
+        type=_number("a number of seconds", 0, strict=False),
+        default=5.0,
+        metavar="SECONDS",
+        help="on SIGINT/SIGTERM, how long connected clients may go on before they are closed",
+    )
+    out = parser.add_argument_group("output")
+    out.add_argument("--echo", action="store_true", help="also send every byte back to its client")
+    out.add_argument(
+        "--quiet", action="store_true", help="print no data on stdout (events still go to stderr)"
+    )
+    out.add_argument(
+        "--format",
+        choices=[f.value for f in OutputFormat],
+        default=None,
+        help="text: '[peer] line', control characters escaped; raw: the bytes exactly as "
+        "received; jsonl: one JSON object per line and per open/close event. Default: text",
+    )
+    out.add_argument(
+        "--raw", action="store_true", help="same as --format raw (for piping into a file)"
+    )
+    out.add_argument(
+        "--max-line",
+        type=_number("a number of bytes", 4, strict=False, integer=True),
+        default=DEFAULT_MAX_LINE,
+        metavar="BYTES",
+        help="print a longer line in pieces of this size, marked as continued",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=list(LEVELS),
+        default="info",
+        help="stderr detail: info has a line per connection, notice only start-up and shutdown",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, str]:
+    """The :class:`Config` and the log level for a command line (exits 2 on a usage error)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.raw and args.format not in (None, "raw"):
+        parser.error(f"--raw conflicts with --format {args.format}")
+    fmt = OutputFormat.RAW if args.raw else OutputFormat(args.format or "text")
+    config = Config(
+        hosts=tuple(args.host) if args.host else DEFAULT_HOSTS,
+        port=args.port,
+        echo=args.echo,
+        quiet=args.quiet,
+        output_format=fmt,
+        grace=args.grace,
+        idle_timeout=args.idle_timeout,
+        max_connections=args.max_connections,
+        max_line=args.max_line,
+    )
+    return config, args.log_level
+
+
+def raise_fd_limit() -> None:
+    """Raise the soft ``RLIMIT_NOFILE`` to the hard limit: every client costs a descriptor,
+    and the usual soft limit (1024) is far below what one process may hold."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as exc:
+        LOGGER.debug("could not raise the file descriptor limit from %d: %s", soft, exc)
+    else:
+        LOGGER.debug("file descriptor limit raised from %d to %d", soft, target)
+
+
+def _leaves(exc: BaseException) -> Iterator[BaseException]:
+    """The exceptions inside (nested) exception groups."""
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield exc
+
+
+def _fail(message: str, status: int = EXIT_ERROR) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return status
+
+
+def _explain(exc: BaseException) -> int:
+    """One line on stderr for whatever stopped the server, and the exit status."""
+    leaves = list(_leaves(exc))
+    for kind in (ListenError, StdoutClosed, StdoutError):
+        for leaf in leaves:
+            if isinstance(leaf, kind):
+                return _fail(str(leaf))
+    if any(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):
+        # Ctrl-C before the signal handlers were in place: nothing to drain yet.
+        return 128 + 2
+    LOGGER.debug("unexpected error", exc_info=exc)
+    first = leaves[0] if leaves else exc
+    return _fail(f"unexpected {type(first).__name__}: {first} (run with --log-level debug)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``trio-echo`` and ``python -m trio_echo``; returns the exit status."""
+    config, log_level = parse_args(argv)
+    setup_logging(log_level)
+    try:
+        os.fstat(1)
+    except OSError:
+        return _fail("stdout is closed; redirect it, e.g. >/dev/null")
+    raise_fd_limit()
+    try:
+        outcome = trio.run(run, config)
+    except BaseException as exc:  # noqa: BLE001 - every ending gets one line, not a traceback
+        if isinstance(exc, SystemExit):
+            raise
+        return _explain(exc)
+    LOGGER.log(NOTICE, "%s", outcome.summary)
+    return outcome.exit_status

@@ -1,0 +1,74 @@
+"""The server's configuration: one frozen value, validated once, shared by every model."""
+
+from __future__ import annotations
+
+import math
+
+import attrs
+
+from .output import DEFAULT_MAX_LINE, OutputFormat
+from .writer import DEFAULT_QUEUE_BYTES
+
+__all__ = ["DEFAULT_HOSTS", "DEFAULT_PORT", "Config"]
+
+# Loopback only, on both address families: a server that prints whatever it is sent should not
+# be reachable from the network unless somebody asks for it (--host :: or --host 0.0.0.0).
+DEFAULT_HOSTS = ("127.0.0.1", "::1")
+
+# The port of the original article's experiment.
+DEFAULT_PORT = 8888
+
+# Bytes asked of the kernel per receive: one syscall moves up to this much, and it bounds the
+# unprinted data a handler holds at once.
+DEFAULT_RECEIVE_SIZE = 64 * 1024
+
+
+def _positive(_: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not value > 0 or math.isnan(value):
+        raise ValueError(f"{attribute.name} must be positive, got {value!r}")
+
+
+def _non_negative(_: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not value >= 0 or math.isnan(value):
+        raise ValueError(f"{attribute.name} must be zero or positive, got {value!r}")
+
+
+def _optional_positive(_: object, attribute: attrs.Attribute[float], value: float | None) -> None:
+    if value is not None:
+        _positive(_, attribute, value)
+
+
+def _port(_: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if not 0 <= value <= 65535:
+        raise ValueError(f"port must be between 0 and 65535, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class Config:
+    """Everything that decides how a server behaves.
+
+    Frozen so that a running server can hand it to every handler without anyone changing it
+    underneath; the CLI builds one from the command line, embedders and tests build their own.
+    """
+
+    hosts: tuple[str, ...] = attrs.field(default=DEFAULT_HOSTS, converter=tuple)
+    port: int = attrs.field(default=DEFAULT_PORT, validator=_port)
+    echo: bool = False
+    quiet: bool = False
+    output_format: OutputFormat = OutputFormat.TEXT
+    grace: float = attrs.field(default=5.0, validator=_non_negative)
+    idle_timeout: float | None = attrs.field(default=None, validator=_optional_positive)
+    max_connections: int | None = attrs.field(default=None, validator=_optional_positive)
+    max_line: int = attrs.field(default=DEFAULT_MAX_LINE)
+    receive_size: int = attrs.field(default=DEFAULT_RECEIVE_SIZE, validator=_positive)
+    queue_bytes: int = attrs.field(default=DEFAULT_QUEUE_BYTES, validator=_positive)
+
+    @max_line.validator
+    def _check_max_line(self, attribute: attrs.Attribute[int], value: int) -> None:
+        if value < 4:
+            raise ValueError(f"max_line must be at least 4 bytes, got {value!r}")
+
+    @hosts.validator
+    def _check_hosts(self, attribute: attrs.Attribute[tuple[str, ...]], value: tuple[str, ...]) -> None:
+        if not value:
+            raise ValueError("at least one host is needed")

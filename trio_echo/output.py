@@ -1,0 +1,317 @@
+"""Turning untrusted bytes from a client into output lines that are safe to print.
+
+Everything here is pure and synchronous: a :class:`LineAssembler` per connection takes the bytes
+as ``receive_some`` hands them over, in whatever pieces the network chose, and returns finished
+output (whole lines only) for the stdout writer.  Nothing in this module does I/O, so it is tested
+exhaustively without sockets, and every concurrency model of the lab shares it.
+
+Three output formats exist (see :class:`OutputFormat`):
+
+* ``text``: ``[peer] line`` per received line, cleaned for a terminal (:func:`clean`);
+* ``raw``: the bytes exactly as received (no assembler at all);
+* ``jsonl``: one JSON object per line piece, plus ``open``/``close`` events.
+
+Line assembly rules (identical in text and jsonl mode):
+
+* A line ends at ``\\n``; a ``\\r`` right before it belongs to the terminator, not the data.
+* A line longer than ``max_line`` bytes is cut into pieces of at most ``max_line`` bytes, never
+  inside a UTF-8 character; every piece after the first is marked as a continuation.  Memory per
+  connection is therefore bounded by ``max_line`` plus one receive, whatever the client sends.
+* The pieces depend only on the bytes, never on how the network split them: feeding a stream in
+  any chunks gives the same output as feeding it whole (a hypothesis property test checks this).
+* At EOF a last line without a newline is still printed.
+"""
+
+from __future__ import annotations
+
+import datetime
+import enum
+import json
+import re
+import time
+from collections.abc import Callable
+
+__all__ = [
+    "DEFAULT_MAX_LINE",
+    "Formatter",
+    "JsonlFormatter",
+    "LineAssembler",
+    "OutputFormat",
+    "TextFormatter",
+    "clean",
+    "format_peer",
+]
+
+# A line longer than this is printed in pieces: it bounds the memory a client can make us hold
+# for one line, and 64 KiB is still far longer than any line a human wants to read in one go.
+DEFAULT_MAX_LINE = 64 * 1024
+
+# UTF-8 continuation bytes look like 0b10xxxxxx; a character is at most 4 bytes, so backing off
+# at most 3 bytes from a cut point always reaches the start of a character (or proves garbage).
+_MAX_UTF8_BACKOFF = 3
+
+
+class OutputFormat(enum.Enum):
+    """How received data is written to stdout."""
+
+    TEXT = "text"
+    RAW = "raw"
+    JSONL = "jsonl"
+
+
+def _build_escape_table() -> dict[int, str]:
+    """The ``str.translate`` table that makes decoded client text safe for a terminal.
+
+    Why each entry: C0 controls (but ``\\n``, which only ever separates lines here), DEL and the
+    C1 controls can clear the screen, move the cursor, set the window title or ring the bell;
+    U+2028/U+2029 break lines in some terminals; the bidi overrides and isolates reorder what a
+    reader sees ("Trojan Source").  A backslash is doubled so that an escape we print can never
+    be confused with the same characters sent literally by a client.  Bytes that are not valid
+    UTF-8 arrive as lone surrogates (``surrogateescape``) and are shown as ``\\xNN``.
+    """
+    named = {0x07: "\\a", 0x08: "\\b", 0x09: "\\t", 0x0B: "\\v", 0x0C: "\\f", 0x0D: "\\r"}
+    table: dict[int, str] = {}
+    for code in [*range(0x00, 0x20), 0x7F, *range(0x80, 0xA0)]:
+        if code == 0x0A:
+            continue
+        table[code] = named.get(code, f"\\x{code:02x}" if code < 0x80 else f"\\u{code:04x}")
+    for code in [0x2028, 0x2029, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]:
+        table[code] = f"\\u{code:04x}"
+    table[ord("\\")] = "\\\\"
+    for byte in range(0x80, 0x100):
+        table[0xDC00 + byte] = f"\\x{byte:02x}"
+    return table
+
+
+_ESCAPES = _build_escape_table()
+
+# Anything that might need escaping: ASCII controls except \n, DEL, backslash and every
+# non-ASCII byte (which may decode to a C1 control, a bidi override or be invalid UTF-8).
+# Pure printable ASCII -- the common case -- skips decoding tricks and str.translate entirely.
+_MAYBE_UNSAFE = re.compile(rb"[\x00-\x09\x0b-\x1f\x7f-\xff\\]")
+
+
+def clean(data: bytes) -> str:
+    """Decode ``data`` as UTF-8 and make every unsafe character visible as an escape.
+
+    The result contains no control character other than ``\\n`` (passed through untouched,
+    callers split on it), so it is safe to write to a terminal.  Invalid UTF-8 is shown byte by
+    byte as ``\\xNN`` instead of being dropped.
+    """
+    if _MAYBE_UNSAFE.search(data) is None:
+        return data.decode("ascii")
+    return data.decode("utf-8", "surrogateescape").translate(_ESCAPES)
+
+
+def format_peer(address: object) -> str:
+    """``host:port`` for IPv4, ``[host]:port`` for IPv6, ``str()`` for anything else."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        host, port = address[0], address[1]
+        if ":" in str(host):
+            return f"[{host}]:{port}"
+        return f"{host}:{port}"
+    return str(address) if address else "unknown"
+
+
+def _cut_point(data: bytes, max_line: int) -> int:
+    """Where to cut a piece of at most ``max_line`` bytes off the front of ``data``.
+
+    Requires ``len(data) > max_line``.  Backs off to the start of a UTF-8 character so that a
+    character is never split between two pieces; garbage (continuation bytes only) is cut at
+    ``max_line`` anyway.
+    """
+    cut = max_line
+    while cut > max_line - _MAX_UTF8_BACKOFF and cut > 1 and data[cut] & 0xC0 == 0x80:
+        cut -= 1
+    if data[cut] & 0xC0 == 0x80:
+        return max_line
+    return cut
+
+
+class Formatter:
+    """Turns line pieces into output bytes; one instance per connection."""
+
+    def block(self, block: bytes) -> bytes:
+        """Format ``block``: one or more complete lines, each ending in ``\\n`` (or ``\\r\\n``),
+        none longer than the line limit, the first not a continuation.  The hot path."""
+        raise NotImplementedError
+
+    def piece(self, content: bytes, eol: bytes, continued: bool) -> bytes:
+        """Format one line or piece of a line: ``eol`` is its terminator (``b""`` for a piece
+        cut at the line limit or a last line at EOF); ``continued`` marks a piece that goes on
+        from the previous one."""
+        raise NotImplementedError
+
+    def opened(self) -> bytes:
+        """Output for the connection being opened (only jsonl prints events on stdout)."""
+        return b""
+
+    def closed(self, received: int, duration: float, reason: str) -> bytes:
+        """Output for the connection being closed."""
+        return b""
+
+
+class TextFormatter(Formatter):
+    """``[peer] line`` per line; continuation pieces are marked ``[peer]+ line``."""
+
+    def __init__(self, peer: str) -> None:
+        self._prefix = f"[{peer}] "
+        self._continued_prefix = f"[{peer}]+ "
+        self._newline_prefix = "\n" + self._prefix
+
+    def block(self, block: bytes) -> bytes:
+        if b"\r" in block:
+            block = block.replace(b"\r\n", b"\n")
+        text = clean(block[:-1])
+        # One replace and one concatenation per block, instead of a Python loop per line.
+        return (self._prefix + text.replace("\n", self._newline_prefix) + "\n").encode()
+
+    def piece(self, content: bytes, eol: bytes, continued: bool) -> bytes:
+        prefix = self._continued_prefix if continued else self._prefix
+        return (prefix + clean(content) + "\n").encode()
+
+
+def _utc_now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds")
+
+
+def _dumps(obj: dict[str, object]) -> bytes:
+    # ensure_ascii escapes every C0 control and all non-ASCII; DEL is ASCII, so json leaves it raw.
+    return (json.dumps(obj, ensure_ascii=True).replace("\x7f", "\\u007f") + "\n").encode()
+
+
+class JsonlFormatter(Formatter):
+    """One JSON object per line piece and per open/close event, for ``jq`` and log pipelines.
+
+    ``data`` is the line without its terminator, ``eol`` the terminator (``"\\n"``, ``"\\r\\n"``
+    or ``""`` for a piece cut at the line limit or a last line at EOF), so concatenating
+    ``data + eol`` over a connection gives back exactly what the client sent.  A line that is not
+    valid UTF-8 has ``data`` with U+FFFD replacements, plus ``data_b64`` with the exact bytes.
+    """
+
+    def __init__(self, conn_id: int, peer: str, now: Callable[[], str] = _utc_now) -> None:
+        self._base: dict[str, object] = {"conn": conn_id, "peer": peer}
+        self._now = now
+
+    def _event(self, event: str, **fields: object) -> bytes:
+        return _dumps({"time": self._now(), "event": event, **self._base, **fields})
+
+    def _data(self, stamp: str, content: bytes, eol: bytes, continued: bool) -> bytes:
+        fields: dict[str, object] = {"time": stamp, "event": "data", **self._base}
+        try:
+            fields["data"] = content.decode("utf-8")
+        except UnicodeDecodeError:
+            import base64
+
+            fields["data"] = content.decode("utf-8", "replace")
+            fields["data_b64"] = base64.b64encode(content).decode("ascii")
+        fields["eol"] = eol.decode("ascii")
+        if continued:
+            fields["continued"] = True
+        return _dumps(fields)
+
+    def block(self, block: bytes) -> bytes:
+        stamp = self._now()
+        out = []
+        for line in block[:-1].split(b"\n"):
+            if line.endswith(b"\r"):
+                out.append(self._data(stamp, line[:-1], b"\r\n", False))
+            else:
+                out.append(self._data(stamp, line, b"\n", False))
+        return b"".join(out)
+
+    def piece(self, content: bytes, eol: bytes, continued: bool) -> bytes:
+        return self._data(self._now(), content, eol, continued)
+
+    def opened(self) -> bytes:
+        return self._event("open")
+
+    def closed(self, received: int, duration: float, reason: str) -> bytes:
+        return self._event(
+            "close", bytes=received, duration=round(duration, 6), reason=reason
+        )
+
+
+class LineAssembler:
+    """Per-connection line assembly: bytes in, formatted whole output lines out.
+
+    The common case -- a receive full of complete lines of sane length -- goes to the formatter
+    as a single block.  Partial lines wait in ``_pending`` (never more than ``max_line`` + one
+    ``\\r``), long lines are cut into pieces.
+    """
+
+    def __init__(self, formatter: Formatter, max_line: int = DEFAULT_MAX_LINE) -> None:
+        if max_line < 4:
+            raise ValueError("max_line must be at least 4 bytes (one UTF-8 character)")
+        self.formatter = formatter
+        self._max_line = max_line
+        self._pending = b""
+        # True when the last thing we printed was a piece cut at the limit: the next one goes on.
+        self._continued = False
+
+    def feed(self, data: bytes) -> bytes:
+        """Take the next bytes from the client; return the output for every finished line."""
+        if self._pending:
+            data = self._pending + data
+            self._pending = b""
+        first = data.find(b"\n")
+        if first < 0:
+            return self._hold(data)
+        out: list[bytes] = []
+        start = 0
+        if self._continued or first > self._max_line:
+            # The first line continues a cut line or is itself too long: the slow path.
+            out.append(self._line(data[: first + 1]))
+            start = first + 1
+        last = data.rfind(b"\n")
+        if last >= start:
+            block = data[start : last + 1]
+            if len(block) > self._max_line and max(map(len, block.split(b"\n"))) > self._max_line:
+                # Some line may be too long (the test is conservative about a CRLF's \r, which
+                # the slow path gets exactly right): format line by line.
+                out.extend(self._line(line + b"\n") for line in block[:-1].split(b"\n"))
+            else:
+                out.append(self.formatter.block(block))
+        out.append(self._hold(data[last + 1 :]))
+        return b"".join(out)
+
+    def finish(self) -> bytes:
+        """The client is gone: return the output for a last line without a newline."""
+        data, self._pending = self._pending, b""
+        if not data:
+            return b""
+        return self._pieces(data, b"")
+
+    def _line(self, line: bytes) -> bytes:
+        """Format one complete line (ending in ``\\n``) of any length."""
+        if line.endswith(b"\r\n"):
+            return self._pieces(line[:-2], b"\r\n")
+        return self._pieces(line[:-1], b"\n")
+
+    def _pieces(self, content: bytes, eol: bytes) -> bytes:
+        """Cut ``content`` (a whole line, or the rest of one) into pieces and format them."""
+        out = []
+        while len(content) > self._max_line:
+            cut = _cut_point(content, self._max_line)
+            out.append(self.formatter.piece(content[:cut], b"", self._continued))
+            self._continued = True
+            content = content[cut:]
+        out.append(self.formatter.piece(content, eol, self._continued))
+        self._continued = False
+        return b"".join(out)
+
+    def _hold(self, partial: bytes) -> bytes:
+        """Keep a partial line, printing pieces of it once it is certainly too long.
+
+        A trailing ``\\r`` does not count towards the length: it may turn out to be half of a
+        CRLF terminator, and the pieces must not depend on whether the ``\\n`` came in the same
+        receive.
+        """
+        out = []
+        while len(partial) - partial.endswith(b"\r") > self._max_line:
+            cut = _cut_point(partial, self._max_line)
+            out.append(self.formatter.piece(partial[:cut], b"", self._continued))
+            self._continued = True
+            partial = partial[cut:]
+        self._pending = partial
+        return b"".join(out)

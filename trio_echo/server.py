@@ -1,0 +1,365 @@
+"""The Trio server: listeners, the accept loop, one handler task per connection, and the
+graceful shutdown that cancel scopes make possible.
+
+Structure (after hypercorn's trio runner)::
+
+    serve()
+    └── connections nursery      <- handle.shutdown() puts a *deadline* on its cancel scope
+        ├── accepting nursery    <- handle.shutdown() *cancels* it: the listeners close at once
+        │   └── _accept_loop() per listener
+        └── _serve_connection() per client
+
+On shutdown, accepting stops immediately, while connected clients keep being served until they
+leave or the grace period runs out; then the connections nursery's own deadline cancels what is
+left, every handler's ``finally`` prints what it already read and closes its socket, and
+``serve()`` returns the statistics.  Nothing outlives ``serve()``: no handler, no socket.
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import os
+import socket
+import time
+
+import attrs
+import trio
+
+from .config import Config
+from .logs import LOGGER
+from .output import (
+    Formatter,
+    JsonlFormatter,
+    LineAssembler,
+    OutputFormat,
+    TextFormatter,
+    format_peer,
+)
+from .writer import OutputQueue
+
+__all__ = ["ListenError", "ServerHandle", "ServerStats", "open_listeners", "serve"]
+
+# Errors accept(2) returns when the process or the system is out of something (as in Trio's
+# serve_listeners): not fatal, so we wait and try again instead of crashing the server.
+ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+
+# How long to pause accepting after one of those errors: long enough for some clients to leave,
+# short enough that nobody notices once they have.
+ACCEPT_RETRY_SLEEP = 0.100
+
+# Log running out of file descriptors at most this often: while it lasts, accept fails ten
+# times a second, and one line a second says everything those would.
+CAPACITY_LOG_INTERVAL = 1.0
+
+
+class ListenError(Exception):
+    """The server could not open a listening socket; the message names the host and port."""
+
+
+@attrs.define
+class ServerStats:
+    """Counters for the summary printed at exit (and for tests)."""
+
+    started: float = attrs.field(factory=time.monotonic)
+    connections: int = 0
+    active: int = 0
+    bytes_received: int = 0
+
+    def uptime(self) -> float:
+        return time.monotonic() - self.started
+
+    def summary(self) -> str:
+        return (
+            f"served {self.connections} connection{'s' if self.connections != 1 else ''}, "
+            f"{self.bytes_received} bytes received, up {self.uptime():.1f} s"
+        )
+
+
+@attrs.define(eq=False)
+class ServerHandle:
+    """What ``await nursery.start(serve, config)`` returns: the bound addresses and the means to
+    stop the server."""
+
+    addresses: list[tuple[object, ...]]
+    stats: ServerStats
+    grace: float
+    _accept_scope: trio.CancelScope
+    _connections_scope: trio.CancelScope
+    stopped: trio.Event = attrs.field(factory=trio.Event)
+    shutting_down: bool = False
+    aborted: bool = False
+
+    @property
+    def port(self) -> int:
+        """The bound port (the same on every address)."""
+        return int(self.addresses[0][1])  # type: ignore[call-overload]
+
+    def shutdown(self, grace: float | None = None) -> None:
+        """Start the graceful shutdown: stop accepting now, close the remaining connections once
+        ``grace`` seconds (default: the configured grace period) have passed.  Idempotent; a
+        later call can only shorten the grace period."""
+        grace = self.grace if grace is None else grace
+        self.shutting_down = True
+        self._accept_scope.cancel()
+        deadline = trio.current_time() + grace
+        self._connections_scope.deadline = min(self._connections_scope.deadline, deadline)
+
+    def abort(self) -> None:
+        """Close every connection now, without a grace period."""
+        self.shutting_down = True
+        self.aborted = True
+        self._accept_scope.cancel()
+        self._connections_scope.cancel()
+
+
+async def open_listeners(hosts: tuple[str, ...], port: int) -> list[trio.SocketListener]:
+    """Open listening sockets on every address of every host, all on the same port.
+
+    With port 0 the first address picks a free port and the others reuse it, so that
+    ``127.0.0.1`` and ``::1`` answer on the same port.  Errors become a :class:`ListenError`
+    that names the host and port, for a one-line message.
+    """
+    listeners: list[trio.SocketListener] = []
+    try:
+        for host in hosts:
+            try:
+                listeners += await trio.open_tcp_listeners(port, host=host)
+            except socket.gaierror as exc:
+                raise ListenError(f"cannot resolve host {host!r}: {exc.strerror}") from exc
+            except OSError as exc:
+                raise ListenError(_listen_error_text(host, port, exc)) from exc
+            if port == 0:
+                port = listeners[0].socket.getsockname()[1]
+    except BaseException:
+        for listener in listeners:
+            listener.socket.close()
+        raise
+    return listeners
+
+
+def _listen_error_text(host: str, port: int, exc: OSError) -> str:
+    where = f"cannot listen on {host} port {port}"
+    if exc.errno == errno.EADDRINUSE:
+        return f"{where}: address already in use (is another server running on port {port}?)"
+    if exc.errno == errno.EACCES:
+        return f"{where}: permission denied (ports below 1024 need privileges)"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"{where}: no such address on this machine"
+    return f"{where}: {exc.strerror or exc}"
+
+
+def _peer_of(stream: trio.abc.Stream) -> str:
+    sock = getattr(stream, "socket", None)
+    if sock is None:
+        return "memory"
+    try:
+        return format_peer(sock.getpeername())
+    except OSError:
+        # The client already reset the connection between accept and here.
+        return "unknown"
+
+
+@attrs.define(eq=False)
+class _Server:
+    """The state shared by the accept loops and the handlers of one ``serve()`` call."""
+
+    config: Config
+    output: OutputQueue | None
+    stats: ServerStats
+    handle: ServerHandle | None = None
+    next_id: int = 1
+    _room: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot)
+    _capacity_logged: float = -math.inf
+
+    # ---- accepting -------------------------------------------------------------------------
+
+    async def wait_for_room(self) -> None:
+        """Wait while ``--max-connections`` clients are being served.
+
+        We stop *accepting* rather than accept and close: clients beyond the limit wait in the
+        kernel's listen backlog and are served, in order, as slots free up.
+        """
+        limit = self.config.max_connections
+        while limit is not None and self.stats.active >= limit:
+            await self._room.park()
+
+    async def accept_loop(
+        self, listener: trio.abc.Listener[trio.abc.Stream], connections: trio.Nursery
+    ) -> None:
+        async with listener:
+            while True:
+                await self.wait_for_room()
+                try:
+                    stream = await listener.accept()
+                except OSError as exc:
+                    if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
+                        raise
+                    self._log_capacity(exc)
+                    await trio.sleep(ACCEPT_RETRY_SLEEP)
+                    continue
+                # With several listeners, each may have been waiting in accept() when the last
+                # slot was taken: that client is held (accepted, not yet read) until a slot frees.
+                await self.wait_for_room()
+                self.stats.active += 1
+                self.stats.connections += 1
+                conn_id, self.next_id = self.next_id, self.next_id + 1
+                connections.start_soon(self.serve_connection, stream, conn_id)
+
+    def _log_capacity(self, exc: OSError) -> None:
+        now = time.monotonic()
+        if now - self._capacity_logged >= CAPACITY_LOG_INTERVAL:
+            self._capacity_logged = now
+            LOGGER.error(
+                "accept failed: %s (%s); pausing accepts, %d clients connected",
+                errno.errorcode.get(exc.errno or 0, "?"),
+                os.strerror(exc.errno or 0),
+                self.stats.active,
+            )
+
+    # ---- one connection --------------------------------------------------------------------
+
+    def _formatter(self, conn_id: int, peer: str) -> Formatter | None:
+        if self.output is None or self.config.quiet:
+            return None
+        if self.config.output_format is OutputFormat.JSONL:
+            return JsonlFormatter(conn_id, peer)
+        if self.config.output_format is OutputFormat.TEXT:
+            return TextFormatter(peer)
+        return None  # raw: the bytes go out as they came, no formatter
+
+    async def serve_connection(self, stream: trio.abc.Stream, conn_id: int) -> None:
+        """Read one client until it leaves; print (and echo) what it sends.
+
+        Every error is contained here: one client's reset or garbage ends only its own task.
+        The ``finally`` always prints what was already read and closes the socket.
+        """
+        config, output = self.config, self.output
+        peer = _peer_of(stream)
+        started = time.monotonic()
+        received = 0
+        formatter = self._formatter(conn_id, peer)
+        assembler = LineAssembler(formatter, config.max_line) if formatter else None
+        raw = output is not None and not config.quiet and formatter is None
+        reason = "closed by client"
+        LOGGER.info("open #%d %s", conn_id, peer)
+        try:
+            if formatter is not None and output is not None:
+                await output.put(formatter.opened())
+            with trio.CancelScope() as idle_scope:
+                while True:
+                    if config.idle_timeout is not None:
+                        idle_scope.deadline = trio.current_time() + config.idle_timeout
+                    data = await stream.receive_some(config.receive_size)
+                    # Time spent waiting for stdout or for the client to take its echo is
+                    # not the client being idle.
+                    idle_scope.deadline = math.inf
+                    if not data:
+                        break
+                    received += len(data)
+                    self.stats.bytes_received += len(data)
+                    if output is not None:
+                        if assembler is not None:
+                            await output.put(assembler.feed(data))
+                        elif raw:
+                            await output.put(data)
+                    if config.echo:
+                        await stream.send_all(data)
+            if idle_scope.cancelled_caught:
+                reason = f"idle for {config.idle_timeout:g} s"
+        except trio.BrokenResourceError as exc:
+            reason = f"connection lost ({_cause(exc)})"
+        except trio.Cancelled:
+            reason = self._cancel_reason()
+            raise
+        except Exception as exc:
+            reason = f"error: {exc!r}"
+            LOGGER.warning("connection #%d %s failed: %r", conn_id, peer, exc)
+        finally:
+            self._finish_connection(stream, conn_id, peer, received, started, reason, assembler)
+            await trio.aclose_forcefully(stream)
+
+    def _cancel_reason(self) -> str:
+        handle = self.handle
+        if handle is not None and handle.aborted:
+            return "server aborted"
+        if handle is not None and handle.shutting_down:
+            return "grace period over"
+        return "server stopped"
+
+    def _finish_connection(
+        self,
+        stream: trio.abc.Stream,
+        conn_id: int,
+        peer: str,
+        received: int,
+        started: float,
+        reason: str,
+        assembler: LineAssembler | None,
+    ) -> None:
+        """Print the last partial line and the close event, count the client out."""
+        duration = time.monotonic() - started
+        if self.output is not None and assembler is not None:
+            formatter = assembler.formatter
+            # put_nowait: this must happen even while the handler is being cancelled.
+            self.output.put_nowait(
+                assembler.finish() + formatter.closed(received, duration, reason)
+            )
+        self.stats.active -= 1
+        self._room.unpark_all()
+        LOGGER.info(
+            "close #%d %s: %d bytes in %.3f s (%s)", conn_id, peer, received, duration, reason
+        )
+
+
+def _cause(exc: BaseException) -> str:
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, OSError) and cause.strerror:
+        return cause.strerror.lower()
+    return str(exc) or type(exc).__name__
+
+
+async def serve(
+    config: Config,
+    output: OutputQueue | None = None,
+    *,
+    listeners: list[trio.abc.Listener[trio.abc.Stream]] | None = None,
+    task_status: trio.TaskStatus[ServerHandle] = trio.TASK_STATUS_IGNORED,
+) -> ServerStats:
+    """Serve until shut down; use as ``handle = await nursery.start(serve, config, output)``.
+
+    ``output`` is the queue of the stdout writer (``None`` prints nothing, e.g. an echo-only
+    embedding).  ``listeners`` replaces the TCP listeners of ``config.hosts``/``config.port``
+    (tests pass in-memory ones).  Reports a :class:`ServerHandle` once listening; returns the
+    statistics once every connection is closed after ``handle.shutdown()``.
+    """
+    if listeners is None:
+        listeners = list(await open_listeners(config.hosts, config.port))
+    addresses = [
+        listener.socket.getsockname()
+        for listener in listeners
+        if isinstance(listener, trio.SocketListener)
+    ]
+    stats = ServerStats()
+    server = _Server(config, output, stats)
+    try:
+        async with trio.open_nursery() as connections:
+            async with trio.open_nursery() as accepting:
+                handle = ServerHandle(
+                    addresses,
+                    stats,
+                    config.grace,
+                    accepting.cancel_scope,
+                    connections.cancel_scope,
+                )
+                server.handle = handle
+                for listener in listeners:
+                    accepting.start_soon(server.accept_loop, listener, connections)
+                task_status.started(handle)
+    finally:
+        for listener in listeners:
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(listener)
+        if server.handle is not None:
+            server.handle.stopped.set()
+    return stats

@@ -16,10 +16,13 @@ import math
 import os
 import resource
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import NoReturn
 
 import trio
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
 
 from . import __version__
 from .app import run
@@ -45,7 +48,9 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _number(kind: str, minimum: float, *, strict: bool, integer: bool = False) -> object:
+def _number(
+    kind: str, minimum: float, *, strict: bool, integer: bool = False
+) -> Callable[[str], float]:
     """An argparse ``type=`` that accepts numbers above (or from) ``minimum``."""
 
     def parse(text: str) -> float:
@@ -53,8 +58,11 @@ def _number(kind: str, minimum: float, *, strict: bool, integer: bool = False) -
             value = int(text) if integer else float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}") from None
-        if math.isnan(value) or math.isinf(value) or value < minimum or (
-            strict and value == minimum
+        if (
+            math.isnan(value)
+            or math.isinf(value)
+            or value < minimum
+            or (strict and value == minimum)
         ):
             bound = f"greater than {minimum:g}" if strict else f"at least {minimum:g}"
             raise argparse.ArgumentTypeError(f"must be {bound}, got {text!r}")
@@ -158,7 +166,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, str]:
         parser.error(f"--raw conflicts with --format {args.format}")
     fmt = OutputFormat.RAW if args.raw else OutputFormat(args.format or "text")
     config = Config(
-        hosts=tuple(args.host) if args.host else DEFAULT_HOSTS,
+        hosts=args.host or DEFAULT_HOSTS,
         port=args.port,
         echo=args.echo,
         quiet=args.quiet,
@@ -226,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     raise_fd_limit()
     try:
         outcome = trio.run(run, config)
-    except BaseException as exc:  # noqa: BLE001 - every ending gets one line, not a traceback
+    except BaseException as exc:
         if isinstance(exc, SystemExit):
             raise
         return _explain(exc)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
+from typing import Any
 
 import attrs
 
@@ -23,22 +25,26 @@ DEFAULT_PORT = 8888
 DEFAULT_RECEIVE_SIZE = 64 * 1024
 
 
-def _positive(_: object, attribute: attrs.Attribute[float], value: float) -> None:
+def _positive(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
     if not value > 0 or math.isnan(value):
         raise ValueError(f"{attribute.name} must be positive, got {value!r}")
 
 
-def _non_negative(_: object, attribute: attrs.Attribute[float], value: float) -> None:
+def _non_negative(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
     if not value >= 0 or math.isnan(value):
         raise ValueError(f"{attribute.name} must be zero or positive, got {value!r}")
 
 
-def _optional_positive(_: object, attribute: attrs.Attribute[float], value: float | None) -> None:
+def _optional_positive(_: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
     if value is not None:
         _positive(_, attribute, value)
 
 
-def _port(_: object, attribute: attrs.Attribute[int], value: int) -> None:
+def _to_tuple(value: Iterable[str]) -> tuple[str, ...]:
+    return tuple(value)
+
+
+def _port(_: object, attribute: attrs.Attribute[Any], value: int) -> None:
     if not 0 <= value <= 65535:
         raise ValueError(f"port must be between 0 and 65535, got {value!r}")
 
@@ -51,7 +57,7 @@ class Config:
     underneath; the CLI builds one from the command line, embedders and tests build their own.
     """
 
-    hosts: tuple[str, ...] = attrs.field(default=DEFAULT_HOSTS, converter=tuple)
+    hosts: tuple[str, ...] = attrs.field(default=DEFAULT_HOSTS, converter=_to_tuple)
     port: int = attrs.field(default=DEFAULT_PORT, validator=_port)
     echo: bool = False
     quiet: bool = False
@@ -69,6 +75,6 @@ class Config:
             raise ValueError(f"max_line must be at least 4 bytes, got {value!r}")
 
     @hosts.validator
-    def _check_hosts(self, attribute: attrs.Attribute[tuple[str, ...]], value: tuple[str, ...]) -> None:
+    def _check_hosts(self, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
         if not value:
             raise ValueError("at least one host is needed")

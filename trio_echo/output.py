@@ -28,7 +28,6 @@ import datetime
 import enum
 import json
 import re
-import time
 from collections.abc import Callable
 
 __all__ = [
@@ -227,9 +226,7 @@ class JsonlFormatter(Formatter):
         return self._event("open")
 
     def closed(self, received: int, duration: float, reason: str) -> bytes:
-        return self._event(
-            "close", bytes=received, duration=round(duration, 6), reason=reason
-        )
+        return self._event("close", bytes=received, duration=round(duration, 6), reason=reason)
 
 
 class LineAssembler:

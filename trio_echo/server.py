@@ -93,7 +93,9 @@ class ServerHandle:
     @property
     def port(self) -> int:
         """The bound port (the same on every address)."""
-        return int(self.addresses[0][1])  # type: ignore[call-overload]
+        port = self.addresses[0][1]
+        assert isinstance(port, int)
+        return port
 
     def shutdown(self, grace: float | None = None) -> None:
         """Start the graceful shutdown: stop accepting now, close the remaining connections once
@@ -256,6 +258,8 @@ class _Server:
                     idle_scope.deadline = math.inf
                     if not data:
                         break
+                    if not isinstance(data, bytes):  # the Stream ABC allows a bytearray
+                        data = bytes(data)
                     received += len(data)
                     self.stats.bytes_received += len(data)
                     if output is not None:
@@ -343,19 +347,18 @@ async def serve(
     stats = ServerStats()
     server = _Server(config, output, stats)
     try:
-        async with trio.open_nursery() as connections:
-            async with trio.open_nursery() as accepting:
-                handle = ServerHandle(
-                    addresses,
-                    stats,
-                    config.grace,
-                    accepting.cancel_scope,
-                    connections.cancel_scope,
-                )
-                server.handle = handle
-                for listener in listeners:
-                    accepting.start_soon(server.accept_loop, listener, connections)
-                task_status.started(handle)
+        async with trio.open_nursery() as connections, trio.open_nursery() as accepting:
+            handle = ServerHandle(
+                addresses,
+                stats,
+                config.grace,
+                accepting.cancel_scope,
+                connections.cancel_scope,
+            )
+            server.handle = handle
+            for listener in listeners:
+                accepting.start_soon(server.accept_loop, listener, connections)
+            task_status.started(handle)
     finally:
         for listener in listeners:
             with trio.CancelScope(shield=True):

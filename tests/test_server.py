@@ -1,0 +1,385 @@
+"""In-process tests of the Trio server (``trio_echo.serve``) with pytest-trio.
+
+Most tests use an in-memory listener (as Trio's own serve_listeners tests do), so that timeouts
+and grace periods run on the autojump ``MockClock``: instant and exact.  A few use real
+loopback sockets to check what only sockets can show (bound addresses, both address families).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import pytest
+import trio
+import trio.testing
+
+from trio_echo import Config, OutputFormat, ServerHandle, open_output_queue, serve
+from trio_echo.writer import OutputQueue, StdoutClosed, write_stdout
+
+
+@attrs.define(eq=False)
+class MemoryListener(trio.abc.Listener[trio.abc.Stream]):
+    """A listener whose clients are in-memory stream pairs (see Trio's own tests)."""
+
+    send: trio.MemorySendChannel[trio.abc.Stream]
+    receive: trio.MemoryReceiveChannel[trio.abc.Stream]
+    accept_errors: list[OSError] = attrs.Factory(list)
+    closed: bool = False
+
+    @classmethod
+    def create(cls) -> MemoryListener:
+        send, receive = trio.open_memory_channel[trio.abc.Stream](100)
+        return cls(send, receive)
+
+    async def connect(self) -> trio.testing.StapledStream[Any, Any]:
+        client, server = trio.testing.memory_stream_pair()
+        await self.send.send(server)
+        return client
+
+    async def accept(self) -> trio.abc.Stream:
+        await trio.lowlevel.checkpoint()
+        if self.accept_errors:
+            raise self.accept_errors.pop(0)
+        return await self.receive.receive()
+
+    async def aclose(self) -> None:
+        self.closed = True
+        await self.receive.aclose()
+        await trio.lowlevel.checkpoint()
+
+
+@attrs.define(eq=False)
+class Collected:
+    """Everything the server put on its output queue, released as a writer would."""
+
+    data: bytearray = attrs.Factory(bytearray)
+    changed: trio.Event = attrs.Factory(trio.Event)
+
+    async def run(self, queue: OutputQueue, receive: trio.MemoryReceiveChannel[bytes]) -> None:
+        async for item in receive:
+            self.data += item
+            queue.release(queue.cost(item))
+            self.changed.set()
+            self.changed = trio.Event()
+
+    async def wait_for(self, needle: bytes) -> None:
+        while needle not in self.data:
+            await self.changed.wait()
+
+    def lines(self) -> list[str]:
+        return self.data.decode().splitlines()
+
+
+@attrs.define(eq=False)
+class Harness:
+    handle: ServerHandle
+    listener: MemoryListener
+    out: Collected
+    done: trio.Event
+
+
+@pytest.fixture
+def start(
+    nursery: trio.Nursery,
+) -> Callable[..., Any]:
+    """``await start(**config)``: a server on a memory listener, its output collected."""
+
+    async def _start(**overrides: Any) -> Harness:
+        config = Config(port=0, **overrides)
+        queue, receive = open_output_queue(overrides.get("queue_bytes", 1 << 20))
+        out = Collected()
+        nursery.start_soon(out.run, queue, receive)
+        listener = MemoryListener.create()
+        done = trio.Event()
+
+        async def run_server(task_status: trio.TaskStatus[ServerHandle]) -> None:
+            await serve(config, queue, listeners=[listener], task_status=task_status)
+            done.set()
+
+        handle = await nursery.start(run_server)
+        return Harness(handle, listener, out, done)
+
+    return _start
+
+
+async def test_prints_each_line_with_the_peer_prefix(start: Callable[..., Any]) -> None:
+    h = await start()
+    async with await h.listener.connect() as client:
+        await client.send_all(b"hello\nwor")
+        await client.send_all(b"ld\n\x1b[2J\n")
+        await h.out.wait_for(b"2J\n")
+    assert h.out.lines() == ["[memory] hello", "[memory] world", "[memory] \\x1b[2J"]
+
+
+async def test_echo_sends_every_byte_back(start: Callable[..., Any]) -> None:
+    h = await start(echo=True)
+    async with await h.listener.connect() as client:
+        await client.send_all(b"ping\n")
+        assert await client.receive_some(100) == b"ping\n"
+        await client.send_all(b"\x00\xff")
+        assert await client.receive_some(100) == b"\x00\xff"
+
+
+async def test_quiet_prints_nothing(start: Callable[..., Any]) -> None:
+    h = await start(quiet=True, echo=True)
+    async with await h.listener.connect() as client:
+        await client.send_all(b"secret\n")
+        assert await client.receive_some(100) == b"secret\n"
+    h.handle.shutdown()
+    await h.done.wait()
+    assert h.out.data == b""
+    assert h.handle.stats.bytes_received == 7
+
+
+async def test_raw_output_is_byte_exact(start: Callable[..., Any]) -> None:
+    h = await start(output_format=OutputFormat.RAW)
+    payload = bytes(range(256)) * 4
+    async with await h.listener.connect() as client:
+        await client.send_all(payload)
+        await h.out.wait_for(payload)
+    assert h.out.data == payload
+
+
+async def test_jsonl_has_open_data_and_close_events(start: Callable[..., Any]) -> None:
+    h = await start(output_format=OutputFormat.JSONL)
+    async with await h.listener.connect() as client:
+        await client.send_all(b"one\r\ntwo")
+    await h.out.wait_for(b'"close"')
+    events = [json.loads(line) for line in h.out.lines()]
+    assert [e["event"] for e in events] == ["open", "data", "data", "close"]
+    assert [(e["data"], e["eol"]) for e in events[1:3]] == [("one", "\r\n"), ("two", "")]
+    assert events[-1]["bytes"] == 8
+    assert events[-1]["reason"] == "closed by client"
+    assert {e["conn"] for e in events} == {1}
+
+
+async def test_shutdown_stops_accepting_but_lets_clients_finish(
+    start: Callable[..., Any],
+) -> None:
+    h = await start(grace=5)
+    client = await h.listener.connect()
+    await client.send_all(b"before\n")
+    await h.out.wait_for(b"before\n")
+    h.handle.shutdown()
+    await trio.testing.wait_all_tasks_blocked()
+    assert h.listener.closed  # accepting stopped at once
+    assert not h.done.is_set()  # ...but the connected client is still being served
+    await client.send_all(b"during grace\n")
+    await h.out.wait_for(b"during grace\n")
+    await client.aclose()
+    await h.done.wait()
+    assert h.handle.stats.connections == 1
+    assert h.handle.stats.active == 0
+
+
+async def test_grace_period_ends_with_every_client_closed(
+    start: Callable[..., Any], autojump_clock: trio.testing.MockClock
+) -> None:
+    h = await start(grace=3)
+    client = await h.listener.connect()
+    await client.send_all(b"unfinished line")
+    await trio.testing.wait_all_tasks_blocked()
+    t0 = trio.current_time()
+    h.handle.shutdown()
+    assert await client.receive_some(10) == b""  # the server closed us
+    await h.done.wait()
+    assert trio.current_time() - t0 == pytest.approx(3)
+    # What the client had sent was printed even though its line never ended.
+    assert h.out.lines() == ["[memory] unfinished line"]
+    await client.aclose()
+
+
+async def test_idle_server_stops_at_once(start: Callable[..., Any]) -> None:
+    h = await start(grace=30)
+    with trio.fail_after(1):  # real clock: the grace period must not be waited out
+        h.handle.shutdown()
+        await h.done.wait()
+
+
+async def test_abort_closes_connections_without_grace(
+    start: Callable[..., Any], autojump_clock: trio.testing.MockClock
+) -> None:
+    h = await start(grace=30)
+    async with await h.listener.connect() as client:
+        await trio.testing.wait_all_tasks_blocked()
+        t0 = trio.current_time()
+        h.handle.shutdown()
+        h.handle.abort()
+        assert await client.receive_some(10) == b""
+        await h.done.wait()
+        assert trio.current_time() == t0
+
+
+async def test_idle_timeout_closes_a_silent_client(
+    start: Callable[..., Any],
+    autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, "trio_echo")
+    h = await start(idle_timeout=10)
+    async with await h.listener.connect() as client:
+        t0 = trio.current_time()
+        assert await client.receive_some(10) == b""
+        assert trio.current_time() - t0 == pytest.approx(10)
+    assert "idle for 10 s" in caplog.text
+
+
+async def test_idle_timeout_restarts_with_every_receive(
+    start: Callable[..., Any], autojump_clock: trio.testing.MockClock
+) -> None:
+    h = await start(idle_timeout=10)
+    async with await h.listener.connect() as client:
+        t0 = trio.current_time()
+        for i in range(4):
+            await trio.sleep(9)
+            await client.send_all(b"%d\n" % i)
+        assert await client.receive_some(10) == b""
+        assert trio.current_time() - t0 == pytest.approx(36 + 10)
+    assert len(h.out.lines()) == 4
+
+
+async def test_max_connections_makes_the_next_client_wait(start: Callable[..., Any]) -> None:
+    h = await start(max_connections=1)
+    first = await h.listener.connect()
+    await first.send_all(b"first\n")
+    await h.out.wait_for(b"first\n")
+    async with await h.listener.connect() as second:
+        await second.send_all(b"second\n")
+        await trio.testing.wait_all_tasks_blocked()
+        assert b"second" not in h.out.data
+        assert h.handle.stats.active == 1
+        await first.aclose()
+        await h.out.wait_for(b"second\n")
+        assert h.handle.stats.connections == 2
+
+
+@attrs.define(eq=False)
+class ExplodingStream(trio.abc.Stream):
+    """A client whose stream fails in a way no real socket would."""
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        await trio.lowlevel.checkpoint()
+        raise RuntimeError("boom")
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+async def test_one_failing_connection_does_not_hurt_the_others(
+    start: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    h = await start()
+    async with await h.listener.connect() as good:
+        await h.listener.send.send(ExplodingStream())
+        await good.send_all(b"still here\n")
+        await h.out.wait_for(b"still here\n")
+    assert "RuntimeError('boom')" in caplog.text
+    assert not h.done.is_set()
+    assert h.handle.stats.connections == 2
+
+
+async def test_running_out_of_descriptors_pauses_accepting(
+    start: Callable[..., Any],
+    autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    h = await start()
+    h.listener.accept_errors.extend(OSError(errno.EMFILE, "Too many open files") for _ in range(5))
+    t0 = trio.current_time()
+    async with await h.listener.connect() as client:
+        await client.send_all(b"served\n")
+        await h.out.wait_for(b"served\n")
+    # Five failures, 100 ms apart, then served: paused, not crashed...
+    assert trio.current_time() - t0 == pytest.approx(0.5)
+    # ...and logged once, not five times.
+    assert caplog.text.count("EMFILE") == 1
+
+
+async def test_output_that_was_read_survives_cancellation() -> None:
+    queue, receive = open_output_queue(limit=100)
+    await queue.put(b"x" * 50)
+    with trio.move_on_after(0.01):
+        await queue.put(b"y" * 50)  # over budget: waits, then is cancelled
+    # Bytes already taken from a client are queued anyway, to be printed.
+    assert receive.receive_nowait() == b"x" * 50
+    assert receive.receive_nowait() == b"y" * 50
+
+
+async def test_queue_waits_for_the_writer_to_release_budget() -> None:
+    queue, receive = open_output_queue(limit=200)
+    await queue.put(b"a" * 100)
+    done = trio.Event()
+
+    async def second_put() -> None:
+        await queue.put(b"b" * 100)
+        done.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(second_put)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not done.is_set()  # 2 x (100 + overhead) > 200: backpressure
+        item = receive.receive_nowait()
+        queue.release(queue.cost(item))
+    assert done.is_set()
+
+
+async def test_writer_writes_everything_then_stops_when_closed() -> None:
+    read_fd, write_fd = os.pipe()
+    try:
+        queue, receive = open_output_queue()
+        for i in range(100):
+            await queue.put(b"line %d\n" % i)
+        await queue.aclose()
+        await write_stdout(queue, receive, write_fd)
+        os.close(write_fd)
+        write_fd = -1
+        with os.fdopen(read_fd, "rb") as reader:
+            read_fd = -1
+            assert reader.read() == b"".join(b"line %d\n" % i for i in range(100))
+        assert queue.used == 0
+    finally:
+        for fd in (read_fd, write_fd):
+            if fd >= 0:
+                os.close(fd)
+
+
+async def test_writer_reports_a_closed_pipe() -> None:
+    read_fd, write_fd = os.pipe()
+    os.close(read_fd)
+    try:
+        queue, receive = open_output_queue()
+        await queue.put(b"nobody reads this\n")
+        with pytest.raises(StdoutClosed, match="broken pipe"):
+            await write_stdout(queue, receive, write_fd)
+    finally:
+        os.close(write_fd)
+
+
+async def test_real_sockets_on_both_loopback_addresses(nursery: trio.Nursery) -> None:
+    queue, receive = open_output_queue()
+    out = Collected()
+    nursery.start_soon(out.run, queue, receive)
+    handle: ServerHandle = await nursery.start(serve, Config(port=0), queue)
+    hosts = sorted(str(address[0]) for address in handle.addresses)
+    assert hosts == ["127.0.0.1", "::1"]
+    assert {address[1] for address in handle.addresses} == {handle.port}
+    for host in ("127.0.0.1", "::1"):
+        async with await trio.open_tcp_stream(host, handle.port) as client:
+            await client.send_all(f"via {host}\n".encode())
+            await out.wait_for(f"via {host}\n".encode())
+    assert "] via 127.0.0.1" in out.data.decode()
+    assert "[[::1]:" in out.data.decode()
+    handle.shutdown()
+    await handle.stopped.wait()

@@ -91,18 +91,24 @@ def build_parser() -> argparse.ArgumentParser:
             "SIGINT/SIGTERM: stop accepting, give clients --grace seconds, exit 0; a second "
             "signal closes everything at once."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog=(
+            "exit status: 0 after a graceful shutdown, 1 on a runtime error (cannot listen, "
+            "stdout closed), 2 on a usage error, 128+N when a second signal N forced the exit."
+        ),
     )
     net = parser.add_argument_group("listening")
     net.add_argument(
         "--host",
         action="append",
         metavar="HOST",
-        help="address to listen on, repeatable; default: loopback only, "
-        f"{' and '.join(DEFAULT_HOSTS)}; use :: or 0.0.0.0 to open it to the network",
+        help="address to listen on, repeatable (default: loopback only, "
+        f"{' and '.join(DEFAULT_HOSTS)}); use :: or 0.0.0.0 to open it to the network",
     )
     net.add_argument(
-        "--port", type=_port, default=DEFAULT_PORT, help="TCP port; 0 picks a free one"
+        "--port",
+        type=_port,
+        default=DEFAULT_PORT,
+        help="TCP port; 0 picks a free one (default: %(default)s)",
     )
     net.add_argument(
         "--max-connections",
@@ -110,21 +116,22 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="N",
         help="serve at most N clients at once; the rest wait in the kernel's listen backlog "
-        "(their connect succeeds, their data waits) until a slot frees. Default: no limit",
+        "(their connect succeeds, their data waits) until a slot frees (default: no limit)",
     )
     net.add_argument(
         "--idle-timeout",
         type=_number("a number of seconds", 0, strict=True),
         default=None,
         metavar="SECONDS",
-        help="close a connection that sent nothing for this long. Default: off",
+        help="close a connection that sent nothing for this long (default: off)",
     )
     net.add_argument(
         "--grace",
         type=_number("a number of seconds", 0, strict=False),
         default=5.0,
         metavar="SECONDS",
-        help="on SIGINT/SIGTERM, how long connected clients may go on before they are closed",
+        help="on SIGINT/SIGTERM, how long connected clients may go on before they are closed "
+        "(default: %(default)g)",
     )
     out = parser.add_argument_group("output")
     out.add_argument("--echo", action="store_true", help="also send every byte back to its client")
@@ -136,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=[f.value for f in OutputFormat],
         default=None,
         help="text: '[peer] line', control characters escaped; raw: the bytes exactly as "
-        "received; jsonl: one JSON object per line and per open/close event. Default: text",
+        "received; jsonl: one JSON object per line and per open/close event (default: text)",
     )
     out.add_argument(
         "--raw", action="store_true", help="same as --format raw (for piping into a file)"
@@ -146,13 +153,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=_number("a number of bytes", 4, strict=False, integer=True),
         default=DEFAULT_MAX_LINE,
         metavar="BYTES",
-        help="print a longer line in pieces of this size, marked as continued",
+        help="print a longer line in pieces of this size, marked as continued "
+        "(default: %(default)s)",
     )
     parser.add_argument(
         "--log-level",
         choices=list(LEVELS),
         default="info",
-        help="stderr detail: info has a line per connection, notice only start-up and shutdown",
+        help="stderr detail: info has a line per connection, notice only start-up and "
+        "shutdown (default: %(default)s)",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser

@@ -63,8 +63,8 @@ def _build_escape_table() -> dict[int, str]:
 
     Why each entry: C0 controls (but ``\\n``, which only ever separates lines here), DEL and the
     C1 controls can clear the screen, move the cursor, set the window title or ring the bell;
-    U+2028/U+2029 break lines in some terminals; the bidi overrides and isolates reorder what a
-    reader sees ("Trojan Source").  A backslash is doubled so that an escape we print can never
+    U+2028/U+2029 break lines in some terminals; the bidi marks, overrides and isolates reorder
+    what a reader sees ("Trojan Source"); a BOM is invisible.  A backslash is doubled so that an escape we print can never
     be confused with the same characters sent literally by a client.  Bytes that are not valid
     UTF-8 arrive as lone surrogates (``surrogateescape``) and are shown as ``\\xNN``.
     """
@@ -74,7 +74,16 @@ def _build_escape_table() -> dict[int, str]:
         if code == 0x0A:
             continue
         table[code] = named.get(code, f"\\x{code:02x}" if code < 0x80 else f"\\u{code:04x}")
-    for code in [0x2028, 0x2029, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]:
+    for code in [
+        0x061C,  # ARABIC LETTER MARK
+        0x200E,  # LEFT-TO-RIGHT MARK
+        0x200F,  # RIGHT-TO-LEFT MARK
+        0x2028,  # LINE SEPARATOR
+        0x2029,  # PARAGRAPH SEPARATOR
+        *range(0x202A, 0x202F),  # bidi embeddings and overrides
+        *range(0x2066, 0x206A),  # bidi isolates
+        0xFEFF,  # ZERO WIDTH NO-BREAK SPACE (BOM): invisible
+    ]:
         table[code] = f"\\u{code:04x}"
     table[ord("\\")] = "\\\\"
     for byte in range(0x80, 0x100):
@@ -112,18 +121,19 @@ def format_peer(address: object) -> str:
     return str(address) if address else "unknown"
 
 
-def _cut_point(data: bytes, max_line: int) -> int:
-    """Where to cut a piece of at most ``max_line`` bytes off the front of ``data``.
+def _cut_point(data: bytes, start: int, max_line: int) -> int:
+    """Where to end a piece of at most ``max_line`` bytes that begins at ``data[start]``.
 
-    Requires ``len(data) > max_line``.  Backs off to the start of a UTF-8 character so that a
-    character is never split between two pieces; garbage (continuation bytes only) is cut at
-    ``max_line`` anyway.
+    Requires ``len(data) - start > max_line``.  Backs off to the start of a UTF-8 character so
+    that a character is never split between two pieces; garbage (continuation bytes only) is
+    cut at ``max_line`` anyway.
     """
-    cut = max_line
-    while cut > max_line - _MAX_UTF8_BACKOFF and cut > 1 and data[cut] & 0xC0 == 0x80:
+    limit = start + max_line
+    cut = limit
+    while cut > limit - _MAX_UTF8_BACKOFF and data[cut] & 0xC0 == 0x80:
         cut -= 1
     if data[cut] & 0xC0 == 0x80:
-        return max_line
+        return limit
     return cut
 
 
@@ -175,8 +185,9 @@ def _utc_now() -> str:
 
 
 def _dumps(obj: dict[str, object]) -> bytes:
-    # ensure_ascii escapes every C0 control and all non-ASCII; DEL is ASCII, so json leaves it raw.
-    return (json.dumps(obj, ensure_ascii=True).replace("\x7f", "\\u007f") + "\n").encode()
+    # ensure_ascii escapes everything outside printable ASCII (C0, DEL, C1, all non-ASCII), so
+    # the line is safe for a terminal as it stands.
+    return (json.dumps(obj, ensure_ascii=True) + "\n").encode()
 
 
 class JsonlFormatter(Formatter):
@@ -285,15 +296,26 @@ class LineAssembler:
             return self._pieces(line[:-2], b"\r\n")
         return self._pieces(line[:-1], b"\n")
 
+    def _cut(self, data: bytes, end: int) -> tuple[list[bytes], int]:
+        """Format pieces of ``max_line`` bytes off the front of ``data`` while more than
+        ``max_line`` bytes remain before ``end``; return them and where the rest starts.
+
+        Walks an offset instead of re-slicing the rest after every piece, so that one large
+        receive costs time linear in its size even with a tiny ``max_line``.
+        """
+        out = []
+        start = 0
+        while end - start > self._max_line:
+            cut = _cut_point(data, start, self._max_line)
+            out.append(self.formatter.piece(data[start:cut], b"", self._continued))
+            self._continued = True
+            start = cut
+        return out, start
+
     def _pieces(self, content: bytes, eol: bytes) -> bytes:
         """Cut ``content`` (a whole line, or the rest of one) into pieces and format them."""
-        out = []
-        while len(content) > self._max_line:
-            cut = _cut_point(content, self._max_line)
-            out.append(self.formatter.piece(content[:cut], b"", self._continued))
-            self._continued = True
-            content = content[cut:]
-        out.append(self.formatter.piece(content, eol, self._continued))
+        out, start = self._cut(content, len(content))
+        out.append(self.formatter.piece(content[start:], eol, self._continued))
         self._continued = False
         return b"".join(out)
 
@@ -304,11 +326,6 @@ class LineAssembler:
         CRLF terminator, and the pieces must not depend on whether the ``\\n`` came in the same
         receive.
         """
-        out = []
-        while len(partial) - partial.endswith(b"\r") > self._max_line:
-            cut = _cut_point(partial, self._max_line)
-            out.append(self.formatter.piece(partial[:cut], b"", self._continued))
-            self._continued = True
-            partial = partial[cut:]
-        self._pending = partial
+        out, start = self._cut(partial, len(partial) - partial.endswith(b"\r"))
+        self._pending = partial[start:]
         return b"".join(out)

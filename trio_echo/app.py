@@ -7,6 +7,8 @@ watcher -- and decides the exit status:
   when every connection is closed and stdout has taken everything, exit 0;
 * second signal: cancel everything at once and exit ``128 + signal number``, the status a shell
   gives a process killed by that signal;
+* stdout stalled at shutdown: once the clients are gone, stdout gets ``--grace`` seconds (at
+  least ``MIN_DRAIN_TIMEOUT``) to take the rest; after that it is dropped and the exit status is 1;
 * stdout closed by its reader: stop, and let the caller print one line and exit 1.
 """
 
@@ -24,6 +26,11 @@ from .server import ServerHandle, serve
 from .writer import open_output_queue, write_stdout
 
 __all__ = ["Outcome", "run"]
+
+# At shutdown, once the clients are gone, stdout gets the grace period (but at least this many
+# seconds) to take what is still queued: a reader that stopped reading must not keep a stopped
+# server alive forever.
+MIN_DRAIN_TIMEOUT = 1.0
 
 # The signals that mean "please stop": Ctrl-C, and what systemd, docker and kill send.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -85,6 +92,9 @@ async def run(config: Config, stdout_fd: int = 1) -> Outcome:
                     watcher.handle = handle
                     LOGGER.log(NOTICE, "listening on %s (%s)", _addresses(handle), _mode(config))
                     await handle.stopped.wait()
+                    # Every client is gone; stdout gets as long to take the rest as they got.
+                    drain_timeout = max(config.grace, MIN_DRAIN_TIMEOUT)
+                    work.cancel_scope.deadline = trio.current_time() + drain_timeout
                 finally:
                     # No more output after this; the writer drains what is queued, then ends.
                     await queue.aclose()
@@ -93,7 +103,14 @@ async def run(config: Config, stdout_fd: int = 1) -> Outcome:
             stats = watcher.handle.stats.summary() if watcher.handle else "not started"
             return Outcome(128 + watcher.forced_by, f"forced exit: {stats}")
         assert watcher.handle is not None
-        return Outcome(0, f"stopped: {watcher.handle.stats.summary()}")
+        summary = watcher.handle.stats.summary()
+        if work.cancel_scope.cancelled_caught:
+            return Outcome(
+                1,
+                f"stdout did not take the last output within {drain_timeout:g} s after the last "
+                f"client left; the rest was dropped: {summary}",
+            )
+        return Outcome(0, f"stopped: {summary}")
 
 
 def _addresses(handle: ServerHandle) -> str:

@@ -247,5 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(exc, SystemExit):
             raise
         return _explain(exc)
+    if outcome.exit_status == EXIT_ERROR:
+        return _fail(outcome.summary)
     LOGGER.log(NOTICE, "%s", outcome.summary)
     return outcome.exit_status

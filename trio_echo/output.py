@@ -64,8 +64,9 @@ def _build_escape_table() -> dict[int, str]:
     Why each entry: C0 controls (but ``\\n``, which only ever separates lines here), DEL and the
     C1 controls can clear the screen, move the cursor, set the window title or ring the bell;
     U+2028/U+2029 break lines in some terminals; the bidi marks, overrides and isolates reorder
-    what a reader sees ("Trojan Source"); a BOM is invisible.  A backslash is doubled so that an escape we print can never
-    be confused with the same characters sent literally by a client.  Bytes that are not valid
+    what a reader sees ("Trojan Source"); a BOM is invisible.  A backslash is doubled so that
+    an escape we print can never be confused with the same characters sent literally by a
+    client.  Bytes that are not valid
     UTF-8 arrive as lone surrogates (``surrogateescape``) and are shown as ``\\xNN``.
     """
     named = {0x07: "\\a", 0x08: "\\b", 0x09: "\\t", 0x0B: "\\v", 0x0C: "\\f", 0x0D: "\\r"}

@@ -10,12 +10,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import re
 import resource
 import select
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -113,6 +115,58 @@ def test_text_output_names_each_client_and_escapes_control_characters(start_serv
     assert [line for line in lines if line.startswith(f"[{p4}]")] == [expected[0], expected[3]]
     assert [line for line in lines if line.startswith(f"[{p6}]")] == expected[1:3]
     assert_no_traceback(server.all_stderr())
+
+
+def test_misbehaving_clients_never_disturb_a_good_one(start_server, connect):
+    server = start_server("--echo")
+    good = connect(server.port)
+    good_peer = peer_name(good)
+    sent = []
+
+    def good_round_trip(i: int) -> None:
+        line = f"good line {i}\n".encode()
+        good.sendall(line)
+        assert recv_exactly(good, len(line)) == line
+        sent.append(line)
+
+    good_round_trip(0)
+
+    # A client that resets mid-line (SO_LINGER 0 turns close() into an RST).
+    resetter = connect(server.port)
+    resetter.sendall(b"half a li")
+    recv_exactly(resetter, 9)
+    resetter.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    resetter.close()
+    server.wait_stderr(r"connection lost \(connection reset by peer\)")
+    good_round_trip(1)
+
+    # A client that half-closes: it still gets its echo, then EOF.
+    half = connect(server.port, socket.AF_INET6)
+    half.sendall(b"then I stop sending\n")
+    half.shutdown(socket.SHUT_WR)
+    assert recv_eof(half) == b"then I stop sending\n"
+    good_round_trip(2)
+
+    # A client that sends 1 MiB of garbage: every byte value, no newline for long stretches.
+    garbage = connect(server.port)
+    junk = random.Random(7).randbytes(1 << 20)
+    pump = threading.Thread(target=garbage.sendall, args=(junk,))
+    pump.start()
+    assert len(recv_exactly(garbage, len(junk), timeout=30)) == len(junk)
+    pump.join()
+    garbage.close()
+    good_round_trip(3)
+
+    good.close()
+    assert server.stop() == 0
+    out = server.all_stdout()
+    assert b"\x1b" not in out
+    assert b"\x00" not in out
+    good_lines = [line for line in out.decode().splitlines() if line.startswith(f"[{good_peer}] ")]
+    assert good_lines == [f"[{good_peer}] " + line.decode().rstrip("\n") for line in sent]
+    stderr = server.all_stderr()
+    assert_no_traceback(stderr)
+    assert "served 4 connections" in stderr
 
 
 # ---- 2. output modes -------------------------------------------------------------------------

@@ -30,6 +30,8 @@ class MemoryListener(trio.abc.Listener[trio.abc.Stream]):
     send: trio.MemorySendChannel[trio.abc.Stream]
     receive: trio.MemoryReceiveChannel[trio.abc.Stream]
     accept_errors: list[OSError] = attrs.Factory(list)
+    # Called when accept() has a stream, right before returning it: to stage races.
+    after_accept: Callable[[], None] | None = None
     closed: bool = False
 
     @classmethod
@@ -46,7 +48,10 @@ class MemoryListener(trio.abc.Listener[trio.abc.Stream]):
         await trio.lowlevel.checkpoint()
         if self.accept_errors:
             raise self.accept_errors.pop(0)
-        return await self.receive.receive()
+        stream = await self.receive.receive()
+        if self.after_accept is not None:
+            self.after_accept()
+        return stream
 
     async def aclose(self) -> None:
         self.closed = True
@@ -257,6 +262,18 @@ async def test_max_connections_makes_the_next_client_wait(start: Callable[..., A
         await first.aclose()
         await h.out.wait_for(b"second\n")
         assert h.handle.stats.connections == 2
+
+
+async def test_a_client_accepted_as_shutdown_starts_is_closed_not_served(
+    start: Callable[..., Any],
+) -> None:
+    h = await start()
+    # The race: accept() already succeeded when shutdown() cancels the accept loop.
+    h.listener.after_accept = h.handle.shutdown
+    async with await h.listener.connect() as client:
+        await h.done.wait()
+        assert await client.receive_some(10) == b""  # closed at once
+    assert h.handle.stats.connections == 0
 
 
 @attrs.define(eq=False)

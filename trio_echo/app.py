@@ -61,6 +61,7 @@ class _SignalWatcher:
                 self.forced_by = signum
                 self.everything.cancel()
                 return
+            self.handle.shutdown()
             active = self.handle.stats.active
             LOGGER.log(
                 NOTICE,
@@ -71,7 +72,6 @@ class _SignalWatcher:
                 "" if active == 1 else "s",
                 name,
             )
-            self.handle.shutdown()
 
 
 async def run(config: Config, stdout_fd: int = 1) -> Outcome:

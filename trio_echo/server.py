@@ -225,6 +225,11 @@ class _Server:
                     self._log_capacity(exc)
                     await trio.sleep(ACCEPT_RETRY_SLEEP)
                     continue
+                if self.handle is not None and self.handle.shutting_down:
+                    # accept() had already succeeded when shutdown() cancelled us: this client
+                    # came too late, and is closed like the rest of the listen backlog.
+                    await trio.aclose_forcefully(stream)
+                    return
                 # With several listeners, each may have been waiting in accept() when the last
                 # slot was taken: that client is held (accepted, not yet read) until a slot frees.
                 await self.wait_for_room()
@@ -246,14 +251,16 @@ class _Server:
 
     # ---- one connection --------------------------------------------------------------------
 
-    def _formatter(self, conn_id: int, peer: str) -> Formatter | None:
-        if self.output is None or self.config.quiet:
+    def _assembler(self, conn_id: int, peer: str) -> LineAssembler | None:
+        """The line assembler of a new connection; ``None`` in raw mode (bytes go out as is)."""
+        if self.config.output_format is OutputFormat.RAW:
             return None
+        formatter: Formatter
         if self.config.output_format is OutputFormat.JSONL:
-            return JsonlFormatter(conn_id, peer)
-        if self.config.output_format is OutputFormat.TEXT:
-            return TextFormatter(peer)
-        return None  # raw: the bytes go out as they came, no formatter
+            formatter = JsonlFormatter(conn_id, peer)
+        else:
+            formatter = TextFormatter(peer)
+        return LineAssembler(formatter, self.config.max_line)
 
     async def serve_connection(self, stream: trio.abc.Stream, conn_id: int) -> None:
         """Read one client until it leaves; print (and echo) what it sends.
@@ -261,18 +268,18 @@ class _Server:
         Every error is contained here: one client's reset or garbage ends only its own task.
         The ``finally`` always prints what was already read and closes the socket.
         """
-        config, output = self.config, self.output
+        config = self.config
+        # Where this connection's output goes: None when nothing is printed (--quiet).
+        output = None if config.quiet else self.output
         peer = _peer_of(stream)
         started = time.monotonic()
         received = 0
-        formatter = self._formatter(conn_id, peer)
-        assembler = LineAssembler(formatter, config.max_line) if formatter else None
-        raw = output is not None and not config.quiet and formatter is None
+        assembler = self._assembler(conn_id, peer) if output is not None else None
         reason = "closed by client"
         LOGGER.info("open #%d %s", conn_id, peer)
         try:
-            if formatter is not None and output is not None:
-                await output.put(formatter.opened())
+            if output is not None and assembler is not None:
+                await output.put(assembler.formatter.opened())
             with trio.CancelScope() as idle_scope:
                 while True:
                     if config.idle_timeout is not None:
@@ -288,10 +295,7 @@ class _Server:
                     received += len(data)
                     self.stats.bytes_received += len(data)
                     if output is not None:
-                        if assembler is not None:
-                            await output.put(assembler.feed(data))
-                        elif raw:
-                            await output.put(data)
+                        await output.put(assembler.feed(data) if assembler else data)
                     if config.echo:
                         await stream.send_all(data)
             if idle_scope.cancelled_caught:
@@ -305,7 +309,7 @@ class _Server:
             reason = f"error: {exc!r}"
             LOGGER.warning("connection #%d %s failed: %r", conn_id, peer, exc)
         finally:
-            self._finish_connection(stream, conn_id, peer, received, started, reason, assembler)
+            self._finish_connection(output, assembler, conn_id, peer, received, started, reason)
             await trio.aclose_forcefully(stream)
 
     def _cancel_reason(self) -> str:
@@ -318,21 +322,20 @@ class _Server:
 
     def _finish_connection(
         self,
-        stream: trio.abc.Stream,
+        output: OutputQueue | None,
+        assembler: LineAssembler | None,
         conn_id: int,
         peer: str,
         received: int,
         started: float,
         reason: str,
-        assembler: LineAssembler | None,
     ) -> None:
         """Print the last partial line and the close event, count the client out."""
         duration = time.monotonic() - started
-        if self.output is not None and assembler is not None:
-            formatter = assembler.formatter
+        if output is not None and assembler is not None:
             # put_nowait: this must happen even while the handler is being cancelled.
-            self.output.put_nowait(
-                assembler.finish() + formatter.closed(received, duration, reason)
+            output.put_nowait(
+                assembler.finish() + assembler.formatter.closed(received, duration, reason)
             )
         self.stats.active -= 1
         self._room.unpark_all()

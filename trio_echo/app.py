@@ -21,6 +21,7 @@ import attrs
 import trio
 
 from .config import Config
+from .listen import describe_addresses
 from .logs import LOGGER, NOTICE
 from .server import ServerHandle, serve
 from .writer import open_output_queue, write_stdout
@@ -90,7 +91,12 @@ async def run(config: Config, stdout_fd: int = 1) -> Outcome:
                 try:
                     handle = await work.start(serve, config, None if config.quiet else queue)
                     watcher.handle = handle
-                    LOGGER.log(NOTICE, "listening on %s (%s)", _addresses(handle), _mode(config))
+                    LOGGER.log(
+                        NOTICE,
+                        "listening on %s (%s)",
+                        describe_addresses(handle.addresses),
+                        _mode(config),
+                    )
                     await handle.stopped.wait()
                     # Every client is gone; stdout gets as long to take the rest as they got.
                     drain_timeout = max(config.grace, MIN_DRAIN_TIMEOUT)
@@ -111,14 +117,6 @@ async def run(config: Config, stdout_fd: int = 1) -> Outcome:
                 f"client left; the rest was dropped: {summary}",
             )
         return Outcome(0, f"stopped: {summary}")
-
-
-def _addresses(handle: ServerHandle) -> str:
-    parts = []
-    for address in handle.addresses:
-        host, port = str(address[0]), address[1]
-        parts.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
-    return ", ".join(parts)
 
 
 def _mode(config: Config) -> str:

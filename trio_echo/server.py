@@ -20,13 +20,13 @@ from __future__ import annotations
 import errno
 import math
 import os
-import socket
 import time
 
 import attrs
 import trio
 
 from .config import Config
+from .listen import ListenError, bind_sockets
 from .logs import LOGGER
 from .output import (
     Formatter,
@@ -44,10 +44,6 @@ __all__ = ["ListenError", "ServerHandle", "ServerStats", "open_listeners", "serv
 # serve_listeners): not fatal, so we wait and try again instead of crashing the server.
 ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 
-# With port 0 and several addresses, the port picked on the first address may be taken on
-# another; a fresh pick almost always fits, so a few attempts make "0 picks a free port" true.
-PORT_ZERO_ATTEMPTS = 20
-
 # How long to pause accepting after one of those errors: long enough for some clients to leave,
 # short enough that nobody notices once they have.
 ACCEPT_RETRY_SLEEP = 0.100
@@ -55,10 +51,6 @@ ACCEPT_RETRY_SLEEP = 0.100
 # Log running out of file descriptors at most this often: while it lasts, accept fails ten
 # times a second, and one line a second says everything those would.
 CAPACITY_LOG_INTERVAL = 1.0
-
-
-class ListenError(Exception):
-    """The server could not open a listening socket; the message names the host and port."""
 
 
 @attrs.define
@@ -120,60 +112,10 @@ class ServerHandle:
 
 
 async def open_listeners(hosts: tuple[str, ...], port: int) -> list[trio.SocketListener]:
-    """Open listening sockets on every address of every host, all on the same port.
-
-    With port 0 the first address picks a free port and the others reuse it, so that
-    ``127.0.0.1`` and ``::1`` answer on the same port; if that port happens to be taken on a
-    later address, we start over with a new one.  Errors become a :class:`ListenError` that
-    names the host and port, for a one-line message.
-    """
-    for attempt in range(1, PORT_ZERO_ATTEMPTS + 1):
-        try:
-            return await _open_listeners_once(hosts, port)
-        except _PortTaken as exc:
-            if attempt == PORT_ZERO_ATTEMPTS:
-                raise ListenError(str(exc)) from exc.__cause__
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-class _PortTaken(Exception):
-    """The port that port 0 picked on the first address is taken on a later one."""
-
-
-async def _open_listeners_once(hosts: tuple[str, ...], port: int) -> list[trio.SocketListener]:
-    listeners: list[trio.SocketListener] = []
-    chosen = port
-    try:
-        for host in hosts:
-            try:
-                listeners += await trio.open_tcp_listeners(chosen, host=host)
-            except socket.gaierror as exc:
-                raise ListenError(f"cannot resolve host {host!r}: {exc.strerror}") from exc
-            except UnicodeError as exc:
-                # The IDNA codec rejects it (an empty label, a label over 63 characters).
-                raise ListenError(f"invalid host name {host!r}: {exc}") from exc
-            except OSError as exc:
-                if port == 0 and listeners and exc.errno == errno.EADDRINUSE:
-                    raise _PortTaken(_listen_error_text(host, chosen, exc)) from exc
-                raise ListenError(_listen_error_text(host, chosen, exc)) from exc
-            if chosen == 0:
-                chosen = listeners[0].socket.getsockname()[1]
-    except BaseException:
-        for listener in listeners:
-            listener.socket.close()
-        raise
-    return listeners
-
-
-def _listen_error_text(host: str, port: int, exc: OSError) -> str:
-    where = f"cannot listen on {host} port {port}"
-    if exc.errno == errno.EADDRINUSE:
-        return f"{where}: address already in use (is another server running on port {port}?)"
-    if exc.errno == errno.EACCES:
-        return f"{where}: permission denied (ports below 1024 need privileges)"
-    if exc.errno == errno.EADDRNOTAVAIL:
-        return f"{where}: no such address on this machine"
-    return f"{where}: {exc.strerror or exc}"
+    """Trio listeners on every address of ``hosts``, all on one port (see
+    :func:`trio_echo.listen.bind_sockets`); the name lookup runs in a worker thread."""
+    sockets = await trio.to_thread.run_sync(bind_sockets, hosts, port)
+    return [trio.SocketListener(trio.socket.from_stdlib_socket(sock)) for sock in sockets]
 
 
 def _peer_of(stream: trio.abc.Stream) -> str:

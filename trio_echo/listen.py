@@ -1,0 +1,112 @@
+"""Opening the listening sockets: the same code, errors and messages for every model.
+
+Plain blocking ``socket`` calls, so the sync and threads models use the sockets as they are,
+asyncio hands them to ``start_server(sock=...)`` and Trio wraps them in ``SocketListener``s
+(calling this through ``trio.to_thread`` so the name lookup does not block its event loop).
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+
+__all__ = ["BACKLOG", "ListenError", "bind_sockets", "describe_addresses"]
+
+# The listen(2) backlog: as deep as the kernel allows (it caps this at net.core.somaxconn), so
+# that a storm of clients -- or the clients waiting out --max-connections -- are queued by the
+# kernel instead of refused.  Trio's open_tcp_listeners uses the same value.
+BACKLOG = 0xFFFF
+
+# With port 0 and several addresses, the port picked on the first address may be taken on
+# another; a fresh pick almost always fits, so a few attempts make "0 picks a free port" true.
+PORT_ZERO_ATTEMPTS = 20
+
+
+class ListenError(Exception):
+    """The server could not open a listening socket; the message names the host and port."""
+
+
+class _PortTaken(Exception):
+    """The port that port 0 picked on the first address is taken on a later one."""
+
+
+def bind_sockets(hosts: tuple[str, ...], port: int) -> list[socket.socket]:
+    """Listening sockets on every address of every host, all on the same port.
+
+    With port 0 the first address picks a free port and the others reuse it, so that
+    ``127.0.0.1`` and ``::1`` answer on the same port; if that port happens to be taken on a
+    later address, we start over with a new one.  Errors become a :class:`ListenError` that
+    names the host and port, for a one-line message.
+    """
+    for attempt in range(1, PORT_ZERO_ATTEMPTS + 1):
+        try:
+            return _bind_once(hosts, port)
+        except _PortTaken as exc:
+            if attempt == PORT_ZERO_ATTEMPTS:
+                raise ListenError(str(exc)) from exc.__cause__
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _addresses_of(host: str, port: int) -> list[tuple[int, tuple[object, ...]]]:
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ListenError(f"cannot resolve host {host!r}: {exc.strerror}") from exc
+    except UnicodeError as exc:
+        # The IDNA codec rejects it (an empty label, a label over 63 characters).
+        raise ListenError(f"invalid host name {host!r}: {exc}") from exc
+    seen: list[tuple[int, tuple[object, ...]]] = []
+    for family, _, _, _, address in infos:
+        if (family, address) not in seen:
+            seen.append((family, address))
+    return seen
+
+
+def _bind_once(hosts: tuple[str, ...], port: int) -> list[socket.socket]:
+    sockets: list[socket.socket] = []
+    chosen = port
+    try:
+        for host in hosts:
+            for family, address in _addresses_of(host, chosen):
+                sock = socket.socket(family, socket.SOCK_STREAM)
+                sockets.append(sock)
+                # Restart on the same port right away, despite connections in TIME_WAIT.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    # "::" means IPv6 only, as "0.0.0.0" means IPv4 only: explicit, not
+                    # dependent on the net.ipv6.bindv6only sysctl.
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                try:
+                    sock.bind(address)
+                    sock.listen(BACKLOG)
+                except OSError as exc:
+                    if port == 0 and chosen != 0 and exc.errno == errno.EADDRINUSE:
+                        raise _PortTaken(_error_text(host, chosen, exc)) from exc
+                    raise ListenError(_error_text(host, chosen, exc)) from exc
+                if chosen == 0:
+                    chosen = sock.getsockname()[1]
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def _error_text(host: str, port: int, exc: OSError) -> str:
+    where = f"cannot listen on {host} port {port}"
+    if exc.errno == errno.EADDRINUSE:
+        return f"{where}: address already in use (is another server running on port {port}?)"
+    if exc.errno == errno.EACCES:
+        return f"{where}: permission denied (ports below 1024 need privileges)"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"{where}: no such address on this machine"
+    return f"{where}: {exc.strerror or exc}"
+
+
+def describe_addresses(addresses: list[tuple[object, ...]]) -> str:
+    """``127.0.0.1:8888, [::1]:8888``: the bound addresses as the start-up line shows them."""
+    parts = []
+    for address in addresses:
+        host, port = str(address[0]), address[1]
+        parts.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    return ", ".join(parts)

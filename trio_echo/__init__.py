@@ -13,8 +13,9 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .config import Config
+from .listen import ListenError
 from .output import OutputFormat
-from .server import ListenError, ServerHandle, ServerStats, serve
+from .server import ServerHandle, ServerStats, serve
 from .writer import OutputQueue, open_output_queue, write_stdout
 
 __all__ = [

@@ -27,9 +27,9 @@ if sys.version_info < (3, 11):
 from . import __version__
 from .app import run
 from .config import DEFAULT_HOSTS, DEFAULT_PORT, Config
+from .listen import ListenError
 from .logs import LEVELS, LOGGER, NOTICE, setup_logging
 from .output import DEFAULT_MAX_LINE, OutputFormat
-from .server import ListenError
 from .writer import StdoutClosed, StdoutError
 
 __all__ = ["main", "parse_args"]

@@ -26,7 +26,7 @@ import attrs
 import trio
 
 from .config import Config
-from .listen import ListenError, bind_sockets
+from .listen import bind_sockets
 from .logs import LOGGER
 from .output import (
     Formatter,
@@ -38,7 +38,7 @@ from .output import (
 )
 from .writer import OutputQueue
 
-__all__ = ["ListenError", "ServerHandle", "ServerStats", "open_listeners", "serve"]
+__all__ = ["ServerHandle", "ServerStats", "open_listeners", "serve"]
 
 # Errors accept(2) returns when the process or the system is out of something (as in Trio's
 # serve_listeners): not fatal, so we wait and try again instead of crashing the server.

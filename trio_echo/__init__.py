@@ -15,7 +15,8 @@ __version__ = "0.1.0"
 from .config import Config
 from .listen import ListenError
 from .output import OutputFormat
-from .server import ServerHandle, ServerStats, serve
+from .server import ServerHandle, serve
+from .stats import ServerStats
 from .writer import OutputQueue, open_output_queue, write_stdout
 
 __all__ = [

@@ -26,7 +26,7 @@ from .logs import LOGGER, NOTICE
 from .server import ServerHandle, serve
 from .writer import open_output_queue, write_stdout
 
-__all__ = ["Outcome", "run"]
+__all__ = ["Outcome", "run", "run_trio"]
 
 # At shutdown, once the clients are gone, stdout gets the grace period (but at least this many
 # seconds) to take what is still queued: a reader that stopped reading must not keep a stopped
@@ -126,3 +126,8 @@ def _mode(config: Config) -> str:
     if config.quiet:
         return f"{what}, quiet"
     return f"{what}, {config.output_format.value}"
+
+
+def run_trio(config: Config) -> Outcome:
+    """The ``trio`` model's entry point (see :mod:`trio_echo.models`)."""
+    return trio.run(run, config)

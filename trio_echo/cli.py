@@ -19,16 +19,14 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import NoReturn
 
-import trio
-
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
 
 from . import __version__
-from .app import run
 from .config import DEFAULT_HOSTS, DEFAULT_PORT, Config
 from .listen import ListenError
 from .logs import LEVELS, LOGGER, NOTICE, setup_logging
+from .models import MODELS
 from .output import DEFAULT_MAX_LINE, OutputFormat
 from .writer import StdoutClosed, StdoutError
 
@@ -157,6 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: %(default)s)",
     )
     parser.add_argument(
+        "--model",
+        choices=list(MODELS),
+        default="trio",
+        help="the concurrency model of the server (default: %(default)s); see the README's "
+        "lab section for what each one supports",
+    )
+    parser.add_argument(
         "--log-level",
         choices=list(LEVELS),
         default="info",
@@ -167,10 +172,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, str]:
-    """The :class:`Config` and the log level for a command line (exits 2 on a usage error)."""
+def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, str, str]:
+    """The :class:`Config`, the model and the log level for a command line (exits 2 on a usage
+    error, including a flag the chosen model cannot honour or a model not installed here)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    model = MODELS[args.model]
+    given = [arg.split("=", 1)[0] for arg in (argv if argv is not None else sys.argv[1:])]
+    for flag in sorted(model.unsupported):
+        if flag in given:
+            parser.error(f"--model {model.name} does not support {flag}")
+    if (why_not := model.available()) is not None:
+        parser.error(f"--model {model.name} is not available: {why_not}")
     if args.raw and args.format not in (None, "raw"):
         parser.error(f"--raw conflicts with --format {args.format}")
     fmt = OutputFormat.RAW if args.raw else OutputFormat(args.format or "text")
@@ -185,7 +198,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, str]:
         max_connections=args.max_connections,
         max_line=args.max_line,
     )
-    return config, args.log_level
+    return config, args.model, args.log_level
 
 
 def raise_fd_limit() -> None:
@@ -234,7 +247,8 @@ def _explain(exc: BaseException) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``trio-echo`` and ``python -m trio_echo``; returns the exit status."""
-    config, log_level = parse_args(argv)
+    args = list(sys.argv[1:] if argv is None else argv)
+    config, model, log_level = parse_args(args)
     setup_logging(log_level)
     try:
         os.fstat(1)
@@ -242,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail("stdout is closed; redirect it, e.g. >/dev/null")
     raise_fd_limit()
     try:
-        outcome = trio.run(run, config)
+        outcome = MODELS[model].load()(config)
     except BaseException as exc:
         if isinstance(exc, SystemExit):
             raise

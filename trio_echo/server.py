@@ -36,6 +36,7 @@ from .output import (
     TextFormatter,
     format_peer,
 )
+from .stats import ServerStats, log_close, log_open
 from .writer import OutputQueue
 
 __all__ = ["ServerHandle", "ServerStats", "open_listeners", "serve"]
@@ -51,25 +52,6 @@ ACCEPT_RETRY_SLEEP = 0.100
 # Log running out of file descriptors at most this often: while it lasts, accept fails ten
 # times a second, and one line a second says everything those would.
 CAPACITY_LOG_INTERVAL = 1.0
-
-
-@attrs.define
-class ServerStats:
-    """Counters for the summary printed at exit (and for tests)."""
-
-    started: float = attrs.field(factory=time.monotonic)
-    connections: int = 0
-    active: int = 0
-    bytes_received: int = 0
-
-    def uptime(self) -> float:
-        return time.monotonic() - self.started
-
-    def summary(self) -> str:
-        return (
-            f"served {self.connections} connection{'s' if self.connections != 1 else ''}, "
-            f"{self.bytes_received} bytes received, up {self.uptime():.1f} s"
-        )
 
 
 @attrs.define(eq=False)
@@ -218,7 +200,7 @@ class _Server:
         received = 0
         assembler = self._assembler(conn_id, peer) if output is not None else None
         reason = "closed by client"
-        LOGGER.info("open #%d %s", conn_id, peer)
+        log_open(conn_id, peer)
         try:
             if output is not None and assembler is not None:
                 await output.put(assembler.formatter.opened())
@@ -281,9 +263,7 @@ class _Server:
             )
         self.stats.active -= 1
         self._room.unpark_all()
-        LOGGER.info(
-            "close #%d %s: %d bytes in %.3f s (%s)", conn_id, peer, received, duration, reason
-        )
+        log_close(conn_id, peer, received, duration, reason)
 
 
 def _cause(exc: BaseException) -> str:

@@ -1,0 +1,62 @@
+"""The comparison lab: the same server in several concurrency models, behind one CLI.
+
+Every model is a module with ``run(config) -> Outcome``: it listens (``trio_echo.listen``),
+serves until SIGINT/SIGTERM, and reports alike (``trio_echo.stats``, ``trio_echo.logs``), using
+the shared output module for cleaning, line assembly and formats.  Errors it cannot recover
+from (``ListenError``, ``StdoutClosed``, ``StdoutError``) propagate to the CLI, which turns them
+into one line and an exit status.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from collections.abc import Callable
+
+import attrs
+
+from ..app import Outcome
+from ..config import Config
+
+__all__ = ["MODELS", "Model", "get_model"]
+
+
+@attrs.frozen
+class Model:
+    """One concurrency model of the lab."""
+
+    name: str
+    summary: str
+    # "package.module:function" of its run(config) -> Outcome, imported only when used.
+    entry: str
+    # Flags (as on the command line) this model cannot honour; the CLI refuses them.
+    unsupported: frozenset[str] = frozenset()
+    # A module that must be importable for the model to exist here (e.g. "uvloop").
+    requires: str | None = None
+
+    def available(self) -> str | None:
+        """``None`` if the model can run here, else why not (one line)."""
+        if self.requires and importlib.util.find_spec(self.requires) is None:
+            return f"{self.requires} is not installed (pip install 'trio-echo[bench]')"
+        return None
+
+    def load(self) -> Callable[[Config], Outcome]:
+        module, _, function = self.entry.partition(":")
+        run: Callable[[Config], Outcome] = getattr(importlib.import_module(module), function)
+        return run
+
+
+MODELS: dict[str, Model] = {
+    model.name: model
+    for model in [
+        Model(
+            "trio",
+            "Trio: a nursery of handler tasks, cancel scopes for the graceful shutdown",
+            "trio_echo.app:run_trio",
+        ),
+    ]
+}
+
+
+def get_model(name: str) -> Model:
+    return MODELS[name]

@@ -1,0 +1,44 @@
+"""What every model counts and logs about its connections, in the same words.
+
+The lab compares models side by side, so they must report alike: the per-connection lines on
+stderr and the summary at exit come from here, whatever the concurrency model.
+"""
+
+from __future__ import annotations
+
+import time
+
+import attrs
+
+from .logs import LOGGER
+
+__all__ = ["ServerStats", "log_close", "log_open"]
+
+
+@attrs.define
+class ServerStats:
+    """Counters for the summary printed at exit (and for tests)."""
+
+    started: float = attrs.field(factory=time.monotonic)
+    connections: int = 0
+    active: int = 0
+    bytes_received: int = 0
+
+    def uptime(self) -> float:
+        return time.monotonic() - self.started
+
+    def summary(self) -> str:
+        return (
+            f"served {self.connections} connection{'s' if self.connections != 1 else ''}, "
+            f"{self.bytes_received} bytes received, up {self.uptime():.1f} s"
+        )
+
+
+def log_open(conn_id: int, peer: str) -> None:
+    """``open #3 127.0.0.1:53422``"""
+    LOGGER.info("open #%d %s", conn_id, peer)
+
+
+def log_close(conn_id: int, peer: str, received: int, duration: float, reason: str) -> None:
+    """``close #3 127.0.0.1:53422: 28 bytes in 0.301 s (closed by client)``"""
+    LOGGER.info("close #%d %s: %d bytes in %.3f s (%s)", conn_id, peer, received, duration, reason)

@@ -95,7 +95,7 @@ async def run(config: Config, stdout_fd: int = 1) -> Outcome:
                         NOTICE,
                         "listening on %s (%s)",
                         describe_addresses(handle.addresses),
-                        _mode(config),
+                        config.describe_mode(),
                     )
                     await handle.stopped.wait()
                     # Every client is gone; stdout gets as long to take the rest as they got.
@@ -117,15 +117,6 @@ async def run(config: Config, stdout_fd: int = 1) -> Outcome:
                 f"client left; the rest was dropped: {summary}",
             )
         return Outcome(0, f"stopped: {summary}")
-
-
-def _mode(config: Config) -> str:
-    what = "echo" if config.echo else "print"
-    if config.echo and not config.quiet:
-        what = "echo and print"
-    if config.quiet:
-        return f"{what}, quiet"
-    return f"{what}, {config.output_format.value}"
 
 
 def run_trio(config: Config) -> Outcome:

@@ -78,3 +78,12 @@ class Config:
     def _check_hosts(self, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
         if not value:
             raise ValueError("at least one host is needed")
+
+    def describe_mode(self) -> str:
+        """``print, text`` / ``echo, quiet`` ...: what the start-up line says the server does."""
+        what = "echo" if self.echo else "print"
+        if self.echo and not self.quiet:
+            what = "echo and print"
+        if self.quiet:
+            return f"{what}, quiet"
+        return f"{what}, {self.output_format.value}"

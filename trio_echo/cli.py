@@ -158,8 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         choices=list(MODELS),
         default="trio",
-        help="the concurrency model of the server (default: %(default)s); see the README's "
-        "lab section for what each one supports",
+        help="the concurrency model of the server (default: %(default)s): "
+        + "; ".join(
+            f"{m.name}: {m.summary}"
+            + (f" (no {', '.join(sorted(m.unsupported))})" if m.unsupported else "")
+            for m in MODELS.values()
+        ),
     )
     parser.add_argument(
         "--log-level",
@@ -180,7 +184,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, str, str]:
     model = MODELS[args.model]
     given = [arg.split("=", 1)[0] for arg in (argv if argv is not None else sys.argv[1:])]
     for flag in sorted(model.unsupported):
-        if flag in given:
+        # By value too: argparse also accepts an abbreviation (--max-conn 2).
+        dest = flag.lstrip("-").replace("-", "_")
+        if flag in given or getattr(args, dest) != parser.get_default(dest):
             parser.error(f"--model {model.name} does not support {flag}")
     if (why_not := model.available()) is not None:
         parser.error(f"--model {model.name} is not available: {why_not}")
@@ -248,6 +254,10 @@ def _explain(exc: BaseException) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``trio-echo`` and ``python -m trio_echo``; returns the exit status."""
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["bench"]:
+        from .bench.cli import main as bench_main
+
+        return bench_main(args[1:])
     config, model, log_level = parse_args(args)
     setup_logging(log_level)
     try:

@@ -51,8 +51,41 @@ MODELS: dict[str, Model] = {
     for model in [
         Model(
             "trio",
-            "Trio: a nursery of handler tasks, cancel scopes for the graceful shutdown",
+            "the core server: a nursery of handler tasks, cancel scopes for the graceful shutdown",
             "trio_echo.app:run_trio",
+        ),
+        Model(
+            "asyncio",
+            "asyncio streams (start_server), a task per connection kept in a set; "
+            "cancelled when --grace is over",
+            "trio_echo.models.asyncio_streams:run",
+            unsupported=frozenset({"--max-connections"}),
+        ),
+        Model(
+            "uvloop",
+            "the asyncio model on uvloop's event loop (needs uvloop: the bench extra)",
+            "trio_echo.models.asyncio_streams:run_uvloop",
+            unsupported=frozenset({"--max-connections"}),
+            requires="uvloop",
+        ),
+        Model(
+            "asyncio-sock",
+            "the article's asyncio form, loop.sock_accept/sock_recv on raw sockets, "
+            "its tasks kept in a set",
+            "trio_echo.models.asyncio_sock:run",
+        ),
+        Model(
+            "threads",
+            "a thread per connection; when --grace is over, shutdown(SHUT_RDWR) wakes them",
+            "trio_echo.models.threads:run",
+        ),
+        Model(
+            "sync",
+            "the article's blocking server: one client at a time, the next waits (the "
+            "problem); --grace is for the current client; a stalled stdout blocks it until "
+            "a second signal",
+            "trio_echo.models.sync:run",
+            unsupported=frozenset({"--max-connections"}),
         ),
     ]
 }

@@ -1,0 +1,12 @@
+"""``python -m trio_echo bench``: every model as a real server process, driven over loopback.
+
+One job per module:
+
+* :mod:`.cli` -- the flags and the run: which models, which scenarios, the progress bar;
+* :mod:`.scenarios` -- what each scenario does and which figures it reports;
+* :mod:`.server` -- one ``python -m trio_echo --model X`` subprocess: start, port, CPU, RSS, stop;
+* :mod:`.loadgen` -- compiles ``loadgen.c`` (the C epoll load generator) and runs it;
+* :mod:`.stats` -- percentiles from the load generator's latency histogram (pure);
+* :mod:`.report` -- the terminal table, the JSON file and the PNG chart;
+* :mod:`.machine` -- what the JSON says about the machine and the software versions.
+"""

@@ -1,0 +1,267 @@
+"""``python -m trio_echo bench``: the flags, the run, the progress bar, the outputs.
+
+Runs every scenario for every model, one after the other (never two servers at once: they
+would share the machine's cores and measure each other), then prints the table on stdout and
+writes ``--json`` and ``--plot``.  A model that is not installed, or a scenario it cannot do,
+is recorded with the reason, so every model appears in the JSON with every scenario.
+
+Exit status: 0 when the run completed (even with skipped scenarios: a skip is a result), 1 when
+it could not run at all (no C compiler, matplotlib missing for ``--plot``), 2 on a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, NoReturn, TextIO
+
+import attrs
+
+from ..cli import raise_fd_limit
+from ..models import MODELS, Model
+from . import loadgen
+from .machine import machine_info
+from .report import PlotUnavailable, headroom, render_table, write_json, write_plot
+from .scenarios import Context, Result, Scenario, Sizes, scenarios_for
+
+__all__ = ["main"]
+
+PROG = "trio-echo bench"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG,
+        description=(
+            "Benchmark every concurrency model: each runs as a real server subprocess on "
+            "loopback, driven by a compiled C load generator (built with cc on first use). "
+            "Prints a table; --json and --plot save the figures."
+        ),
+    )
+    parser.add_argument(
+        "--models",
+        default=",".join(MODELS),
+        help="comma-separated models to compare (default: all: %(default)s)",
+    )
+    parser.add_argument(
+        "--scenarios",
+        default=None,
+        help="comma-separated scenario keys or prefixes to run, e.g. echo,storm (default: all)",
+    )
+    parser.add_argument(
+        "--duration",
+        type=_positive,
+        default=None,
+        metavar="SECONDS",
+        help="seconds of traffic per echo and streaming measurement (default: 5, --quick 0.25)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny sizes, every model and scenario, under a minute (what the tests run)",
+    )
+    parser.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="do not pin the servers and the load generator to separate CPUs",
+    )
+    parser.add_argument("--json", type=Path, metavar="PATH", help="write every figure here")
+    parser.add_argument(
+        "--from-json",
+        type=Path,
+        metavar="PATH",
+        help="run nothing: rebuild the table (and --plot) from a JSON file a run wrote",
+    )
+    parser.add_argument("--plot", type=Path, metavar="PATH", help="write a PNG chart here")
+    return parser
+
+
+class Progress:
+    """A one-line ``\\r`` bar on a terminal; plain lines otherwise (CI logs, pipes)."""
+
+    def __init__(self, total: int, stream: TextIO = sys.stderr) -> None:
+        self.total = total
+        self.done = 0
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.started = time.monotonic()
+
+    def step(self, label: str) -> None:
+        elapsed = time.monotonic() - self.started
+        if self.tty:
+            width = 30
+            filled = width * self.done // max(1, self.total)
+            bar = "#" * filled + "." * (width - filled)
+            line = f"[{bar}] {self.done}/{self.total} {elapsed:5.0f} s  {label}"
+            self.stream.write("\r\x1b[K" + line[:120])
+        else:
+            self.stream.write(f"bench [{self.done + 1}/{self.total}] {elapsed:.0f} s: {label}\n")
+        self.stream.flush()
+        self.done += 1
+
+    def close(self) -> None:
+        if self.tty:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+
+
+def pin_cpus() -> tuple[tuple[int, ...] | None, tuple[int, ...] | None]:
+    """(the servers' CPUs, the load generator's CPUs): the last CPU for the load generator (one
+    single-threaded process) and this process, the others for the server under test.
+
+    Why pin: on a small machine the server and the load generator otherwise fight over the same
+    cores, and where the scheduler happens to put them (same core: a context switch per request;
+    different cores: a cross-CPU wake-up) changes single-connection latency by a factor of
+    several from one run to the next.  Pinned, every model gets the same CPUs and the load
+    generator can never take the server's.  The price: a multi-threaded server (the threads
+    model) cannot spill onto the load generator's core -- on a 2-core machine it would only
+    have been stealing it.  ``None, None`` with fewer than two CPUs (or no affinity support).
+    """
+    if not hasattr(os, "sched_getaffinity"):
+        return None, None
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None, None
+    loadgen_cpus = (cpus[-1],)
+    os.sched_setaffinity(0, loadgen_cpus)  # inherited by every load generator started
+    return tuple(cpus[:-1]), loadgen_cpus
+
+
+def _selected(all_scenarios: list[Scenario], wanted: str | None) -> list[Scenario]:
+    if not wanted:
+        return all_scenarios
+    parts = [p.strip() for p in wanted.split(",") if p.strip()]
+    return [s for s in all_scenarios if any(s.key.startswith(p) for p in parts)]
+
+
+def run_model(
+    model: Model, scenarios: list[Scenario], context: Context, progress: Progress
+) -> dict[str, Any]:
+    """Every scenario for one model, each a :class:`Result` as JSON."""
+    entry: dict[str, Any] = {"summary": model.summary, "scenarios": {}}
+    why_not = model.available()
+    if why_not is not None:
+        entry["skipped"] = why_not
+    for scenario in scenarios:
+        progress.step(f"{model.name}: {scenario.title}")
+        if why_not is not None:
+            result = Result(skipped=f"model not available: {why_not}")
+        elif missing := sorted(set(scenario.flags) & set(model.unsupported)):
+            result = Result(skipped=f"the {model.name} model does not support {', '.join(missing)}")
+        else:
+            result = scenario.run(context, model)
+        entry["scenarios"][scenario.key] = result.to_json()
+    return entry
+
+
+def _write_plot(report: dict[str, Any], path: Path) -> int:
+    try:
+        write_plot(report, path)
+    except PlotUnavailable as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _replay(source: Path, plot: Path | None) -> int:
+    """``--from-json``: the table and the chart of a saved run, without running anything."""
+    try:
+        report = json.loads(source.read_text())
+    except (OSError, ValueError) as exc:
+        print(f"{PROG}: error: cannot read {source}: {exc}", file=sys.stderr)
+        return 1
+    sys.stdout.write(render_table(report))
+    return _write_plot(report, plot) if plot is not None else 0
+
+
+def main(argv: Sequence[str]) -> int:
+    parser = build_parser()
+    args = parser.parse_args(list(argv))
+    if args.from_json is not None:
+        return _replay(args.from_json, args.plot)
+    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    unknown = [n for n in names if n not in MODELS]
+    if unknown or not names:
+        parser.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}")
+    if args.plot is not None and importlib.util.find_spec("matplotlib") is None:
+        print(
+            f"{PROG}: error: --plot needs matplotlib: pip install 'trio-echo[bench]'",
+            file=sys.stderr,
+        )
+        return 1
+    sizes = Sizes.quick(args.duration) if args.quick else Sizes(duration=args.duration or 5.0)
+    scenarios = _selected(scenarios_for(sizes), args.scenarios)
+    if not scenarios:
+        parser.error(f"no scenario matches {args.scenarios!r}")
+
+    raise_fd_limit()  # 5,000 idle connections need more than the usual 1,024 descriptors
+    try:
+        binary = loadgen.build()
+    except loadgen.LoadgenError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    machine = machine_info()  # before pinning narrows this process to one CPU
+    server_cpus, loadgen_cpus = (None, None) if args.no_pin else pin_cpus()
+    context = Context(binary=binary, sizes=sizes, server_cpus=server_cpus)
+
+    started = time.monotonic()
+    report: dict[str, Any] = {
+        "command": "python -m trio_echo bench " + shlex.join(list(argv)),
+        "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "quick": args.quick,
+        "sizes": attrs.asdict(sizes),
+        "machine": machine,
+        # Other work on the machine skews every figure: say how busy it was before and after.
+        "load_average_start": [round(x, 2) for x in os.getloadavg()],
+        "loadgen": {"tool": loadgen.version_line(binary)},
+        "pinning": None
+        if server_cpus is None
+        else {"server_cpus": list(server_cpus), "loadgen_cpus": list(loadgen_cpus or ())},
+        "scenario_titles": {s.key: s.title for s in scenarios},
+        "models": {},
+    }
+    progress = Progress(len(names) * len(scenarios))
+    try:
+        for name in names:
+            report["models"][name] = run_model(MODELS[name], scenarios, context, progress)
+    except KeyboardInterrupt:
+        progress.close()
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    progress.close()
+    report["elapsed_s"] = round(time.monotonic() - started, 1)
+    report["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    report["loadgen"]["headroom"] = headroom(report)
+
+    sys.stdout.write(render_table(report))
+    sys.stdout.write(
+        f"\n{len(names)} models, {len(scenarios)} scenarios in {report['elapsed_s']:g} s\n"
+    )
+    if args.json is not None:
+        write_json(report, args.json)
+    if args.plot is not None:
+        return _write_plot(report, args.plot)
+    return 0

@@ -1,0 +1,208 @@
+"""The load generator: ``loadgen.c``, compiled on first use, run as a child process.
+
+Why a compiled tool: the benchmark must measure the servers, not the client.  A single-process
+pure-Python client tops out well below what uvloop serves; the C epoll loop in ``loadgen.c``
+drives thousands of connections with a fraction of a core and reports its own CPU time, so the
+report can state its headroom instead of asserting it.
+
+The source ships as package data; it is compiled with ``cc -O2`` into a cache directory keyed by
+the hash of the source (``$XDG_CACHE_HOME/trio_echo`` or ``~/.cache/trio_echo``), so a changed
+source is recompiled and an unchanged one only once.  Without a C compiler the bench stops with
+one line (:class:`LoadgenError`): there is no silent fallback to a slower, unfair client.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = ["Hold", "LoadgenError", "build", "run"]
+
+SOURCE_NAME = "loadgen.c"
+CFLAGS = ("-O2", "-std=gnu11", "-Wall")
+
+
+class LoadgenError(Exception):
+    """The load generator cannot be built or failed; the message is one line."""
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "trio_echo"
+
+
+def source() -> bytes:
+    return resources.files(__package__).joinpath(SOURCE_NAME).read_bytes()
+
+
+def build() -> Path:
+    """The path of the compiled load generator, compiling it if this source is new.
+
+    Compiles into a temporary file and renames it into place, so two bench runs at once never
+    execute a half-written binary.
+    """
+    code = source()
+    digest = hashlib.sha256(code + " ".join(CFLAGS).encode()).hexdigest()[:16]
+    target = cache_dir() / f"loadgen-{digest}"
+    if target.is_file() and os.access(target, os.X_OK):
+        return target
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise LoadgenError(
+            "no C compiler found (install gcc, e.g. apt-get install gcc, or set CC): the bench "
+            "needs it to build its load generator"
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        src = Path(tmp) / SOURCE_NAME
+        src.write_bytes(code)
+        out = Path(tmp) / "loadgen"
+        result = subprocess.run(
+            [compiler, *CFLAGS, "-o", str(out), str(src)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            first = (result.stderr.strip().splitlines() or ["no output"])[0]
+            raise LoadgenError(f"cannot compile the load generator with {compiler}: {first}")
+        os.replace(out, target)
+    return target
+
+
+def _parse(line: str) -> dict[str, Any]:
+    try:
+        value = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise LoadgenError(f"load generator printed something that is not JSON: {line!r}") from exc
+    if not isinstance(value, dict):
+        raise LoadgenError(f"load generator printed {line!r}")
+    return value
+
+
+def _command(binary: Path, mode: str, port: int, options: dict[str, object]) -> list[str]:
+    argv = [str(binary), mode, "-p", str(port)]
+    for flag, value in options.items():
+        argv += [f"-{flag}", str(value)]
+    return argv
+
+
+def run(
+    binary: Path,
+    mode: str,
+    port: int,
+    *,
+    timeout: float,
+    on_start: Callable[[], None] | None = None,
+    **options: object,
+) -> dict[str, Any]:
+    """Run ``loadgen MODE -p PORT -X value ...`` to its end; its result object.
+
+    ``on_start`` is called when the load generator says the measurement begins, so that the
+    caller can sample the server's CPU time over the same window.  ``timeout`` bounds the whole
+    run (the load generator bounds itself with ``-t``; this is the backstop).
+    """
+    proc = subprocess.Popen(
+        _command(binary, mode, port, options),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    killer = threading.Timer(timeout, proc.kill)
+    killer.start()
+    try:
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        result: dict[str, Any] | None = None
+        for line in proc.stdout:
+            event = _parse(line)
+            if event.get("event") == "start" and on_start is not None:
+                on_start()
+            elif event.get("event") == "result":
+                result = event
+        err = proc.stderr.read()
+        status = proc.wait()
+    finally:
+        killer.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+    if result is None:
+        why = err.strip().splitlines()[-1] if err.strip() else f"exit status {status}"
+        if status == -9:
+            why = f"killed after {timeout:g} s"
+        raise LoadgenError(f"load generator gave no result: {why}")
+    return result
+
+
+class Hold:
+    """``loadgen hold``: many connections that each did one echo and then stay open.
+
+    Used as a context manager: ``ready()`` waits for the load generator's report that every
+    client was served once (or that its timeout passed); ``finish()`` closes its stdin, so it
+    closes whatever is still open and reports how the server closed the others.
+    """
+
+    def __init__(self, binary: Path, port: int, connections: int, timeout: float) -> None:
+        self._proc = subprocess.Popen(
+            _command(binary, "hold", port, {"c": connections, "t": timeout}),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        self.timeout = timeout
+
+    def _next(self, stdout: IO[str], timeout: float) -> dict[str, Any]:
+        # readline() blocks; a timer kills the child if it never answers.
+        killer = threading.Timer(timeout, self._proc.kill)
+        killer.start()
+        try:
+            line = stdout.readline()
+        finally:
+            killer.cancel()
+        if not line:
+            raise LoadgenError("load generator (hold) ended without an answer")
+        return _parse(line)
+
+    def ready(self) -> dict[str, Any]:
+        assert self._proc.stdout is not None
+        return self._next(self._proc.stdout, self.timeout + 30)
+
+    def finish(self, timeout: float = 30) -> dict[str, Any]:
+        assert self._proc.stdin is not None
+        assert self._proc.stdout is not None
+        with contextlib.suppress(BrokenPipeError):  # it already ended
+            self._proc.stdin.close()
+        return self._next(self._proc.stdout, timeout)
+
+    def __enter__(self) -> Hold:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self._proc.wait()
+        for pipe in (self._proc.stdin, self._proc.stdout):
+            if pipe is not None:
+                with contextlib.suppress(BrokenPipeError):
+                    pipe.close()
+
+
+def version_line(binary: Path) -> str:
+    """What the report says the load generator is."""
+    return f"loadgen.c (C, epoll, one process), built with {' '.join(CFLAGS)} at {binary}"

@@ -1,0 +1,302 @@
+"""The report: a table for the terminal, the JSON file, and a PNG chart.
+
+Everything here works on the JSON-shaped report (``{"models": {name: {"scenarios": {key:
+figures-or-skipped}}}, ...}``), so that the table and the chart can be rebuilt from a saved JSON
+file and the rendering is tested without running a benchmark.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = ["PlotUnavailable", "headroom", "render_table", "write_json", "write_plot"]
+
+Row = tuple[str, Callable[[Mapping[str, Any]], str]]
+
+
+class PlotUnavailable(Exception):
+    """matplotlib is not installed; the message says how to get it."""
+
+
+def _num(value: Any, digits: int = 1) -> str:
+    """Compact numbers for narrow columns: 12345 -> 12.3k."""
+    if value is None:
+        return "?"
+    if isinstance(value, str):
+        return value
+    value = float(value)
+    if abs(value) >= 1e6:
+        return f"{value / 1e6:.{digits}f}M"
+    if abs(value) >= 1e4:
+        return f"{value / 1e3:.{digits}f}k"
+    if abs(value) >= 100:
+        return f"{value:.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    if abs(value) >= 1:
+        return f"{value:.2f}"
+    return f"{value:.3g}"
+
+
+def _cpu(figures: Mapping[str, Any]) -> str:
+    return " / ".join(_num(figures.get(k), 2) for k in ("server_cpu", "loadgen_cpu", "other_cpu"))
+
+
+def _star(figures: Mapping[str, Any]) -> str:
+    """``*``: the load generator was saturated, so the figure is a lower bound."""
+    return "*" if figures.get("loadgen_saturated") else ""
+
+
+def _latency(figures: Mapping[str, Any]) -> str:
+    return " / ".join(_num(figures.get(k)) for k in ("p50_ms", "p99_ms", "max_ms"))
+
+
+def _rows_for(key: str) -> list[Row]:
+    """The figures of a scenario shown in the table, as (label, format) pairs."""
+    if key == "article":
+        return [
+            ("clients served", lambda f: f"{f['clients_fully_served']}/{f['clients']}"),
+            ("lines each", lambda f: ",".join(str(n) for n in f["lines_served"])),
+        ]
+    if key.startswith("echo_"):
+        return [
+            ("requests/s", lambda f: _num(f["requests_per_s"]) + _star(f)),
+            ("p50/p99/max ms", _latency),
+            ("CPU srv/load/other", _cpu),
+        ]
+    if key.startswith("stream_"):
+        return [("MB/s", lambda f: _num(f["mb_per_s"]) + _star(f)), ("CPU srv/load/other", _cpu)]
+    if key == "idle_memory":
+        return [("KiB/conn", lambda f: _num(f["kb_per_connection"]))]
+    if key == "storm":
+        return [("seconds", lambda f: _num(f["total_s"])), ("p99 ms", lambda f: _num(f["p99_ms"]))]
+    if key == "shutdown":
+        return [
+            ("seconds", lambda f: _num(f["exit_s"])),
+            ("exit status", lambda f: str(f["exit_status"])),
+        ]
+    return [("figures", lambda f: ", ".join(f"{k}={v}" for k, v in f.items()))]
+
+
+def render_table(report: Mapping[str, Any]) -> str:
+    """The terminal table: a row per figure, a column per model; skipped cells point to a
+    numbered note with the reason, listed under the table."""
+    models: Mapping[str, Any] = report["models"]
+    names = list(models)
+    titles: Mapping[str, str] = report.get("scenario_titles", {})
+    keys: list[str] = []
+    for entry in models.values():
+        for key in entry.get("scenarios", {}):
+            if key not in keys:
+                keys.append(key)
+    notes: list[str] = []
+    lines: list[list[str]] = [["scenario", "figure", *names]]
+    for key in keys:
+        for index, (label, fmt) in enumerate(_rows_for(key)):
+            row = [titles.get(key, key) if index == 0 else "", label]
+            for name in names:
+                entry = models[name]
+                result = entry.get("scenarios", {}).get(key)
+                if result is None:
+                    reason = entry.get("skipped") or "not run"
+                    result = {"skipped": reason}
+                if "skipped" in result:
+                    if index == 0:
+                        text = f"{name}, {titles.get(key, key)}: {result['skipped']}"
+                        notes.append(text)
+                        mark = "limited" if "partial" in result else "skipped"
+                        row.append(f"{mark} [{len(notes)}]")
+                    else:
+                        row.append("")
+                    continue
+                try:
+                    row.append(fmt(result))
+                except (KeyError, TypeError, ValueError):
+                    row.append("?")
+            lines.append(row)
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    rule = "  ".join("-" * w for w in widths)
+
+    def fmt_line(line: list[str]) -> str:
+        cells = [line[0].ljust(widths[0]), line[1].ljust(widths[1])]
+        cells += [cell.rjust(width) for cell, width in zip(line[2:], widths[2:], strict=True)]
+        return "  ".join(cells).rstrip()
+
+    out = [fmt_line(lines[0]), rule]
+    for line in lines[1:]:
+        if line[0] and len(out) > 2:
+            out.append("")
+        out.append(fmt_line(line))
+    if notes:
+        out += ["", *(f"[{i}] {text}" for i, text in enumerate(notes, 1))]
+    out += [
+        "",
+        "CPU srv/load/other: CPU cores used by the server / by the load generator / by the rest "
+        "of the machine (other processes, and kernel network work charged to neither)",
+    ]
+    room = headroom(report)
+    if room is not None:
+        out.append(room["text"])
+    return "\n".join(out) + "\n"
+
+
+def headroom(report: Mapping[str, Any]) -> dict[str, Any] | None:
+    """How busy the load generator was when it drove the fastest model at its fastest echo
+    scenario, the most it was ever busy, and where it was saturated (those figures are lower
+    bounds): the evidence that it was, or was not, the bottleneck."""
+    best: tuple[float, str, str, Mapping[str, Any]] | None = None
+    busiest = 0.0
+    saturated: list[str] = []
+    for name, entry in report["models"].items():
+        for key, figures in entry.get("scenarios", {}).items():
+            if "skipped" in figures:
+                continue
+            busiest = max(busiest, float(figures.get("loadgen_cpu") or 0.0))
+            if figures.get("loadgen_saturated"):
+                saturated.append(f"{name} {key}")
+            if key.startswith("echo_") and figures.get("requests_per_s") is not None:
+                rps = float(figures["requests_per_s"])
+                if best is None or rps > best[0]:
+                    best = (rps, name, key, figures)
+    if best is None:
+        return None
+    rps, name, key, figures = best
+    load = figures.get("loadgen_cpu")
+    server = figures.get("server_cpu")
+    text = (
+        f"load generator headroom: at the fastest echo point ({name}, {key}: {_num(rps)} "
+        f"requests/s) the server used {_num(server, 2)} CPU cores and the load generator "
+        f"{_num(load, 2)} of its one core."
+    )
+    if saturated:
+        text += (
+            " * = load generator saturated (>= 0.9 core), figure is a lower bound: "
+            + ", ".join(saturated)
+            + "."
+        )
+    else:
+        text += f" It was never above {busiest:.2f} cores."
+    return {
+        "model": name,
+        "scenario": key,
+        "requests_per_s": rps,
+        "server_cpu": server,
+        "loadgen_cpu": load,
+        "loadgen_cpu_max": round(busiest, 3),
+        "saturated": saturated,
+        "text": text,
+    }
+
+
+def write_json(report: Mapping[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
+
+
+def _figure(report: Mapping[str, Any], key: str, name: str, field: str) -> float:
+    """A figure for the chart: 0 where the scenario was skipped (the table says why)."""
+    result = report["models"][name].get("scenarios", {}).get(key, {})
+    if "skipped" in result:
+        return 0.0
+    return float(result.get(field, 0.0) or 0.0)
+
+
+def write_plot(report: Mapping[str, Any], path: Path) -> None:
+    """A PNG of the main figures: echo requests/s per case, streaming MB/s, memory per idle
+    connection, storm and shutdown times.  matplotlib is optional (the ``bench`` extra)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise PlotUnavailable(
+            "--plot needs matplotlib: pip install 'trio-echo[bench]' (or pip install matplotlib)"
+        ) from exc
+
+    names = list(report["models"])
+    keys: list[str] = []
+    for entry in report["models"].values():
+        for key in entry.get("scenarios", {}):
+            if key not in keys:
+                keys.append(key)
+    echo_keys = [k for k in keys if k.startswith("echo_")]
+    stream_keys = [k for k in keys if k.startswith("stream_")]
+    # (title, scenarios, unit, figure, log scale)
+    panels: list[tuple[str, list[str], str, str, bool]] = [
+        ("echo: requests/s (higher is better)", echo_keys, "requests/s", "requests_per_s", False),
+        ("echo: p99 latency (lower is better, log scale)", echo_keys, "ms", "p99_ms", True),
+        (
+            "streaming into the print path (higher is better)",
+            stream_keys,
+            "MB/s",
+            "mb_per_s",
+            False,
+        ),
+        (
+            "memory per idle connection (lower is better)",
+            [k for k in keys if k == "idle_memory"],
+            "KiB",
+            "kb_per_connection",
+            False,
+        ),
+        (
+            "connection storm: all served (lower is better)",
+            [k for k in keys if k == "storm"],
+            "seconds",
+            "total_s",
+            False,
+        ),
+        (
+            "SIGTERM to exit (lower is better)",
+            [k for k in keys if k == "shutdown"],
+            "seconds",
+            "exit_s",
+            False,
+        ),
+    ]
+    fig, axes = plt.subplots(3, 2, figsize=(14, 13))
+    width = 0.8 / max(1, len(names))
+    for ax, (title, panel_keys, unit, field, log) in zip(axes.flat, panels, strict=True):
+        for i, name in enumerate(names):
+            values = [_figure(report, key, name, field) for key in panel_keys]
+            positions = [x + (i - (len(names) - 1) / 2) * width for x in range(len(panel_keys))]
+            bars = ax.bar(positions, values, width, label=name)
+            for bar, key in zip(bars, panel_keys, strict=True):
+                figures = report["models"][name].get("scenarios", {}).get(key, {})
+                if field != "p99_ms" and figures.get("loadgen_saturated"):
+                    # The load generator was the limit: the true figure is at least this.
+                    ax.annotate(
+                        "*",
+                        (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                        ha="center",
+                        va="bottom",
+                    )
+        if log:
+            ax.set_yscale("log")
+        ax.set_xticks(range(len(panel_keys)))
+        ax.set_xticklabels(
+            [report.get("scenario_titles", {}).get(k, k) for k in panel_keys],
+            rotation=15 if len(panel_keys) > 2 else 0,
+            ha="right" if len(panel_keys) > 2 else "center",
+            fontsize=8,
+        )
+        ax.set_title(title, fontsize=10)
+        ax.set_ylabel(unit)
+        ax.grid(axis="y", alpha=0.3)
+    axes.flat[0].legend(fontsize=8)
+    machine = report.get("machine", {})
+    fig.suptitle(
+        f"trio_echo bench{' --quick' if report.get('quick') else ''}: "
+        f"{machine.get('cpu', '?')}, {machine.get('cores', '?')} cores, "
+        f"Python {machine.get('python', '?')}\n(missing bar: skipped, see the table; "
+        "*: load generator saturated, a lower bound)",
+        fontsize=11,
+    )
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", dpi=100)
+    plt.close(fig)

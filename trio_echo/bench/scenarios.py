@@ -1,0 +1,533 @@
+"""The scenarios: what each one runs and which figures it reports.
+
+Each scenario starts a fresh server for one model, drives it, stops it, and returns a
+:class:`Result`: figures, or ``skipped`` with the reason (a model that cannot do it, a server that
+served only some of the clients within the time bound, a failure).  Nothing here may hang: every
+wait has a deadline, because the ``sync`` model serves one client at a time and the others wait
+in the kernel's listen backlog forever.
+
+The heavy traffic (echo request/response, streaming, the connection storm, the idle
+connections) comes from the C load generator (:mod:`.loadgen`); the article's experiment is four
+gentle clients, in Python, because a line every so often needs no speed and Python can read the
+server's stdout alongside.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from ..models import Model
+from . import loadgen
+from .server import CLOCK_TICKS, ServerError, ServerProcess
+from .stats import percentile
+
+__all__ = ["Context", "Result", "Scenario", "Sizes", "scenarios_for"]
+
+Figures = dict[str, Any]
+
+
+@attrs.frozen
+class Sizes:
+    """How big each scenario is: ``--quick`` is tiny (the whole run well under a minute), the
+    default is what docs/benchmarks.md reports."""
+
+    duration: float = 5.0  # seconds of traffic per echo and streaming measurement
+    echo_connections: tuple[int, ...] = (1, 100, 1000)
+    echo_sizes: tuple[int, ...] = (64, 1024)
+    article_clients: int = 4
+    article_lines: int = 8  # lines per client while all are connected
+    article_interval: float = 0.25  # seconds between two lines of a client
+    stream_line: int = 128  # bytes per line streamed
+    idle_connections: int = 5000
+    storm_clients: int = 2000
+    shutdown_clients: int = 1000
+    # How long the many-connection scenarios wait for every client to be served once; a model
+    # that serves one client at a time uses all of it, then is reported as limited.
+    serve_timeout: float = 5.0
+    # How long the idle-connection and shutdown scenarios wait for all their clients to be
+    # connected and served once (thousands of connects can overflow the listen backlog, and the
+    # kernel retries a dropped SYN after a second).
+    hold_timeout: float = 15.0
+
+    @classmethod
+    def quick(cls, duration: float | None = None) -> Sizes:
+        return cls(
+            duration=0.25 if duration is None else duration,
+            echo_connections=(1, 10, 100),
+            article_lines=4,
+            article_interval=0.05,
+            idle_connections=200,
+            storm_clients=200,
+            shutdown_clients=100,
+            serve_timeout=1.0,
+            hold_timeout=1.5,
+        )
+
+
+@attrs.frozen
+class Result:
+    """One scenario's outcome for one model: figures, or why it was skipped (then ``figures``
+    may hold what was measured before it was found wanting, under ``partial``)."""
+
+    figures: Mapping[str, Any] = attrs.field(factory=dict)
+    skipped: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        if self.skipped is not None:
+            out: dict[str, Any] = {"skipped": self.skipped}
+            if self.figures:
+                out["partial"] = dict(self.figures)
+            return out
+        return dict(self.figures)
+
+
+@attrs.frozen
+class Context:
+    """What every scenario needs besides the model."""
+
+    binary: Path
+    sizes: Sizes
+    # The CPUs the servers run on (see cli.pin_cpus); None: wherever the kernel likes.
+    server_cpus: tuple[int, ...] | None = None
+
+    def server(self, model: Model, flags: list[str], **kwargs: Any) -> ServerProcess:
+        """A fresh server of ``model`` with ``flags``, on the servers' CPUs."""
+        return ServerProcess(model.name, flags, cpus=self.server_cpus, **kwargs)
+
+
+@attrs.frozen
+class Scenario:
+    """A named measurement: ``run(context, model) -> Result``."""
+
+    key: str
+    title: str
+    flags: tuple[str, ...]  # server flags it needs (checked against the model's unsupported)
+    run: Callable[[Context, Model], Result]
+
+
+# ---- helpers ----------------------------------------------------------------------------------
+
+
+class _PipeLines:
+    """Reads a server's stdout pipe to EOF in a thread, so the server never blocks on it."""
+
+    def __init__(self, pipe: Any) -> None:
+        self._pipe = pipe
+        self._data = bytearray()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while chunk := self._pipe.read1(65536):
+            with self._lock:
+                self._data += chunk
+
+    @property
+    def data(self) -> bytes:
+        with self._lock:
+            return bytes(self._data)
+
+    def close(self) -> None:
+        self._thread.join(5)
+        self._pipe.close()
+
+
+def _latency_figures(result: Mapping[str, Any]) -> Figures:
+    histogram = result["latency_us"]
+    ms = {
+        name: (None if value is None else value / 1000.0)
+        for name, value in (
+            ("p50_ms", percentile(histogram, 0.50)),
+            ("p99_ms", percentile(histogram, 0.99)),
+        )
+    }
+    return {**ms, "max_ms": result["latency_max_us"] / 1000.0}
+
+
+# A load generator busier than this (CPU seconds per second, of its one core) may have been the
+# bottleneck: the figure it measured is then a lower bound, and the report says so.
+SATURATED = 0.9
+
+
+def _loadgen_cpu(result: Mapping[str, Any]) -> Figures:
+    """The load generator's CPU use over its measurement, and whether it was saturated."""
+    if not result["wall"]:
+        return {"loadgen_cpu": None, "loadgen_saturated": None}
+    cpu = round(result["cpu"] / result["wall"], 3)
+    return {"loadgen_cpu": cpu, "loadgen_saturated": cpu >= SATURATED}
+
+
+def _machine_busy_seconds() -> float:
+    """CPU seconds every core of the machine has spent busy (``/proc/stat``), so that a
+    scenario can tell how much of the machine went to something else than the server and the
+    load generator: other work on a shared machine, and the kernel's network work that the
+    scheduler charges to no process."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return float("nan")
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / CLOCK_TICKS
+
+
+class _CpuWindow:
+    """The server's CPU use (cores: CPU seconds per wall second) between :meth:`start` (called
+    when the load generator starts measuring) and :meth:`figures`, and the rest of the
+    machine's over the same window."""
+
+    def __init__(self, server: ServerProcess) -> None:
+        self.server = server
+        self.marks: tuple[float, float, float] | None = None
+
+    def start(self) -> None:
+        self.marks = (time.monotonic(), self.server.cpu_seconds(), _machine_busy_seconds())
+
+    def figures(self, result: Mapping[str, Any]) -> Figures:
+        """``server_cpu``, ``loadgen_cpu``, ``loadgen_saturated`` and ``other_cpu`` (the
+        machine's busy cores minus those two)."""
+        loadgen_figures = _loadgen_cpu(result)
+        if self.marks is None:
+            return {"server_cpu": None, **loadgen_figures, "other_cpu": None}
+        wall = time.monotonic() - self.marks[0]
+        if wall <= 0:
+            return {"server_cpu": None, **loadgen_figures, "other_cpu": None}
+        server = (self.server.cpu_seconds() - self.marks[1]) / wall
+        machine = (_machine_busy_seconds() - self.marks[2]) / wall
+        other = machine - server - (loadgen_figures["loadgen_cpu"] or 0.0)
+        return {
+            "server_cpu": round(server, 3),
+            **loadgen_figures,
+            "other_cpu": round(max(0.0, other), 3),
+        }
+
+
+def _guard(run: Callable[[], Result]) -> Result:
+    """A scenario that fails (server did not start, load generator error) is reported skipped
+    with the one-line reason instead of ending the whole run."""
+    try:
+        return run()
+    except (ServerError, loadgen.LoadgenError, OSError, subprocess.SubprocessError) as exc:
+        return Result(skipped=f"failed: {exc}")
+
+
+# ---- 1. the article's experiment --------------------------------------------------------------
+
+
+def article(ctx: Context, model: Model) -> Result:
+    """Four clients connected at once, each sending a line at a steady pace; count how many of
+    each client's lines the server printed *while all were connected* (the blocking server of
+    the article prints only the first client's; the others' lines wait in the kernel)."""
+    sizes = ctx.sizes
+
+    def run() -> Result:
+        with ctx.server(model, [], stdout=subprocess.PIPE) as server:
+            out = _PipeLines(server.proc.stdout)
+            clients: list[socket.socket] = []
+            try:
+                for _ in range(sizes.article_clients):
+                    sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+                    clients.append(sock)
+                names = [f"[127.0.0.1:{c.getsockname()[1]}]" for c in clients]
+                for i in range(sizes.article_lines):
+                    for n, sock in enumerate(clients):
+                        sock.sendall(f"client{n} line{i}\n".encode())
+                    time.sleep(sizes.article_interval)
+                # Let the last lines through, then count before anybody leaves.
+                deadline = time.monotonic() + max(1.0, sizes.article_interval * 4)
+                expected = sizes.article_clients * sizes.article_lines
+                while time.monotonic() < deadline and out.data.count(b"\n") < expected:
+                    time.sleep(0.01)
+                snapshot = out.data.decode(errors="replace").splitlines()
+            finally:
+                for sock in clients:
+                    sock.close()
+                server.stop()
+                out.close()
+        served = [sum(1 for line in snapshot if line.startswith(name + " ")) for name in names]
+        return Result(
+            {
+                "clients": sizes.article_clients,
+                "lines_per_client": sizes.article_lines,
+                "interval_s": sizes.article_interval,
+                "lines_served": served,
+                "clients_fully_served": sum(1 for n in served if n == sizes.article_lines),
+            }
+        )
+
+    return _guard(run)
+
+
+# ---- 2. echo request/response -----------------------------------------------------------------
+
+
+def echo(connections: int, size: int) -> Callable[[Context, Model], Result]:
+    def scenario(ctx: Context, model: Model) -> Result:
+        """``connections`` clients in a closed loop (send ``size`` bytes, wait for them back),
+        after one unmeasured round trip each so that every client has been accepted."""
+
+        def run() -> Result:
+            with ctx.server(model, ["--echo", "--quiet"]) as server:
+                window = _CpuWindow(server)
+                timeout = ctx.sizes.duration + ctx.sizes.serve_timeout + 30
+                result = loadgen.run(
+                    ctx.binary,
+                    "echo",
+                    server.port,
+                    timeout=timeout + 10,
+                    on_start=window.start,
+                    c=connections,
+                    s=size,
+                    d=ctx.sizes.duration,
+                    w=ctx.sizes.serve_timeout,
+                    t=timeout,
+                )
+                cpu = window.figures(result)
+                server.stop()
+            figures: Figures = {
+                "connections": connections,
+                "message_bytes": size,
+                "duration_s": ctx.sizes.duration,
+                "requests": result["requests"],
+                "requests_per_s": round(result["requests"] / ctx.sizes.duration, 1),
+                **_latency_figures(result),
+                "served_connections": result["served_connections"],
+                "errors": result["errors"] + result["connect_failures"],
+                **cpu,
+            }
+            if result["served_connections"] < connections:
+                return Result(
+                    figures,
+                    skipped=f"limited: only {result['served_connections']} of {connections} "
+                    f"connections were ever answered within {ctx.sizes.serve_timeout:g} s + "
+                    f"{ctx.sizes.duration:g} s (the rest waited in the listen backlog)",
+                )
+            if result["requests"] == 0:
+                return Result(figures, skipped="no request completed")
+            return Result(figures)
+
+        return _guard(run)
+
+    return scenario
+
+
+# ---- 3. streaming into the print path ---------------------------------------------------------
+
+
+def stream(fmt: str) -> Callable[[Context, Model], Result]:
+    def scenario(ctx: Context, model: Model) -> Result:
+        """One client writes lines as fast as the server takes them; the server prints them
+        (``--raw`` or text) to /dev/null.  The clock stops when the server has read everything
+        (it closes after the client's half-close), so kernel buffers do not inflate the rate."""
+
+        def run() -> Result:
+            flags = ["--raw"] if fmt == "raw" else []
+            with ctx.server(model, flags) as server:
+                window = _CpuWindow(server)
+                result = loadgen.run(
+                    ctx.binary,
+                    "stream",
+                    server.port,
+                    timeout=ctx.sizes.duration + 60,
+                    on_start=window.start,
+                    c=1,
+                    s=ctx.sizes.stream_line,
+                    d=ctx.sizes.duration,
+                    t=ctx.sizes.duration + 50,
+                )
+                cpu = window.figures(result)
+                server.stop()
+                received = server.received()
+            if result["timed_out"]:
+                return Result(skipped="the server did not finish reading within 50 s")
+            elapsed = result["elapsed"]
+            figures: Figures = {
+                "line_bytes": ctx.sizes.stream_line,
+                "bytes": result["bytes"],
+                "elapsed_s": round(elapsed, 3),
+                "mb_per_s": round(result["bytes"] / elapsed / 1e6, 2) if elapsed else None,
+                "server_received_bytes": received[1] if received else None,
+                **cpu,
+            }
+            return Result(figures)
+
+        return _guard(run)
+
+    return scenario
+
+
+# ---- 4. memory per idle connection ------------------------------------------------------------
+
+
+def idle_memory(ctx: Context, model: Model) -> Result:
+    """Server RSS before and after ``idle_connections`` clients connected, each served one echo
+    (so the server really holds a handler for it) and then idle: the delta per connection."""
+    count = ctx.sizes.idle_connections
+
+    def run() -> Result:
+        with ctx.server(model, ["--echo", "--quiet"]) as server:
+            time.sleep(0.2)
+            before = server.rss_bytes()
+            with loadgen.Hold(ctx.binary, server.port, count, ctx.sizes.hold_timeout) as hold:
+                ready = hold.ready()
+                time.sleep(0.3)
+                after = server.rss_bytes()
+                threads = server.threads()
+                hold.finish()
+            server.stop()
+        figures: Figures = {
+            "connections": count,
+            "served_connections": ready["echoed"],
+            "connect_s": round(ready["elapsed"], 3),
+            "rss_before_mb": round(before / 2**20, 1),
+            "rss_after_mb": round(after / 2**20, 1),
+            "kb_per_connection": round((after - before) / count / 1024, 2),
+            "server_threads": threads,
+        }
+        if ready["echoed"] < count:
+            return Result(
+                figures,
+                skipped=f"limited: only {ready['echoed']} of {count} connections were served "
+                f"within {ctx.sizes.hold_timeout:g} s",
+            )
+        return Result(figures)
+
+    return _guard(run)
+
+
+# ---- 5. connection storm ----------------------------------------------------------------------
+
+
+def storm(ctx: Context, model: Model) -> Result:
+    """``storm_clients`` clients connect at once, each sends one line, waits for its echo and
+    leaves; the time from the first connect to the last echo."""
+    count = ctx.sizes.storm_clients
+
+    def run() -> Result:
+        with ctx.server(model, ["--echo", "--quiet"]) as server:
+            window = _CpuWindow(server)
+            timeout = ctx.sizes.serve_timeout * 6
+            result = loadgen.run(
+                ctx.binary,
+                "echo",
+                server.port,
+                timeout=timeout + 10,
+                on_start=window.start,
+                c=count,
+                s=64,
+                n=1,
+                t=timeout,
+            )
+            cpu = window.figures(result)
+            server.stop()
+        figures: Figures = {
+            "clients": count,
+            "served": result["requests"],
+            "total_s": round(result["elapsed"], 3),
+            "clients_per_s": round(result["requests"] / result["elapsed"], 1)
+            if result["elapsed"]
+            else None,
+            **_latency_figures(result),
+            "errors": result["errors"] + result["connect_failures"] + result["resets"],
+            **cpu,
+        }
+        if result["requests"] < count:
+            return Result(
+                figures,
+                skipped=f"limited: {result['requests']} of {count} clients served within "
+                f"{timeout:g} s",
+            )
+        return Result(figures)
+
+    return _guard(run)
+
+
+# ---- 6. graceful shutdown ---------------------------------------------------------------------
+
+SHUTDOWN_GRACE = 0.0
+
+
+def shutdown(ctx: Context, model: Model) -> Result:
+    """``shutdown_clients`` idle clients (each served once); SIGTERM; the time until the process
+    has exited.  ``--grace 0``: the grace period would only add its own length (the clients never
+    leave by themselves), so this measures the work of closing every connection and exiting."""
+    count = ctx.sizes.shutdown_clients
+
+    def run() -> Result:
+        flags = ["--echo", "--quiet"]
+        if "--grace" not in model.unsupported:
+            flags += ["--grace", f"{SHUTDOWN_GRACE:g}"]
+        with (
+            ctx.server(model, flags) as server,
+            loadgen.Hold(ctx.binary, server.port, count, ctx.sizes.hold_timeout) as hold,
+        ):
+            ready = hold.ready()
+            status, seconds = server.stop(timeout=30)
+            closed = hold.finish()
+        figures: Figures = {
+            "clients": count,
+            "served_clients": ready["echoed"],
+            "grace_s": SHUTDOWN_GRACE if "--grace" not in model.unsupported else None,
+            "exit_s": round(seconds, 4),
+            "exit_status": status,
+            "clients_closed_eof": closed["eofs"],
+            "clients_reset": closed["resets"],
+        }
+        if status is None:
+            return Result(figures, skipped="did not exit within 30 s of SIGTERM (killed)")
+        if ready["echoed"] < count:
+            return Result(
+                figures,
+                skipped=f"limited: only {ready['echoed']} of {count} clients were connected and "
+                "served when SIGTERM came",
+            )
+        return Result(figures)
+
+    return _guard(run)
+
+
+# ---- the list ---------------------------------------------------------------------------------
+
+
+def scenarios_for(sizes: Sizes) -> list[Scenario]:
+    """Every scenario, in the order they run and appear in the report."""
+    found: list[Scenario] = [
+        Scenario("article", "article: 4 paced clients", (), article),
+    ]
+    for connections in sizes.echo_connections:
+        for size in sizes.echo_sizes:
+            found.append(
+                Scenario(
+                    f"echo_{connections}x{size}",
+                    f"echo {connections} conn × {size} B",
+                    ("--echo", "--quiet"),
+                    echo(connections, size),
+                )
+            )
+    found += [
+        Scenario("stream_raw", "stream --raw > /dev/null", ("--raw",), stream("raw")),
+        Scenario("stream_text", "stream text > /dev/null", (), stream("text")),
+        Scenario(
+            "idle_memory",
+            f"memory / idle conn ({sizes.idle_connections})",
+            ("--echo", "--quiet"),
+            idle_memory,
+        ),
+        Scenario("storm", f"storm of {sizes.storm_clients}", ("--echo", "--quiet"), storm),
+        Scenario(
+            "shutdown",
+            f"SIGTERM → exit, {sizes.shutdown_clients} clients",
+            ("--echo", "--quiet"),
+            shutdown,
+        ),
+    ]
+    return found

@@ -14,35 +14,25 @@ watcher -- and decides the exit status:
 
 from __future__ import annotations
 
-import signal
 from collections.abc import AsyncIterator
 
 import attrs
 import trio
 
 from .config import Config
-from .listen import describe_addresses
-from .logs import LOGGER, NOTICE
+from .lifecycle import (
+    MIN_DRAIN_TIMEOUT,
+    STOP_SIGNALS,
+    Outcome,
+    log_forced,
+    log_listening,
+    log_stopping,
+)
 from .server import ServerHandle, serve
+from .stats import ServerStats
 from .writer import open_output_queue, write_stdout
 
-__all__ = ["Outcome", "run", "run_trio"]
-
-# At shutdown, once the clients are gone, stdout gets the grace period (but at least this many
-# seconds) to take what is still queued: a reader that stopped reading must not keep a stopped
-# server alive forever.
-MIN_DRAIN_TIMEOUT = 1.0
-
-# The signals that mean "please stop": Ctrl-C, and what systemd, docker and kill send.
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-@attrs.frozen
-class Outcome:
-    """How a run ended: the exit status and the one-line summary for stderr."""
-
-    exit_status: int
-    summary: str
+__all__ = ["run", "run_trio"]
 
 
 @attrs.define(eq=False)
@@ -55,24 +45,14 @@ class _SignalWatcher:
 
     async def watch(self, signals: AsyncIterator[int]) -> None:
         async for signum in signals:
-            name = signal.Signals(signum).name
             if self.handle is None or self.handle.shutting_down:
                 if self.handle is not None:
-                    LOGGER.warning("%s again: closing every connection now", name)
+                    log_forced(signum)
                 self.forced_by = signum
                 self.everything.cancel()
                 return
             self.handle.shutdown()
-            active = self.handle.stats.active
-            LOGGER.log(
-                NOTICE,
-                "%s: stopped accepting; waiting up to %g s for %d client%s (%s again to force)",
-                name,
-                self.handle.grace,
-                active,
-                "" if active == 1 else "s",
-                name,
-            )
+            log_stopping(signum, self.handle.grace, self.handle.stats.active)
 
 
 async def run(config: Config, stdout_fd: int = 1) -> Outcome:
@@ -91,12 +71,7 @@ async def run(config: Config, stdout_fd: int = 1) -> Outcome:
                 try:
                     handle = await work.start(serve, config, None if config.quiet else queue)
                     watcher.handle = handle
-                    LOGGER.log(
-                        NOTICE,
-                        "listening on %s (%s)",
-                        describe_addresses(handle.addresses),
-                        config.describe_mode(),
-                    )
+                    log_listening(handle.addresses, config)
                     await handle.stopped.wait()
                     # Every client is gone; stdout gets as long to take the rest as they got.
                     drain_timeout = max(config.grace, MIN_DRAIN_TIMEOUT)
@@ -105,18 +80,12 @@ async def run(config: Config, stdout_fd: int = 1) -> Outcome:
                     # No more output after this; the writer drains what is queued, then ends.
                     await queue.aclose()
             nursery.cancel_scope.cancel()  # stop the signal watcher
+        stats = watcher.handle.stats if watcher.handle else ServerStats()
         if watcher.forced_by is not None:
-            stats = watcher.handle.stats.summary() if watcher.handle else "not started"
-            return Outcome(128 + watcher.forced_by, f"forced exit: {stats}")
-        assert watcher.handle is not None
-        summary = watcher.handle.stats.summary()
+            return Outcome.forced(watcher.forced_by, stats)
         if work.cancel_scope.cancelled_caught:
-            return Outcome(
-                1,
-                f"stdout did not take the last output within {drain_timeout:g} s after the last "
-                f"client left; the rest was dropped: {summary}",
-            )
-        return Outcome(0, f"stopped: {summary}")
+            return Outcome.drain_failed(drain_timeout, stats)
+        return Outcome.stopped(stats)
 
 
 def run_trio(config: Config) -> Outcome:

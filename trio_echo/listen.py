@@ -10,12 +10,27 @@ from __future__ import annotations
 import errno
 import socket
 
-__all__ = ["BACKLOG", "ListenError", "bind_sockets", "describe_addresses"]
+__all__ = [
+    "ACCEPT_CAPACITY_ERRNOS",
+    "ACCEPT_RETRY_SLEEP",
+    "BACKLOG",
+    "ListenError",
+    "bind_sockets",
+    "describe_addresses",
+]
 
 # The listen(2) backlog: as deep as the kernel allows (it caps this at net.core.somaxconn), so
 # that a storm of clients -- or the clients waiting out --max-connections -- are queued by the
 # kernel instead of refused.  Trio's open_tcp_listeners uses the same value.
 BACKLOG = 0xFFFF
+
+# Errors accept(2) returns when the process or the system is out of something (as in Trio's
+# serve_listeners): not fatal, so we wait and try again instead of crashing the server.
+ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+
+# How long to pause accepting after one of those errors: long enough for some clients to leave,
+# short enough that nobody notices once they have.
+ACCEPT_RETRY_SLEEP = 0.100
 
 # With port 0 and several addresses, the port picked on the first address may be taken on
 # another; a fresh pick almost always fits, so a few attempts make "0 picks a free port" true.

@@ -26,7 +26,7 @@ import attrs
 import trio
 
 from .config import Config
-from .listen import bind_sockets
+from .listen import ACCEPT_CAPACITY_ERRNOS, ACCEPT_RETRY_SLEEP, bind_sockets
 from .logs import LOGGER
 from .output import (
     Formatter,
@@ -40,14 +40,6 @@ from .stats import ServerStats, log_close, log_open
 from .writer import OutputQueue
 
 __all__ = ["ServerHandle", "ServerStats", "open_listeners", "serve"]
-
-# Errors accept(2) returns when the process or the system is out of something (as in Trio's
-# serve_listeners): not fatal, so we wait and try again instead of crashing the server.
-ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
-
-# How long to pause accepting after one of those errors: long enough for some clients to leave,
-# short enough that nobody notices once they have.
-ACCEPT_RETRY_SLEEP = 0.100
 
 # Log running out of file descriptors at most this often: while it lasts, accept fails ten
 # times a second, and one line a second says everything those would.

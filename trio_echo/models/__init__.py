@@ -15,8 +15,8 @@ from collections.abc import Callable
 
 import attrs
 
-from ..app import Outcome
 from ..config import Config
+from ..lifecycle import Outcome
 
 __all__ = ["MODELS", "Model", "get_model"]
 

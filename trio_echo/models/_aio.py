@@ -14,11 +14,18 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Coroutine
 from typing import Any
 
-from ..app import MIN_DRAIN_TIMEOUT, STOP_SIGNALS, Outcome
 from ..config import Config
+from ..lifecycle import (
+    MIN_DRAIN_TIMEOUT,
+    STOP_SIGNALS,
+    Outcome,
+    log_forced,
+    log_listening,
+    log_stopping,
+)
 from ..stats import ServerStats
 from ..writer import WRITE_BATCH_BYTES, write_all
-from ._common import Connection, drain_failed, log_forced, log_listening, log_stopping, lost_reason
+from ._common import Connection, lost_reason
 
 __all__ = ["AsyncStdout", "Lab"]
 
@@ -219,9 +226,9 @@ class Lab:
             if self._force.done():
                 return self._forced()
             if not self._writer.done():
-                return drain_failed(drain_timeout, self.stats)
+                return Outcome.drain_failed(drain_timeout, self.stats)
             self._raise_writer_error()
-        return Outcome(0, f"stopped: {self.stats.summary()}")
+        return Outcome.stopped(self.stats)
 
     async def _cancel_handlers(self, reason: str) -> None:
         self.closing = reason
@@ -233,7 +240,7 @@ class Lab:
         return set() if self._writer is None else {self._writer}
 
     def _forced(self) -> Outcome:
-        return Outcome(128 + self._force.result(), f"forced exit: {self.stats.summary()}")
+        return Outcome.forced(self._force.result(), self.stats)
 
     def _raise_writer_error(self) -> None:
         if self._writer is not None and self._writer.done() and not self._writer.cancelled():

@@ -23,15 +23,14 @@ import types
 
 import attrs
 
-from ..app import STOP_SIGNALS, Outcome
 from ..config import Config
-from ..listen import describe_addresses
-from ..logs import LOGGER, NOTICE
-from ..output import JsonlFormatter, LineAssembler, OutputFormat, TextFormatter, format_peer
+from ..lifecycle import STOP_SIGNALS
 
 # accept(2) errors that mean "out of descriptors or memory", and the pause before retrying:
 # the trio model's, so that every model survives running out of file descriptors alike.
-from ..server import ACCEPT_CAPACITY_ERRNOS, ACCEPT_RETRY_SLEEP
+from ..listen import ACCEPT_CAPACITY_ERRNOS, ACCEPT_RETRY_SLEEP
+from ..logs import LOGGER
+from ..output import JsonlFormatter, LineAssembler, OutputFormat, TextFormatter, format_peer
 from ..stats import ServerStats, log_close, log_open
 from ..writer import StdoutClosed, StdoutError, write_all
 
@@ -42,42 +41,9 @@ __all__ = [
     "Forced",
     "StopSignals",
     "accept",
-    "drain_failed",
-    "log_forced",
-    "log_listening",
-    "log_stopping",
     "lost_reason",
     "out_of_capacity",
 ]
-
-
-def log_listening(addresses: list[tuple[object, ...]], config: Config) -> None:
-    """The start-up line, word for word as the trio model's (tests and the bench parse it)."""
-    LOGGER.log(
-        NOTICE, "listening on %s (%s)", describe_addresses(addresses), config.describe_mode()
-    )
-
-
-def log_stopping(signum: int, grace: float, active: int) -> None:
-    name = signal.Signals(signum).name
-    LOGGER.log(
-        NOTICE,
-        "%s: stopped accepting; waiting up to %g s for %d client%s (%s again to force)",
-        *(name, grace, active, "" if active == 1 else "s", name),
-    )
-
-
-def log_forced(signum: int) -> None:
-    LOGGER.warning("%s again: closing every connection now", signal.Signals(signum).name)
-
-
-def drain_failed(drain_timeout: float, stats: ServerStats) -> Outcome:
-    """The outcome when stdout did not take the last output in time (same text as trio's)."""
-    return Outcome(
-        1,
-        f"stdout did not take the last output within {drain_timeout:g} s after the last "
-        f"client left; the rest was dropped: {stats.summary()}",
-    )
 
 
 def lost_reason(exc: BaseException, idle_timeout: float | None = None) -> str:

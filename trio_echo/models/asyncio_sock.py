@@ -16,8 +16,8 @@ import asyncio
 import socket
 import sys
 
-from ..app import Outcome
 from ..config import Config
+from ..lifecycle import Outcome
 from ..listen import bind_sockets
 from ._aio import Lab
 from ._common import ACCEPT_RETRY_SLEEP, out_of_capacity

@@ -19,8 +19,8 @@ import asyncio
 import functools
 import importlib
 
-from ..app import Outcome
 from ..config import Config
+from ..lifecycle import Outcome
 from ..listen import BACKLOG, bind_sockets
 from ._aio import Lab
 

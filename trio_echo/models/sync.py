@@ -18,22 +18,12 @@ import time
 
 import attrs
 
-from ..app import Outcome
 from ..config import Config
+from ..lifecycle import Outcome, log_forced, log_listening, log_stopping
 from ..listen import bind_sockets
 from ..stats import ServerStats
 from ..writer import StdoutClosed, StdoutError
-from ._common import (
-    BlockingStdout,
-    Connection,
-    Forced,
-    StopSignals,
-    accept,
-    log_forced,
-    log_listening,
-    log_stopping,
-    lost_reason,
-)
+from ._common import BlockingStdout, Connection, Forced, StopSignals, accept, lost_reason
 
 
 def run(config: Config, stdout_fd: int = 1) -> Outcome:
@@ -47,10 +37,10 @@ def run(config: Config, stdout_fd: int = 1) -> Outcome:
             server.serve_until_signal()
         except Forced as forced:
             log_forced(forced.signum)
-            return Outcome(128 + forced.signum, f"forced exit: {server.stats.summary()}")
+            return Outcome.forced(forced.signum, server.stats)
         finally:
             server.close_listeners()
-    return Outcome(0, f"stopped: {server.stats.summary()}")
+    return Outcome.stopped(server.stats)
 
 
 @attrs.define(eq=False)

@@ -21,24 +21,13 @@ import time
 
 import attrs
 
-from ..app import MIN_DRAIN_TIMEOUT, Outcome
 from ..config import Config
+from ..lifecycle import MIN_DRAIN_TIMEOUT, Outcome, log_forced, log_listening, log_stopping
 from ..listen import bind_sockets
 from ..logs import LOGGER
 from ..stats import ServerStats
 from ..writer import StdoutClosed, StdoutError
-from ._common import (
-    BlockingStdout,
-    Connection,
-    Forced,
-    StopSignals,
-    accept,
-    drain_failed,
-    log_forced,
-    log_listening,
-    log_stopping,
-    lost_reason,
-)
+from ._common import BlockingStdout, Connection, Forced, StopSignals, accept, lost_reason
 
 
 def run(config: Config, stdout_fd: int = 1) -> Outcome:
@@ -62,15 +51,15 @@ def run(config: Config, stdout_fd: int = 1) -> Outcome:
             server.close_clients("grace period over")
             drain_timeout = max(config.grace, MIN_DRAIN_TIMEOUT)
             if not server.join(drain_timeout):
-                return drain_failed(drain_timeout, server.stats)
+                return Outcome.drain_failed(drain_timeout, server.stats)
             if stdout.error is not None:
                 raise stdout.error
-            return Outcome(0, f"stopped: {server.stats.summary()}")
+            return Outcome.stopped(server.stats)
         except Forced as forced:
             log_forced(forced.signum)
             server.close_clients("server aborted")
             server.join(MIN_DRAIN_TIMEOUT)
-            return Outcome(128 + forced.signum, f"forced exit: {server.stats.summary()}")
+            return Outcome.forced(forced.signum, server.stats)
         except BaseException:  # stdout closed, or a bug: no thread outlives run() either
             server.close_clients("server stopped")
             server.join(MIN_DRAIN_TIMEOUT)

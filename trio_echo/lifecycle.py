@@ -1,0 +1,82 @@
+"""The life of a server run, told alike by every model: the signals that stop it, the lines it
+logs when it starts and stops, and how it ends (:class:`Outcome`).
+
+No concurrency library is imported here, so the blocking models do not pay for Trio's import.
+"""
+
+from __future__ import annotations
+
+import signal
+
+import attrs
+
+from .config import Config
+from .listen import describe_addresses
+from .logs import LOGGER, NOTICE
+from .stats import ServerStats
+
+__all__ = [
+    "MIN_DRAIN_TIMEOUT",
+    "STOP_SIGNALS",
+    "Outcome",
+    "log_forced",
+    "log_listening",
+    "log_stopping",
+]
+
+# The signals that mean "please stop": Ctrl-C, and what systemd, docker and kill send.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+# At shutdown, once the clients are gone, stdout gets the grace period (but at least this many
+# seconds) to take what is still queued: a reader that stopped reading must not keep a stopped
+# server alive forever.
+MIN_DRAIN_TIMEOUT = 1.0
+
+
+@attrs.frozen
+class Outcome:
+    """How a run ended: the exit status and the one-line summary for stderr."""
+
+    exit_status: int
+    summary: str
+
+    @classmethod
+    def stopped(cls, stats: ServerStats) -> Outcome:
+        """A graceful shutdown: exit status 0."""
+        return cls(0, f"stopped: {stats.summary()}")
+
+    @classmethod
+    def forced(cls, signum: int, stats: ServerStats) -> Outcome:
+        """A second signal cut the shutdown short: 128 + N, as a shell shows a signal death."""
+        return cls(128 + signum, f"forced exit: {stats.summary()}")
+
+    @classmethod
+    def drain_failed(cls, drain_timeout: float, stats: ServerStats) -> Outcome:
+        """stdout did not take the last output in time after the clients left: exit status 1."""
+        return cls(
+            1,
+            f"stdout did not take the last output within {drain_timeout:g} s after the last "
+            f"client left; the rest was dropped: {stats.summary()}",
+        )
+
+
+def log_listening(addresses: list[tuple[object, ...]], config: Config) -> None:
+    """The start-up line (tests and the bench parse it)."""
+    LOGGER.log(
+        NOTICE, "listening on %s (%s)", describe_addresses(addresses), config.describe_mode()
+    )
+
+
+def log_stopping(signum: int, grace: float, active: int) -> None:
+    """The first signal's line."""
+    name = signal.Signals(signum).name
+    LOGGER.log(
+        NOTICE,
+        "%s: stopped accepting; waiting up to %g s for %d client%s (%s again to force)",
+        *(name, grace, active, "" if active == 1 else "s", name),
+    )
+
+
+def log_forced(signum: int) -> None:
+    """The second signal's line."""
+    LOGGER.warning("%s again: closing every connection now", signal.Signals(signum).name)

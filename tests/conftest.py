@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -249,6 +250,24 @@ def start_server() -> Iterator[Callable[..., ServerProcess]]:
         yield start
 
 
+def read_line(fd: int, timeout: float = EVENT_TIMEOUT) -> bytes:
+    """Read ``fd`` (a pipe) until it has given at least one whole line; return what was read."""
+    deadline = time.monotonic() + timeout
+    data = b""
+    while b"\n" not in data:
+        ready, _, _ = select.select([fd], [], [], max(deadline - time.monotonic(), 0))
+        assert ready, f"no line on the pipe within {timeout} s, got {data!r}"
+        chunk = os.read(fd, 4096)
+        assert chunk, f"EOF before a whole line, got {data!r}"
+        data += chunk
+    return data
+
+
+def assert_no_traceback(stderr: str) -> None:
+    """The server never printed a Python traceback."""
+    assert "Traceback" not in stderr, stderr
+
+
 def run_cli(*args: str, timeout: float = STARTUP_TIMEOUT) -> subprocess.CompletedProcess[str]:
     """Run ``python -m trio_echo ARGS`` to completion (for flags that make it exit at once)."""
     return subprocess.run(
@@ -265,6 +284,8 @@ def run_cli(*args: str, timeout: float = STARTUP_TIMEOUT) -> subprocess.Complete
 
 
 LOOPBACKS = {socket.AF_INET: "127.0.0.1", socket.AF_INET6: "::1"}
+
+FAMILIES = (socket.AF_INET, socket.AF_INET6)
 
 
 def peer_name(sock: socket.socket) -> str:
@@ -299,6 +320,27 @@ def recv_eof(sock: socket.socket, timeout: float = EVENT_TIMEOUT) -> bytes:
         if not chunk:
             return bytes(data)
         data += chunk
+
+
+def assert_refused(port: int, family: socket.AddressFamily, timeout: float = 1.0) -> None:
+    """Connecting to ``port`` is refused, at the latest ``timeout`` seconds from now.
+
+    The poll only covers the instant between the server logging that it stopped accepting and
+    its listeners actually being closed: a connection that slips in then is reset by the
+    kernel when the listener closes (callers check that the server never served it).
+    """
+    deadline = time.monotonic() + timeout
+    address = (LOOPBACKS[family], port)
+    while True:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            try:
+                sock.connect(address)
+            except ConnectionRefusedError:
+                return
+            except ConnectionResetError:
+                pass  # the listener closed during the handshake: try again
+        assert time.monotonic() < deadline, f"{address} still accepts connections"
 
 
 @pytest.fixture

@@ -22,8 +22,18 @@ import threading
 import time
 
 import pytest
-from conftest import EVENT_TIMEOUT, peer_name, recv_eof, recv_exactly, run_cli
-from test_e2e import assert_no_traceback, assert_refused, read_line
+from conftest import (
+    EVENT_TIMEOUT,
+    FAMILIES,
+    LOOPBACKS,
+    assert_no_traceback,
+    assert_refused,
+    peer_name,
+    read_line,
+    recv_eof,
+    recv_exactly,
+    run_cli,
+)
 
 from trio_echo.listen import BACKLOG
 from trio_echo.models import MODELS
@@ -35,9 +45,12 @@ UVLOOP = pytest.param(
     ),
 )
 CONCURRENT = ["threads", "asyncio", "asyncio-sock", UVLOOP]
-# trio is the reference: every test that applies to it must pass on it too (test_e2e.py covers
-# it in depth), which shows that what they check is the behaviour, not one model's quirks.
+# trio is the reference: every test that applies to it runs on it too, and is its only test of
+# that behaviour (test_e2e.py keeps what is trio's alone and the deeper tests), which shows that
+# what they check is the behaviour, not one model's quirks.
 ALL = ["trio", "sync", *CONCURRENT]
+# The models that serve clients at once: all but sync.
+AT_ONCE = ["trio", *CONCURRENT]
 
 
 @pytest.fixture(params=ALL)
@@ -59,31 +72,49 @@ def serve(start_server, model):
 # ---- output ----------------------------------------------------------------------------------
 
 
-def test_text_output_names_each_client_and_escapes_control_characters(serve, connect):
+def test_text_output_names_each_client_and_escapes_control_characters(serve, model, connect):
     server = serve()
+    # sync serves one client at a time: v6 waits in the listen backlog until v4 has gone.
     v4 = connect(server.port, socket.AF_INET)
-    p4 = peer_name(v4)
-    v4.sendall(b"hello\r\n\x1b[2J\x1b]0;pwned\x07 caf\xc3\xa9 \xff back\\slash\nno newline")
-    v4.close()  # one at a time for sync: the next client is served once this one has gone
     v6 = connect(server.port, socket.AF_INET6)
-    p6 = peer_name(v6)
-    v6.sendall(b"from v6\n")
+    p4, p6 = peer_name(v4), peer_name(v6)
+    assert p6.startswith("[::1]:")
+
+    v4.sendall(b"hello from v4\n")
+    v6.sendall(b"hello from v6\r\nsecond ")
+    v6.sendall(b"line\n")
+    # Clear the screen, set the window title, ring the bell, colour: all must come out inert.
+    v4.sendall(b"\x1b[2J\x1b]0;pwned\x07\x1b[31mred\x1b[0m\n")
+    v4.sendall(b"hello\r\n\x1b[2J\x1b]0;pwned\x07 caf\xc3\xa9 \xff back\\slash\nno newline")
     expected = [
+        f"[{p4}] hello from v4",
+        f"[{p6}] hello from v6",
+        f"[{p6}] second line",
+        f"[{p4}] \\x1b[2J\\x1b]0;pwned\\a\\x1b[31mred\\x1b[0m",
         f"[{p4}] hello",
         f"[{p4}] \\x1b[2J\\x1b]0;pwned\\a café \\xff back\\\\slash",
         f"[{p4}] no newline",
-        f"[{p6}] from v6",
     ]
-    server.wait_stdout(f"{expected[-1]}\n".encode())
+
+    def printed(lines: list[str]):
+        return lambda out: all(f"{line}\n".encode() in out for line in lines)
+
+    if model != "sync":
+        # Both clients served at once: every whole line is out while both are connected.
+        server.wait_stdout(printed(expected[:-1]))
+    v4.close()  # its unfinished last line is printed now
+    server.wait_stdout(printed(expected))
     v6.close()
     assert server.stop() == 0
+
     out = server.all_stdout()
     assert b"\x1b" not in out
+    assert b"\x07" not in out
     lines = out.decode().splitlines()
-    # Each client's lines in order (a concurrent model may print v6's before v4's last one).
-    assert [line for line in lines if line.startswith(f"[{p4}]")] == expected[:3]
-    assert [line for line in lines if line.startswith(f"[{p6}]")] == expected[3:]
-    assert len(lines) == len(expected)
+    assert sorted(lines) == sorted(expected)
+    # Each client's lines in the order it sent them.
+    assert [line for line in lines if line.startswith(f"[{p4}]")] == [expected[0], *expected[3:]]
+    assert [line for line in lines if line.startswith(f"[{p6}]")] == expected[1:3]
     assert_no_traceback(server.all_stderr())
 
 
@@ -91,8 +122,9 @@ def test_echo_sends_every_byte_back_and_still_prints(serve, connect):
     server = serve("--echo")
     assert "(echo and print, text)" in server.stderr
     client = connect(server.port)
-    # More than the socket buffers hold, so the echo has to wait for the client to read it.
-    payload = bytes(range(256)) * 2048 + b"\nlast line\n"
+    # Several MiB, more than the socket buffers hold: a client that only sent would deadlock
+    # with the server blocked echoing to it, so send from a thread while this one receives.
+    payload = bytes(range(256)) * (16 * 1024) + b"\nlast line\n"
     sender = threading.Thread(target=client.sendall, args=(payload,))
     sender.start()
     try:
@@ -102,21 +134,35 @@ def test_echo_sends_every_byte_back_and_still_prints(serve, connect):
     server.wait_stdout(f"[{peer_name(client)}] last line\n".encode())
 
 
-def test_quiet_prints_nothing(serve, connect):
-    server = serve("--quiet", "--echo")
-    assert "(echo, quiet)" in server.stderr
+@pytest.mark.parametrize(
+    ("echo", "mode"),
+    [
+        pytest.param(False, "(print, quiet)", id="print"),
+        pytest.param(True, "(echo, quiet)", id="echo"),
+    ],
+)
+def test_quiet_prints_nothing_but_logs_connections(serve, connect, echo, mode):
+    server = serve("--quiet", *(["--echo"] if echo else []))
+    assert mode in server.stderr
     client = connect(server.port)
-    client.sendall(b"secret\n")
-    assert recv_exactly(client, 7) == b"secret\n"
+    peer = peer_name(client)
+    payload = b"secret\nmore secret\n"
+    client.sendall(payload)
+    if echo:
+        assert recv_exactly(client, len(payload)) == payload
     client.close()
-    server.wait_stderr(r"close #1 .*: 7 bytes in .* \(closed by client\)")
+    server.wait_stderr(rf"close #1 {re.escape(peer)}: 19 bytes in .* \(closed by client\)")
     assert server.stop() == 0
     assert server.all_stdout() == b""
+    stderr = server.all_stderr()
+    assert f"open #1 {peer}" in stderr
+    assert "secret" not in stderr
 
 
 def test_raw_writes_the_bytes_exactly(serve, connect):
     server = serve("--raw")
     client = connect(server.port)
+    # Every byte value, CRLF, invalid UTF-8, an escape sequence, and no final newline.
     payload = b"line one\r\n" + bytes(range(256)) + b"\xff\xfe\x1b[31m\n" + b"no newline at the end"
     client.sendall(payload)
     client.close()
@@ -134,6 +180,7 @@ def test_jsonl_gives_open_data_and_close_events(serve, connect):
     client.close()
     server.wait_stderr(r"close #1 ")
     assert server.stop() == 0
+
     events = [json.loads(line) for line in server.all_stdout().splitlines()]
     assert [e["event"] for e in events] == ["open", "data", "data", "data", "data", "close"]
     assert all(e["conn"] == 1 and e["peer"] == peer and e["time"] for e in events)
@@ -143,7 +190,7 @@ def test_jsonl_gives_open_data_and_close_events(serve, connect):
         ("\ufffdbad", "\n"),
         ("tail", ""),
     ]
-    assert events[3]["data_b64"] == "/2JhZA=="
+    assert events[3]["data_b64"] == "/2JhZA=="  # b"\xffbad", exactly
     assert events[-1]["bytes"] == len(payload)
     assert events[-1]["reason"] == "closed by client"
 
@@ -158,6 +205,7 @@ def test_signal_stops_an_idle_server_at_once(serve, connect, signum):
     client.sendall(b"hello\n")
     client.close()
     server.wait_stderr(r"close #1 ")
+
     sent = server.send_signal(signum)
     assert server.wait() == 0
     assert time.monotonic() - sent < 1.0
@@ -176,7 +224,7 @@ def test_grace_period_serves_connected_client_then_closes_it(serve, connect):
 
     sent = server.send_signal(signal.SIGTERM)
     server.wait_stderr(r"SIGTERM: stopped accepting; waiting up to 1 s for 1 client \(")
-    for family in (socket.AF_INET, socket.AF_INET6):
+    for family in FAMILIES:
         assert_refused(server.port, family)
     client.sendall(b"during the grace period\n")
     server.wait_stdout(f"[{peer}] during the grace period\n".encode())
@@ -198,18 +246,31 @@ def test_grace_period_serves_connected_client_then_closes_it(serve, connect):
     assert_no_traceback(stderr)
 
 
-def test_client_leaving_during_grace_ends_the_server_at_once(serve, connect):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_grace_period_refuses_new_clients_and_ends_when_the_last_one_leaves(serve, connect, signum):
+    name = signal.Signals(signum).name
     server = serve("--grace", "5")
     client = connect(server.port)
-    client.sendall(b"hello\n")
-    server.wait_stdout(b"] hello\n")
-    sent = server.send_signal(signal.SIGINT)
-    server.wait_stderr(r"SIGINT: stopped accepting; waiting up to 5 s for 1 client \(")
+    peer = peer_name(client)
+    client.sendall(b"before the signal\n")
+    server.wait_stdout(f"[{peer}] before the signal\n".encode())
+
+    sent = server.send_signal(signum)
+    server.wait_stderr(rf"{name}: stopped accepting; waiting up to 5 s for 1 client \(")
+    for family in FAMILIES:
+        assert_refused(server.port, family)
+
+    client.sendall(b"during the grace period\n")
+    server.wait_stdout(f"[{peer}] during the grace period\n".encode())
+    assert server.proc.poll() is None, "the server left before its client did"
+    assert "open #2" not in server.stderr, "a connection was accepted after the signal"
+
     client.close()
     assert server.wait() == 0
     assert time.monotonic() - sent < 3.0, "the server waited for the grace period to end"
     stderr = server.all_stderr()
-    assert re.search(r"close #1 .*\(closed by client\)", stderr), stderr
+    assert re.search(rf"close #1 {re.escape(peer)}: .*\(closed by client\)", stderr), stderr
+    assert "stopped: served 1 connection," in stderr
     assert_no_traceback(stderr)
 
 
@@ -226,7 +287,9 @@ def test_second_signal_forces_exit(serve, connect, signum, status):
     client = connect(server.port)
     client.sendall(b"hello\n")
     server.wait_stdout(b"] hello\n")
+
     server.send_signal(signum)
+    # Trio coalesces a signal that arrives twice before it is handled: wait for the first.
     server.wait_stderr(rf"{name}: stopped accepting")
     sent = server.send_signal(signum)
     assert server.wait() == status
@@ -241,18 +304,27 @@ def test_second_signal_forces_exit(serve, connect, signum, status):
 # ---- errors ----------------------------------------------------------------------------------
 
 
-def test_port_in_use_is_one_line_and_status_1(model):
-    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as holder:
-        holder.bind(("::1", 0))
+@pytest.mark.parametrize(
+    ("family", "args"),
+    [
+        pytest.param(socket.AF_INET, ["--host", "127.0.0.1"], id="ipv4-only"),
+        # The default hosts: 127.0.0.1 binds, then ::1 fails, and must be closed again; the
+        # error must name ::1.
+        pytest.param(socket.AF_INET6, [], id="default-hosts-ipv6-taken"),
+    ],
+)
+def test_port_in_use_is_one_line_and_status_1(model, family, args):
+    host = LOOPBACKS[family]
+    with socket.socket(family, socket.SOCK_STREAM) as holder:
+        holder.bind((host, 0))
         holder.listen()
         port = holder.getsockname()[1]
-        # The default hosts: 127.0.0.1 binds, then ::1 fails, and must be closed again.
-        result = run_cli("--model", model, "--port", str(port))
+        result = run_cli("--model", model, *args, "--port", str(port))
     assert result.returncode == 1, result.stderr
     assert result.stdout == ""
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
-    assert lines[0].startswith(f"trio-echo: error: cannot listen on ::1 port {port}:")
+    assert lines[0].startswith(f"trio-echo: error: cannot listen on {host} port {port}:")
     assert "address already in use" in lines[0]
 
 
@@ -292,9 +364,9 @@ def test_closed_stdout_stops_the_server_with_one_line(serve, connect):
     assert server.proc.returncode == 1
     stderr = server.all_stderr()
     assert_no_traceback(stderr)
-    assert stderr.splitlines()[-1] == (
-        "trio-echo: error: stdout was closed by its reader (broken pipe)"
-    )
+    mentions = [line for line in stderr.splitlines() if "broken pipe" in line]
+    assert mentions == ["trio-echo: error: stdout was closed by its reader (broken pipe)"]
+    assert stderr.splitlines()[-1] == mentions[0]
 
 
 @pytest.mark.parametrize(
@@ -330,31 +402,40 @@ def test_help_lists_every_model():
 # ---- what sets the models apart --------------------------------------------------------------
 
 
+MAX_1 = ["--max-connections", "1"]
+
+
 @pytest.mark.parametrize(
-    ("name", "args"),
+    ("name", "args", "second_family"),
     [
-        pytest.param("sync", [], id="sync"),
-        pytest.param("threads", ["--max-connections", "1"], id="threads-max-connections-1"),
-        pytest.param(
-            "asyncio-sock", ["--max-connections", "1"], id="asyncio-sock-max-connections-1"
-        ),
+        pytest.param("sync", [], socket.AF_INET6, id="sync"),
+        pytest.param("trio", MAX_1, socket.AF_INET, id="trio-max-connections-1-same-listener"),
+        # The other listener's accept loop may take the client, but must not serve it yet.
+        pytest.param("trio", MAX_1, socket.AF_INET6, id="trio-max-connections-1-other-listener"),
+        pytest.param("threads", MAX_1, socket.AF_INET6, id="threads-max-connections-1"),
+        pytest.param("asyncio-sock", MAX_1, socket.AF_INET6, id="asyncio-sock-max-connections-1"),
     ],
 )
-def test_one_client_at_a_time(start_server, connect, name, args):
+def test_one_client_at_a_time(start_server, connect, name, args, second_family):
     server = start_server("--model", name, *args)
     first = connect(server.port)
     first.sendall(b"first 1\n")
     server.wait_stdout(f"[{peer_name(first)}] first 1\n".encode())
-    second = connect(server.port, socket.AF_INET6)  # succeeds: it waits in the listen backlog
+
+    second = connect(server.port, second_family)  # succeeds: it waits in the listen backlog
     second_peer = peer_name(second)
     second.sendall(b"second 1\n")
+    # The first client still gets through; by then the second's line would long be out.
     first.sendall(b"first 2\n")
     server.wait_stdout(f"[{peer_name(first)}] first 2\n".encode())
     # A negative check needs some time: wait 0.3 s for the line that must not come.
     with pytest.raises(AssertionError, match=r"not found before 0\.3 s"):
         server.wait_stdout(b"second 1", timeout=0.3)
+    assert "open #2" not in server.stderr
+
     first.close()
     server.wait_stdout(f"[{second_peer}] second 1\n".encode())
+    # stderr is another pipe, read by another thread: wait for it to catch up.
     server.wait_stderr(rf"open #2 {re.escape(second_peer)}$")
     stderr = server.stderr
     assert stderr.index("close #1 ") < stderr.index(f"open #2 {second_peer}")
@@ -380,7 +461,42 @@ def test_clients_are_served_concurrently(serve, connect):
     ]
 
 
-def test_idle_timeout_closes_silent_clients(serve, connect):
+@pytest.mark.parametrize("model", AT_ONCE, indirect=True)
+def test_idle_timeout_closes_silent_clients_only(serve, connect):
+    server = serve("--idle-timeout", "0.5")
+    silent = connect(server.port)
+    chatty = connect(server.port, socket.AF_INET6)
+    silent_peer, chatty_peer = peer_name(silent), peer_name(chatty)
+    started = time.monotonic()
+
+    # The chatty client speaks every 0.2 s for twice the timeout, and keeps its connection;
+    # meanwhile the silent one is cut off after about 0.5 s.
+    for i in range(6):
+        # Pacing, not synchronisation: the client has to stay quiet for a while.
+        time.sleep(max(started + 0.2 * i - time.monotonic(), 0))
+        chatty.sendall(f"tick {i}\n".encode())
+        last_tick = time.monotonic()
+        server.wait_stdout(f"[{chatty_peer}] tick {i}\n".encode())
+    chatty.settimeout(0.05)
+    with pytest.raises(TimeoutError):
+        chatty.recv(1)  # still open: no EOF
+    assert f"{chatty_peer}: " not in server.stderr
+
+    assert recv_eof(silent) == b""
+    server.wait_stderr(
+        rf"close #\d+ {re.escape(silent_peer)}: 0 bytes in 0\.[4-9]\d* s \(idle for 0\.5 s\)"
+    )
+
+    # Once the chatty client falls silent too, the timer (restarted by every receive) runs out.
+    assert recv_eof(chatty) == b""
+    silent_for = time.monotonic() - last_tick
+    assert 0.4 <= silent_for < 1.5, f"closed {silent_for:.3f} s after its last line"
+    server.wait_stderr(rf"close #\d+ {re.escape(chatty_peer)}: 42 bytes .* \(idle for 0\.5 s\)")
+
+
+@pytest.mark.parametrize("model", ["sync"], indirect=True)
+def test_idle_timeout_closes_a_silent_client_one_at_a_time(serve, connect):
+    # sync serves one client at a time, so the test above (two clients at once) cannot apply.
     server = serve("--idle-timeout", "0.5")
     client = connect(server.port)
     client.sendall(b"one line\n")
@@ -390,10 +506,12 @@ def test_idle_timeout_closes_silent_clients(serve, connect):
     server.wait_stderr(r"close #1 .*: 9 bytes in .* \(idle for 0\.5 s\)")
 
 
-@pytest.mark.parametrize("model", CONCURRENT, indirect=True)
+# Not sync: by design a stalled stdout blocks that whole server until it moves.
+@pytest.mark.parametrize("model", AT_ONCE, indirect=True)
 def test_stalled_stdout_does_not_keep_a_stopped_server_alive(serve, connect):
     # Nobody reads stdout: the client stalls (backpressure), then SIGTERM.  The client is closed
-    # after the grace period, stdout gets 1 s more, then the server gives up with status 1.
+    # after the grace period; stdout then gets the grace period (at least 1 s) to take the rest,
+    # and the server gives up with one line and status 1 instead of hanging forever.
     server = serve("--raw", "--grace", "0.5", read_stdout=False)
     client = connect(server.port)
     client.setblocking(False)

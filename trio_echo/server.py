@@ -26,17 +26,10 @@ import attrs
 import trio
 
 from .config import Config
+from .connection import Connection
 from .listen import ACCEPT_CAPACITY_ERRNOS, ACCEPT_RETRY_SLEEP, bind_sockets
 from .logs import LOGGER
-from .output import (
-    Formatter,
-    JsonlFormatter,
-    LineAssembler,
-    OutputFormat,
-    TextFormatter,
-    format_peer,
-)
-from .stats import ServerStats, log_close, log_open
+from .stats import ServerStats
 from .writer import OutputQueue
 
 __all__ = ["ServerHandle", "ServerStats", "open_listeners", "serve"]
@@ -92,12 +85,13 @@ async def open_listeners(hosts: tuple[str, ...], port: int) -> list[trio.SocketL
     return [trio.SocketListener(trio.socket.from_stdlib_socket(sock)) for sock in sockets]
 
 
-def _peer_of(stream: trio.abc.Stream) -> str:
+def _address_of(stream: trio.abc.Stream) -> object:
+    """The client's address (``"memory"`` for an in-memory stream, as tests use)."""
     sock = getattr(stream, "socket", None)
     if sock is None:
         return "memory"
     try:
-        return format_peer(sock.getpeername())
+        return sock.getpeername()
     except OSError:
         # The client already reset the connection between accept and here.
         return "unknown"
@@ -111,7 +105,6 @@ class _Server:
     output: OutputQueue | None
     stats: ServerStats
     handle: ServerHandle | None = None
-    next_id: int = 1
     _room: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot)
     _capacity_logged: float = -math.inf
 
@@ -149,10 +142,10 @@ class _Server:
                 # With several listeners, each may have been waiting in accept() when the last
                 # slot was taken: that client is held (accepted, not yet read) until a slot frees.
                 await self.wait_for_room()
-                self.stats.active += 1
-                self.stats.connections += 1
-                conn_id, self.next_id = self.next_id, self.next_id + 1
-                connections.start_soon(self.serve_connection, stream, conn_id)
+                conn = Connection.open(
+                    self.config, self.stats, _address_of(stream), printing=self.output is not None
+                )
+                connections.start_soon(self.serve_connection, stream, conn)
 
     def _log_capacity(self, exc: OSError) -> None:
         now = time.monotonic()
@@ -167,35 +160,16 @@ class _Server:
 
     # ---- one connection --------------------------------------------------------------------
 
-    def _assembler(self, conn_id: int, peer: str) -> LineAssembler | None:
-        """The line assembler of a new connection; ``None`` in raw mode (bytes go out as is)."""
-        if self.config.output_format is OutputFormat.RAW:
-            return None
-        formatter: Formatter
-        if self.config.output_format is OutputFormat.JSONL:
-            formatter = JsonlFormatter(conn_id, peer)
-        else:
-            formatter = TextFormatter(peer)
-        return LineAssembler(formatter, self.config.max_line)
-
-    async def serve_connection(self, stream: trio.abc.Stream, conn_id: int) -> None:
+    async def serve_connection(self, stream: trio.abc.Stream, conn: Connection) -> None:
         """Read one client until it leaves; print (and echo) what it sends.
 
         Every error is contained here: one client's reset or garbage ends only its own task.
         The ``finally`` always prints what was already read and closes the socket.
         """
-        config = self.config
-        # Where this connection's output goes: None when nothing is printed (--quiet).
-        output = None if config.quiet else self.output
-        peer = _peer_of(stream)
-        started = time.monotonic()
-        received = 0
-        assembler = self._assembler(conn_id, peer) if output is not None else None
-        reason = "closed by client"
-        log_open(conn_id, peer)
+        config, output = self.config, self.output
         try:
-            if output is not None and assembler is not None:
-                await output.put(assembler.formatter.opened())
+            if output is not None:
+                await output.put(conn.opened())
             with trio.CancelScope() as idle_scope:
                 while True:
                     if config.idle_timeout is not None:
@@ -208,24 +182,27 @@ class _Server:
                         break
                     if not isinstance(data, bytes):  # the Stream ABC allows a bytearray
                         data = bytes(data)
-                    received += len(data)
-                    self.stats.bytes_received += len(data)
+                    printed = conn.feed(data)
                     if output is not None:
-                        await output.put(assembler.feed(data) if assembler else data)
+                        await output.put(printed)
                     if config.echo:
                         await stream.send_all(data)
             if idle_scope.cancelled_caught:
-                reason = f"idle for {config.idle_timeout:g} s"
+                conn.reason = f"idle for {config.idle_timeout:g} s"
         except trio.BrokenResourceError as exc:
-            reason = f"connection lost ({_cause(exc)})"
+            conn.reason = f"connection lost ({_cause(exc)})"
         except trio.Cancelled:
-            reason = self._cancel_reason()
+            conn.reason = self._cancel_reason()
             raise
         except Exception as exc:
-            reason = f"error: {exc!r}"
-            LOGGER.warning("connection #%d %s failed: %r", conn_id, peer, exc)
+            conn.reason = f"error: {exc!r}"
+            LOGGER.warning("connection #%d %s failed: %r", conn.conn_id, conn.peer, exc)
         finally:
-            self._finish_connection(output, assembler, conn_id, peer, received, started, reason)
+            last = conn.finish()
+            if output is not None:
+                # put_nowait: this must happen even while the handler is being cancelled.
+                output.put_nowait(last)
+            self._room.unpark_all()
             await trio.aclose_forcefully(stream)
 
     def _cancel_reason(self) -> str:
@@ -235,27 +212,6 @@ class _Server:
         if handle is not None and handle.shutting_down:
             return "grace period over"
         return "server stopped"
-
-    def _finish_connection(
-        self,
-        output: OutputQueue | None,
-        assembler: LineAssembler | None,
-        conn_id: int,
-        peer: str,
-        received: int,
-        started: float,
-        reason: str,
-    ) -> None:
-        """Print the last partial line and the close event, count the client out."""
-        duration = time.monotonic() - started
-        if output is not None and assembler is not None:
-            # put_nowait: this must happen even while the handler is being cancelled.
-            output.put_nowait(
-                assembler.finish() + assembler.formatter.closed(received, duration, reason)
-            )
-        self.stats.active -= 1
-        self._room.unpark_all()
-        log_close(conn_id, peer, received, duration, reason)
 
 
 def _cause(exc: BaseException) -> str:

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Coroutine
 from typing import Any
 
 from ..config import Config
+from ..connection import Connection
 from ..lifecycle import (
     MIN_DRAIN_TIMEOUT,
     STOP_SIGNALS,
@@ -25,7 +26,7 @@ from ..lifecycle import (
 )
 from ..stats import ServerStats
 from ..writer import WRITE_BATCH_BYTES, write_all
-from ._common import Connection, lost_reason
+from ._common import lost_reason
 
 __all__ = ["AsyncStdout", "Lab"]
 

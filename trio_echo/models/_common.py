@@ -21,23 +21,17 @@ import threading
 import time
 import types
 
-import attrs
-
-from ..config import Config
 from ..lifecycle import STOP_SIGNALS
 
 # accept(2) errors that mean "out of descriptors or memory", and the pause before retrying:
 # the trio model's, so that every model survives running out of file descriptors alike.
 from ..listen import ACCEPT_CAPACITY_ERRNOS, ACCEPT_RETRY_SLEEP
 from ..logs import LOGGER
-from ..output import JsonlFormatter, LineAssembler, OutputFormat, TextFormatter, format_peer
-from ..stats import ServerStats, log_close, log_open
 from ..writer import StdoutClosed, StdoutError, write_all
 
 __all__ = [
     "ACCEPT_RETRY_SLEEP",
     "BlockingStdout",
-    "Connection",
     "Forced",
     "StopSignals",
     "accept",
@@ -57,61 +51,6 @@ def lost_reason(exc: BaseException, idle_timeout: float | None = None) -> str:
         return f"connection lost ({(exc.strerror or str(exc) or type(exc).__name__).lower()})"
     LOGGER.warning("a connection failed: %r", exc)
     return f"error: {exc!r}"
-
-
-@attrs.define(eq=False)
-class Connection:
-    """One client, from ``open`` to ``close``: what every model does with its bytes.
-
-    ``feed``/``opened``/``finish`` return the bytes for stdout (nothing with ``--quiet``, the
-    bytes as they are with ``--raw``, formatted whole lines otherwise); the model decides how
-    they get there.  Not thread-safe: one connection belongs to one thread or task.
-    """
-
-    config: Config
-    stats: ServerStats
-    peer: str
-    conn_id: int
-    started: float = attrs.field(factory=time.monotonic)
-    received: int = 0
-    reason: str = "closed by client"
-    assembler: LineAssembler | None = None
-
-    @classmethod
-    def open(cls, config: Config, stats: ServerStats, address: object) -> Connection:
-        """Count the client in (call it where clients are accepted: one thread, in order)."""
-        stats.connections += 1
-        stats.active += 1
-        conn = cls(config, stats, format_peer(address), stats.connections)
-        if config.output_format is not OutputFormat.RAW and not config.quiet:
-            formatter = (
-                JsonlFormatter(conn.conn_id, conn.peer)
-                if config.output_format is OutputFormat.JSONL
-                else TextFormatter(conn.peer)
-            )
-            conn.assembler = LineAssembler(formatter, config.max_line)
-        log_open(conn.conn_id, conn.peer)
-        return conn
-
-    def opened(self) -> bytes:
-        return self.assembler.formatter.opened() if self.assembler else b""
-
-    def feed(self, data: bytes) -> bytes:
-        self.received += len(data)
-        self.stats.bytes_received += len(data)
-        if self.config.quiet:
-            return b""
-        return self.assembler.feed(data) if self.assembler else data
-
-    def finish(self) -> bytes:
-        """Count the client out and log it; return the last output (partial line, close event)."""
-        duration = time.monotonic() - self.started
-        self.stats.active -= 1
-        log_close(self.conn_id, self.peer, self.received, duration, self.reason)
-        if self.assembler is None:
-            return b""
-        closed = self.assembler.formatter.closed(self.received, duration, self.reason)
-        return self.assembler.finish() + closed
 
 
 def out_of_capacity(exc: BaseException) -> bool:

@@ -22,12 +22,13 @@ import time
 import attrs
 
 from ..config import Config
+from ..connection import Connection
 from ..lifecycle import MIN_DRAIN_TIMEOUT, Outcome, log_forced, log_listening, log_stopping
 from ..listen import bind_sockets
 from ..logs import LOGGER
 from ..stats import ServerStats
 from ..writer import StdoutClosed, StdoutError
-from ._common import BlockingStdout, Connection, Forced, StopSignals, accept, lost_reason
+from ._common import BlockingStdout, Forced, StopSignals, accept, lost_reason
 
 
 def run(config: Config, stdout_fd: int = 1) -> Outcome:

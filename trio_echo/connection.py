@@ -1,0 +1,78 @@
+"""One client's life, from ``open`` to ``close``, the same in every model.
+
+Counting (``ServerStats``), the ``open``/``close`` lines on stderr, and turning its bytes into
+output (the shared assembler and formatters, the bytes as they are with ``--raw``, nothing with
+``--quiet``).  How the bytes get to stdout, and when, is the model's business.
+"""
+
+from __future__ import annotations
+
+import time
+
+import attrs
+
+from .config import Config
+from .output import JsonlFormatter, LineAssembler, OutputFormat, TextFormatter, format_peer
+from .stats import ServerStats, log_close, log_open
+
+__all__ = ["Connection"]
+
+
+@attrs.define(eq=False)
+class Connection:
+    """One client, from ``open`` to ``close``: what every model does with its bytes.
+
+    ``feed``/``opened``/``finish`` return the bytes for stdout (nothing with ``--quiet``, the
+    bytes as they are with ``--raw``, formatted whole lines otherwise); the model decides how
+    they get there.  Not thread-safe: one connection belongs to one thread or task.
+    """
+
+    config: Config
+    stats: ServerStats
+    peer: str
+    conn_id: int
+    # False when the output goes nowhere (--quiet, or a server embedded without an output).
+    printing: bool = True
+    started: float = attrs.field(factory=time.monotonic)
+    received: int = 0
+    reason: str = "closed by client"
+    assembler: LineAssembler | None = None
+
+    @classmethod
+    def open(
+        cls, config: Config, stats: ServerStats, address: object, *, printing: bool = True
+    ) -> Connection:
+        """Count the client in (call it where clients are accepted: one thread, in order)."""
+        stats.connections += 1
+        stats.active += 1
+        printing = printing and not config.quiet
+        conn = cls(config, stats, format_peer(address), stats.connections, printing)
+        if config.output_format is not OutputFormat.RAW and printing:
+            formatter = (
+                JsonlFormatter(conn.conn_id, conn.peer)
+                if config.output_format is OutputFormat.JSONL
+                else TextFormatter(conn.peer)
+            )
+            conn.assembler = LineAssembler(formatter, config.max_line)
+        log_open(conn.conn_id, conn.peer)
+        return conn
+
+    def opened(self) -> bytes:
+        return self.assembler.formatter.opened() if self.assembler else b""
+
+    def feed(self, data: bytes) -> bytes:
+        self.received += len(data)
+        self.stats.bytes_received += len(data)
+        if not self.printing:
+            return b""
+        return self.assembler.feed(data) if self.assembler else data
+
+    def finish(self) -> bytes:
+        """Count the client out and log it; return the last output (partial line, close event)."""
+        duration = time.monotonic() - self.started
+        self.stats.active -= 1
+        log_close(self.conn_id, self.peer, self.received, duration, self.reason)
+        if self.assembler is None:
+            return b""
+        closed = self.assembler.formatter.closed(self.received, duration, self.reason)
+        return self.assembler.finish() + closed

@@ -30,7 +30,7 @@ from .models import MODELS
 from .output import DEFAULT_MAX_LINE, OutputFormat
 from .writer import StdoutClosed, StdoutError
 
-__all__ = ["main", "parse_args"]
+__all__ = ["OneLineParser", "main", "number_type", "parse_args"]
 
 PROG = "trio-echo"
 
@@ -39,14 +39,14 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 
 
-class _Parser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (plus a hint), not the whole usage block."""
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _number(
+def number_type(
     kind: str, minimum: float, *, strict: bool, integer: bool = False
 ) -> Callable[[str], float]:
     """An argparse ``type=`` that accepts numbers above (or from) ``minimum``."""
@@ -81,7 +81,7 @@ def _port(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = OneLineParser(
         prog=PROG,
         description=(
             "A TCP server that prints what its clients send (or echoes it back), built on "
@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     net.add_argument(
         "--max-connections",
-        type=_number("a whole number", 0, strict=True, integer=True),
+        type=number_type("a whole number", 0, strict=True, integer=True),
         default=None,
         metavar="N",
         help="serve at most N clients at once; the rest wait in the kernel's listen backlog "
@@ -118,14 +118,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     net.add_argument(
         "--idle-timeout",
-        type=_number("a number of seconds", 0, strict=True),
+        type=number_type("a number of seconds", 0, strict=True),
         default=None,
         metavar="SECONDS",
         help="close a connection that sent nothing for this long (default: off)",
     )
     net.add_argument(
         "--grace",
-        type=_number("a number of seconds", 0, strict=False),
+        type=number_type("a number of seconds", 0, strict=False),
         default=5.0,
         metavar="SECONDS",
         help="on SIGINT/SIGTERM, how long connected clients may go on before they are closed "
@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     out.add_argument(
         "--max-line",
-        type=_number("a number of bytes", 4, strict=False, integer=True),
+        type=number_type("a number of bytes", 4, strict=False, integer=True),
         default=DEFAULT_MAX_LINE,
         metavar="BYTES",
         help="print a longer line in pieces of this size, marked as continued "

@@ -21,11 +21,11 @@ import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import Any, TextIO
 
 import attrs
 
-from ..cli import raise_fd_limit
+from ..cli import OneLineParser, number_type, raise_fd_limit
 from ..models import MODELS, Model
 from . import loadgen
 from .machine import machine_info
@@ -37,23 +37,8 @@ __all__ = ["main"]
 PROG = "trio-echo bench"
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    if not value > 0 or value != value or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text!r}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = OneLineParser(
         prog=PROG,
         description=(
             "Benchmark every concurrency model: each runs as a real server subprocess on "
@@ -73,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--duration",
-        type=_positive,
+        type=number_type("a number of seconds", 0, strict=True),
         default=None,
         metavar="SECONDS",
         help="seconds of traffic per echo and streaming measurement (default: 5, --quick 0.25)",

@@ -211,6 +211,24 @@ class _CpuWindow:
         }
 
 
+def _drive(
+    ctx: Context, model: Model, flags: list[str], mode: str, timeout: float, **args: object
+) -> tuple[dict[str, Any], Figures, ServerProcess]:
+    """A fresh server of ``model`` with ``flags``, driven by the load generator in ``mode``
+    (``args`` are its options) with the CPU window around its measurement, then stopped.
+
+    Returns the load generator's result, the CPU figures and the (stopped) server.
+    """
+    with ctx.server(model, flags) as server:
+        window = _CpuWindow(server)
+        result = loadgen.run(
+            ctx.binary, mode, server.port, timeout=timeout, on_start=window.start, **args
+        )
+        cpu = window.figures(result)
+        server.stop()
+    return result, cpu, server
+
+
 def _guard(run: Callable[[], Result]) -> Result:
     """A scenario that fails (server did not start, load generator error) is reported skipped
     with the one-line reason instead of ending the whole run."""
@@ -276,23 +294,19 @@ def echo(connections: int, size: int) -> Callable[[Context, Model], Result]:
         after one unmeasured round trip each so that every client has been accepted."""
 
         def run() -> Result:
-            with ctx.server(model, ["--echo", "--quiet"]) as server:
-                window = _CpuWindow(server)
-                timeout = ctx.sizes.duration + ctx.sizes.serve_timeout + 30
-                result = loadgen.run(
-                    ctx.binary,
-                    "echo",
-                    server.port,
-                    timeout=timeout + 10,
-                    on_start=window.start,
-                    c=connections,
-                    s=size,
-                    d=ctx.sizes.duration,
-                    w=ctx.sizes.serve_timeout,
-                    t=timeout,
-                )
-                cpu = window.figures(result)
-                server.stop()
+            timeout = ctx.sizes.duration + ctx.sizes.serve_timeout + 30
+            result, cpu, _ = _drive(
+                ctx,
+                model,
+                ["--echo", "--quiet"],
+                "echo",
+                timeout + 10,
+                c=connections,
+                s=size,
+                d=ctx.sizes.duration,
+                w=ctx.sizes.serve_timeout,
+                t=timeout,
+            )
             figures: Figures = {
                 "connections": connections,
                 "message_bytes": size,
@@ -331,22 +345,18 @@ def stream(fmt: str) -> Callable[[Context, Model], Result]:
 
         def run() -> Result:
             flags = ["--raw"] if fmt == "raw" else []
-            with ctx.server(model, flags) as server:
-                window = _CpuWindow(server)
-                result = loadgen.run(
-                    ctx.binary,
-                    "stream",
-                    server.port,
-                    timeout=ctx.sizes.duration + 60,
-                    on_start=window.start,
-                    c=1,
-                    s=ctx.sizes.stream_line,
-                    d=ctx.sizes.duration,
-                    t=ctx.sizes.duration + 50,
-                )
-                cpu = window.figures(result)
-                server.stop()
-                received = server.received()
+            result, cpu, server = _drive(
+                ctx,
+                model,
+                flags,
+                "stream",
+                ctx.sizes.duration + 60,
+                c=1,
+                s=ctx.sizes.stream_line,
+                d=ctx.sizes.duration,
+                t=ctx.sizes.duration + 50,
+            )
+            received = server.received()
             if result["timed_out"]:
                 return Result(skipped="the server did not finish reading within 50 s")
             elapsed = result["elapsed"]
@@ -413,22 +423,18 @@ def storm(ctx: Context, model: Model) -> Result:
     count = ctx.sizes.storm_clients
 
     def run() -> Result:
-        with ctx.server(model, ["--echo", "--quiet"]) as server:
-            window = _CpuWindow(server)
-            timeout = ctx.sizes.serve_timeout * 6
-            result = loadgen.run(
-                ctx.binary,
-                "echo",
-                server.port,
-                timeout=timeout + 10,
-                on_start=window.start,
-                c=count,
-                s=64,
-                n=1,
-                t=timeout,
-            )
-            cpu = window.figures(result)
-            server.stop()
+        timeout = ctx.sizes.serve_timeout * 6
+        result, cpu, _ = _drive(
+            ctx,
+            model,
+            ["--echo", "--quiet"],
+            "echo",
+            timeout + 10,
+            c=count,
+            s=64,
+            n=1,
+            t=timeout,
+        )
         figures: Figures = {
             "clients": count,
             "served": result["requests"],

@@ -20,10 +20,12 @@ import shutil
 import socket
 import struct
 import subprocess
+import sys
 import threading
 import time
 import zlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from conftest import (
@@ -422,3 +424,30 @@ def test_help_mentions_every_flag():
         "--idle-timeout", "--max-connections", "--log-level", "--max-line",
     ):  # fmt: skip
         assert re.search(rf"^\s+{flag}\b", result.stdout, re.M), f"{flag} not described"
+
+
+# ---- the README's embedding example ------------------------------------------------------------
+
+
+def test_readme_embedding_example_runs(tmp_path):
+    """The ``python`` block of the README runs as written: it starts the server in-process on a
+    free port, shuts it down gracefully and exits 0."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.DOTALL)
+    assert len(blocks) == 1, "expected exactly one python example in the README"
+    script = tmp_path / "embed.py"
+    script.write_text(blocks[0])
+    result = subprocess.run(
+        [sys.executable, str(script)],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=STARTUP_TIMEOUT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    listening = r"listening on \[\('127\.0\.0\.1', (\d+)\), \('::1', (\d+), 0, 0\)\]"
+    match = re.match(listening, result.stdout)
+    assert match, result.stdout
+    assert match[1] == match[2]  # one port on both addresses
+    assert_no_traceback(result.stderr)

@@ -268,16 +268,23 @@ def assert_no_traceback(stderr: str) -> None:
     assert "Traceback" not in stderr, stderr
 
 
-def run_cli(*args: str, timeout: float = STARTUP_TIMEOUT) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m trio_echo ARGS`` to completion (for flags that make it exit at once)."""
+def run_command(
+    argv: Sequence[str], timeout: float = STARTUP_TIMEOUT
+) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` to completion, no stdin, output captured as text."""
     return subprocess.run(
-        [*SERVER_COMMAND, *args],
+        list(argv),
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
         timeout=timeout,
         check=False,
     )
+
+
+def run_cli(*args: str, timeout: float = STARTUP_TIMEOUT) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m trio_echo ARGS`` to completion (for flags that make it exit at once)."""
+    return run_command([*SERVER_COMMAND, *args], timeout)
 
 
 # ---- clients ---------------------------------------------------------------------------------

@@ -32,12 +32,12 @@ from conftest import (
     EVENT_TIMEOUT,
     FAMILIES,
     SERVER_COMMAND,
-    STARTUP_TIMEOUT,
     assert_no_traceback,
     peer_name,
     recv_eof,
     recv_exactly,
     run_cli,
+    run_command,
 )
 
 from trio_echo.cli import raise_fd_limit
@@ -186,13 +186,8 @@ def _no_network_prefix() -> list[str]:
 
 
 def test_unknown_host_is_one_line_and_status_1():
-    result = subprocess.run(
-        [*_no_network_prefix(), *SERVER_COMMAND, "--host", "no.such.host.invalid", "--port", "0"],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=STARTUP_TIMEOUT,
-        check=False,
+    result = run_command(
+        [*_no_network_prefix(), *SERVER_COMMAND, "--host", "no.such.host.invalid", "--port", "0"]
     )
     assert result.returncode == 1, result.stderr
     assert result.stdout == ""
@@ -437,14 +432,7 @@ def test_readme_embedding_example_runs(tmp_path):
     assert len(blocks) == 1, "expected exactly one python example in the README"
     script = tmp_path / "embed.py"
     script.write_text(blocks[0])
-    result = subprocess.run(
-        [sys.executable, str(script)],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=STARTUP_TIMEOUT,
-        check=False,
-    )
+    result = run_command([sys.executable, str(script)])
     assert result.returncode == 0, result.stderr
     listening = r"listening on \[\('127\.0\.0\.1', (\d+)\), \('::1', (\d+), 0, 0\)\]"
     match = re.match(listening, result.stdout)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import errno
 import socket
 
+from .output import format_peer
+
 __all__ = [
     "ACCEPT_CAPACITY_ERRNOS",
     "ACCEPT_RETRY_SLEEP",
@@ -120,8 +122,4 @@ def _error_text(host: str, port: int, exc: OSError) -> str:
 
 def describe_addresses(addresses: list[tuple[object, ...]]) -> str:
     """``127.0.0.1:8888, [::1]:8888``: the bound addresses as the start-up line shows them."""
-    parts = []
-    for address in addresses:
-        host, port = str(address[0]), address[1]
-        parts.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
-    return ", ".join(parts)
+    return ", ".join(format_peer(address) for address in addresses)

@@ -18,7 +18,7 @@ import attrs
 from ..config import Config
 from ..lifecycle import Outcome
 
-__all__ = ["MODELS", "Model", "get_model"]
+__all__ = ["MODELS", "Model"]
 
 
 @attrs.frozen
@@ -89,7 +89,3 @@ MODELS: dict[str, Model] = {
         ),
     ]
 }
-
-
-def get_model(name: str) -> Model:
-    return MODELS[name]

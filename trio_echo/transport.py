@@ -1,0 +1,137 @@
+"""How a handler reads and writes one client: a lean path for kernel sockets, and any Trio stream.
+
+Why not simply ``trio.SocketStream``: profiling the echo benchmark (docs/performance.md) showed
+that a request/response on a ``SocketStream`` costs three trips through Trio's scheduler --
+``receive_some`` and ``send_all`` each end in a ``cancel_shielded_checkpoint`` even when the
+syscall succeeded at once, and the next ``receive_some`` first tries ``recv``, fails with
+``EAGAIN`` (a raised and caught exception), and only then waits.  :class:`SocketTransport` does
+the same work with *one* trip: it waits for readability first whenever the previous ``recv``
+came back short (the kernel buffer was emptied, so trying again would only fail), and otherwise
+takes one plain checkpoint.  Either way every ``receive`` is still exactly one checkpoint, so
+cancellation and fairness behave as Trio promises: a client that floods us yields once per
+receive, like everybody else.  ``send`` writes directly and only waits when the kernel's send
+buffer is full.
+
+Trio's own ``wait_readable``/``wait_writable``/``notify_closing`` are all this needs: the
+socket stays a plain non-blocking ``socket.socket``, registered with Trio's epoll only while a
+task waits on it.
+
+:class:`StreamTransport` adapts any ``trio.abc.Stream`` (in-memory streams in the tests, or the
+listeners an embedding application passes to :func:`trio_echo.server.serve`).
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Protocol
+
+import trio
+
+__all__ = ["SocketTransport", "StreamTransport", "Transport"]
+
+
+class Transport(Protocol):
+    """The three things a connection handler does with its client."""
+
+    async def receive(self, max_bytes: int) -> bytes:
+        """Up to ``max_bytes`` bytes, ``b""`` at end of stream; always a checkpoint.
+        Raises ``trio.BrokenResourceError`` when the connection is lost."""
+        ...
+
+    async def send(self, data: bytes) -> None:
+        """Send all of ``data``; raises ``trio.BrokenResourceError`` when the connection is
+        lost."""
+        ...
+
+    async def aclose(self) -> None:
+        """Close at once, without waiting for anything (safe in a cancelled ``finally``)."""
+        ...
+
+
+def _lost(exc: OSError) -> trio.BrokenResourceError:
+    # The handler reports the cause's strerror ("connection reset by peer").
+    broken = trio.BrokenResourceError(f"socket connection broken: {exc}")
+    broken.__cause__ = exc
+    return broken
+
+
+class SocketTransport:
+    """A connected, non-blocking kernel socket, read and written with as few scheduler trips
+    as Trio's guarantees allow (see the module docstring)."""
+
+    __slots__ = ("_drained", "sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        # Like trio.SocketStream: small writes (an echo, a prompt) go out at once.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = sock
+        # A new client has most likely not sent anything yet: wait before the first recv.
+        self._drained = True
+
+    async def receive(self, max_bytes: int) -> bytes:
+        sock = self.sock
+        if self._drained:
+            await trio.lowlevel.wait_readable(sock)
+        else:
+            # The last recv filled the whole buffer, so more is probably waiting: take it
+            # without asking epoll, but still let everybody else run first.
+            await trio.lowlevel.checkpoint()
+        while True:
+            try:
+                data = sock.recv(max_bytes)
+            except BlockingIOError:
+                # Readable, yet nothing to read (another wakeup raced us): wait again.
+                await trio.lowlevel.wait_readable(sock)
+                continue
+            except OSError as exc:
+                raise _lost(exc) from exc
+            self._drained = len(data) < max_bytes
+            return data
+
+    async def send(self, data: bytes) -> None:
+        sock = self.sock
+        try:
+            sent = sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            raise _lost(exc) from exc
+        if sent == len(data):
+            # The common case: the kernel took it all; no checkpoint needed, because the
+            # handler's next receive is one.
+            return
+        view = memoryview(data)
+        while sent < len(view):
+            await trio.lowlevel.wait_writable(sock)
+            try:
+                sent += sock.send(view[sent:])
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                raise _lost(exc) from exc
+
+    async def aclose(self) -> None:
+        # Wake (with ClosedResourceError) any task still waiting on the socket, then close.
+        trio.lowlevel.notify_closing(self.sock)
+        self.sock.close()
+
+
+class StreamTransport:
+    """Any ``trio.abc.Stream``, used as it comes."""
+
+    __slots__ = ("stream",)
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+
+    async def receive(self, max_bytes: int) -> bytes:
+        data = await self.stream.receive_some(max_bytes)
+        # The Stream ABC allows a bytearray; the output path wants bytes.
+        return data if isinstance(data, bytes) else bytes(data)
+
+    async def send(self, data: bytes) -> None:
+        await self.stream.send_all(data)
+
+    async def aclose(self) -> None:
+        await trio.aclose_forcefully(self.stream)

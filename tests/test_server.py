@@ -20,7 +20,8 @@ import trio
 import trio.testing
 
 from trio_echo import Config, OutputFormat, ServerHandle, open_output_queue, serve
-from trio_echo.writer import OutputQueue, StdoutClosed, write_stdout
+from trio_echo.stdout import StdoutClosed
+from trio_echo.writer import OutputQueue, write_stdout
 
 
 @attrs.define(eq=False)

@@ -28,7 +28,7 @@ from .listen import ListenError
 from .logs import LEVELS, LOGGER, NOTICE, setup_logging
 from .models import MODELS
 from .output import DEFAULT_MAX_LINE, OutputFormat
-from .writer import StdoutClosed, StdoutError
+from .stdout import StdoutClosed, StdoutError
 
 __all__ = ["OneLineParser", "main", "number_type", "parse_args"]
 

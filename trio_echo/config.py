@@ -9,9 +9,13 @@ from typing import Any
 import attrs
 
 from .output import DEFAULT_MAX_LINE, OutputFormat
-from .writer import DEFAULT_QUEUE_BYTES
 
-__all__ = ["DEFAULT_HOSTS", "DEFAULT_PORT", "Config"]
+__all__ = ["DEFAULT_HOSTS", "DEFAULT_PORT", "DEFAULT_QUEUE_BYTES", "Config"]
+
+# Total bytes of finished output that may wait for stdout.  Large enough that a fast stdout is
+# never the bottleneck (a few batches in flight), small enough to keep memory flat when stdout
+# stalls: with a stalled stdout the server holds at most this much plus one receive per client.
+DEFAULT_QUEUE_BYTES = 8 * 1024 * 1024
 
 # Loopback only, on both address families: a server that prints whatever it is sent should not
 # be reachable from the network unless somebody asks for it (--host :: or --host 0.0.0.0).

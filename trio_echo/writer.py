@@ -13,49 +13,24 @@ Why a thread for the write: ``os.write`` on a pipe or a terminal blocks when the
 and it must not block the event loop.  Trio's ``FdStream`` would instead set ``O_NONBLOCK`` on
 stdout's *open file description*, which is shared with stderr on the same terminal and with the
 parent shell, so their writes would start failing with ``BlockingIOError``.  A blocking write in
-``trio.to_thread`` leaves the descriptor alone; batching (one ``write`` per up to
-``WRITE_BATCH_BYTES``) keeps the cost of the thread hop small.
+``trio.to_thread`` leaves the descriptor alone; batching (one ``writev`` per up to
+``WRITE_BATCH_BYTES``, no copy into one buffer) keeps the cost of the thread hop small.
 """
 
 from __future__ import annotations
 
-import errno
 import math
-import os
-import select
 
 import trio
 
-__all__ = [
-    "DEFAULT_QUEUE_BYTES",
-    "OutputQueue",
-    "StdoutClosed",
-    "StdoutError",
-    "open_output_queue",
-    "write_all",
-    "write_stdout",
-]
+from .config import DEFAULT_QUEUE_BYTES
+from .stdout import WRITE_BATCH_BYTES, never_blocks, write_batch
 
-# Total bytes of finished output that may wait for stdout.  Large enough that a fast stdout is
-# never the bottleneck (a few batches in flight), small enough to keep memory flat when stdout
-# stalls: with a stalled stdout the server holds at most this much plus one receive per client.
-DEFAULT_QUEUE_BYTES = 8 * 1024 * 1024
-
-# One write per batch of at most this many bytes: big enough to amortise the thread hop,
-# small enough that the budget it frees comes back to the handlers often.
-WRITE_BATCH_BYTES = 1024 * 1024
+__all__ = ["OutputQueue", "open_output_queue", "write_stdout"]
 
 # Bookkeeping cost charged per item on top of its length, so that a flood of tiny items
 # (thousands of clients sending one short line each) is bounded too.
 _ITEM_OVERHEAD = 64
-
-
-class StdoutClosed(Exception):
-    """The reader of stdout went away (EPIPE): nobody can see our output any more."""
-
-
-class StdoutError(Exception):
-    """Writing stdout failed for another reason (EIO, ENOSPC, ...)."""
 
 
 class OutputQueue:
@@ -126,28 +101,6 @@ def open_output_queue(
     return OutputQueue(send, limit), receive
 
 
-def write_all(fd: int, data: bytes) -> None:
-    """Write all of ``data`` to ``fd``, blocking; runs in a worker thread.
-
-    Copes with a descriptor that someone else made non-blocking (waits with ``select``) and
-    turns EPIPE into :class:`StdoutClosed`, other errors into :class:`StdoutError`.
-    """
-    view = memoryview(data)
-    while view:
-        try:
-            written = os.write(fd, view)
-        except BlockingIOError:
-            select.select([], [fd], [])
-            continue
-        except BrokenPipeError as exc:
-            raise StdoutClosed("stdout was closed by its reader (broken pipe)") from exc
-        except OSError as exc:
-            if exc.errno == errno.EPIPE:
-                raise StdoutClosed("stdout was closed by its reader (broken pipe)") from exc
-            raise StdoutError(f"cannot write to stdout: {exc.strerror or exc}") from exc
-        view = view[written:]
-
-
 async def write_stdout(
     queue: OutputQueue,
     receive: trio.MemoryReceiveChannel[bytes],
@@ -156,9 +109,11 @@ async def write_stdout(
     """Drain ``receive`` into ``fd`` until the queue is closed and empty.
 
     Takes everything that is waiting (up to ``WRITE_BATCH_BYTES``) and writes it with one
-    ``write`` in a worker thread.  Cancellation abandons a write that is stuck (a stalled pipe
-    during a forced shutdown); the worker threads are daemons, so the process can still exit.
+    ``writev`` in a worker thread (inline when ``fd`` is ``/dev/null``, which never blocks).
+    Cancellation abandons a write that is stuck (a stalled pipe during a forced shutdown); the
+    worker threads are daemons, so the process can still exit.
     """
+    inline = never_blocks(fd)
     async with receive:
         async for first in receive:
             batch = [first]
@@ -170,6 +125,9 @@ async def write_stdout(
                     break
                 batch.append(item)
                 size += len(item)
-            data = b"".join(batch) if len(batch) > 1 else first
-            await trio.to_thread.run_sync(write_all, fd, data, abandon_on_cancel=True)
+            if inline:
+                # /dev/null: nothing to wait for (the receive above was the checkpoint).
+                write_batch(fd, batch)
+            else:
+                await trio.to_thread.run_sync(write_batch, fd, batch, abandon_on_cancel=True)
             queue.release(size + len(batch) * _ITEM_OVERHEAD)

@@ -25,7 +25,7 @@ from ..lifecycle import (
     log_stopping,
 )
 from ..stats import ServerStats
-from ..writer import WRITE_BATCH_BYTES, write_all
+from ..stdout import WRITE_BATCH_BYTES, write_all
 from ._common import lost_reason
 
 __all__ = ["AsyncStdout", "Lab"]

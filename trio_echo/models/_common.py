@@ -27,7 +27,7 @@ from ..lifecycle import STOP_SIGNALS
 # the trio model's, so that every model survives running out of file descriptors alike.
 from ..listen import ACCEPT_CAPACITY_ERRNOS, ACCEPT_RETRY_SLEEP
 from ..logs import LOGGER
-from ..writer import StdoutClosed, StdoutError, write_all
+from ..stdout import StdoutClosed, StdoutError, write_all
 
 __all__ = [
     "ACCEPT_RETRY_SLEEP",

@@ -23,7 +23,7 @@ from ..connection import Connection
 from ..lifecycle import Outcome, log_forced, log_listening, log_stopping
 from ..listen import bind_sockets
 from ..stats import ServerStats
-from ..writer import StdoutClosed, StdoutError
+from ..stdout import StdoutClosed, StdoutError
 from ._common import BlockingStdout, Forced, StopSignals, accept, lost_reason
 
 

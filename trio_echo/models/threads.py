@@ -27,7 +27,7 @@ from ..lifecycle import MIN_DRAIN_TIMEOUT, Outcome, log_forced, log_listening, l
 from ..listen import bind_sockets
 from ..logs import LOGGER
 from ..stats import ServerStats
-from ..writer import StdoutClosed, StdoutError
+from ..stdout import StdoutClosed, StdoutError
 from ._common import BlockingStdout, Forced, StopSignals, accept, lost_reason
 
 

@@ -11,12 +11,14 @@ in ``conftest.py``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
 import resource
 import select
 import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -439,3 +441,29 @@ def test_readme_embedding_example_runs(tmp_path):
     assert match, result.stdout
     assert match[1] == match[2]  # one port on both addresses
     assert_no_traceback(result.stderr)
+
+
+def test_grace_period_end_closes_waiting_and_stuck_clients_alike(start_server, connect):
+    # At the end of the grace period, a handler waiting for its client is ended by an end of
+    # stream (SHUT_RD), and one stuck elsewhere -- here writing an echo to a client that never
+    # reads -- by cancelling its own scope.  Both clients are closed, what the waiting one
+    # sent is printed, and the server exits 0 right after the grace period.
+    grace = 0.5
+    server = start_server("--echo", "--grace", str(grace))
+    waiting = connect(server.port)
+    waiting.sendall(b"a whole line\nand half a line")
+    server.wait_stdout(b"] a whole line\n")
+    stuck = connect(server.port)
+    stuck.setblocking(False)
+    block = b"y" * 65536 + b"\n"
+    with contextlib.suppress(BlockingIOError):
+        while select.select([], [stuck], [], 0.5)[1]:  # until the echo fills both directions
+            stuck.send(block)
+    signalled = server.send_signal(signal.SIGTERM)
+    assert server.wait() == 0
+    assert time.monotonic() - signalled < grace + 1.0
+    assert recv_eof(waiting) == b"a whole line\nand half a line"  # its echo, then EOF
+    stderr = server.all_stderr()
+    assert_no_traceback(stderr)
+    assert len(re.findall(r"close #\d+ .*\(grace period over\)", stderr)) == 2, stderr
+    assert b"] and half a line\n" in server.all_stdout()

@@ -47,6 +47,10 @@ CAPACITY_LOG_INTERVAL = 1.0
 # (~2 ms of accept() calls) is short enough not to stall the clients already connected.
 ACCEPT_BATCH = 128
 
+# At the end of the grace period, how often to look for handlers that did not end when their
+# client's stream was ended (see _Server.close_after_grace).
+STRAGGLER_CHECK_INTERVAL = 0.05
+
 # accept() errors that concern only the one client that was being accepted (it reset the
 # connection while waiting in the backlog, a firewall rule refused it, ...): skip it and go
 # on.  The same list as trio.SocketListener's.
@@ -78,6 +82,9 @@ class ServerHandle:
     grace: float
     _accept_scope: trio.CancelScope
     _connections_scope: trio.CancelScope
+    # The closer task's scope: shutdown() puts the end of the grace period on it as a deadline.
+    _grace_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    _shutdown_started: trio.Event = attrs.field(factory=trio.Event)
     stopped: trio.Event = attrs.field(factory=trio.Event)
     shutting_down: bool = False
     aborted: bool = False
@@ -97,7 +104,8 @@ class ServerHandle:
         self.shutting_down = True
         self._accept_scope.cancel()
         deadline = trio.current_time() + grace
-        self._connections_scope.deadline = min(self._connections_scope.deadline, deadline)
+        self._grace_scope.deadline = min(self._grace_scope.deadline, deadline)
+        self._shutdown_started.set()
 
     def abort(self) -> None:
         """Close every connection now, without a grace period."""
@@ -127,7 +135,13 @@ class _Server:
     output: OutputQueue | None
     stats: ServerStats
     handle: ServerHandle | None = None
+    # Unparked whenever a client leaves: accept loops waiting for a free slot, and the closer
+    # waiting for everyone to leave, look again.
     _room: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot)
+    # Every handler's cancel scope and transport, for the end of the grace period.
+    live: dict[Connection, tuple[trio.CancelScope, Transport]] = attrs.field(factory=dict)
+    # True once the grace period is over and the closer is cancelling the handlers.
+    closing: bool = False
     _capacity_logged: float = -math.inf
 
     # ---- accepting -------------------------------------------------------------------------
@@ -230,6 +244,39 @@ class _Server:
                 self.stats.active,
             )
 
+    # ---- the end of the grace period -------------------------------------------------------
+
+    async def close_after_grace(self, handle: ServerHandle) -> None:
+        """Once shutdown has begun, wait until every client has left or the grace period is
+        over; then close the ones still there.
+
+        Why not simply a deadline on the connections nursery: cancelling a nursery with
+        10,000 handlers makes every one of them raise ``Cancelled`` up into the nursery, which
+        gathers 10,000 exceptions into a group only to discard it: over a second (profiled in
+        docs/performance.md).  Instead, a handler waiting for its client gets an end of
+        stream (``shutdown(SHUT_RD)`` on its socket: no exception at all, and whatever the
+        client sent before is still read and printed); only a handler busy elsewhere (stuck
+        writing to a client that does not read, or waiting for stdout) is cancelled, through
+        its own scope, so that it too returns normally.
+        """
+        with handle._grace_scope:
+            await handle._shutdown_started.wait()
+            while self.stats.active:
+                await self._room.park()
+            return
+        self.closing = True
+        reason = self._cancel_reason()
+        while self.live:
+            for conn, (scope, transport) in list(self.live.items()):
+                conn.reason = reason
+                if not transport.end_receiving():
+                    scope.cancel()
+            # Handlers woken by their end of stream finish on their own; look again shortly
+            # for any that went on to block elsewhere.
+            with trio.move_on_after(STRAGGLER_CHECK_INTERVAL):
+                while self.live:
+                    await self._room.park()
+
     # ---- one connection --------------------------------------------------------------------
 
     async def serve_connection(self, transport: Transport, conn: Connection) -> None:
@@ -245,16 +292,17 @@ class _Server:
         receive, send, feed = transport.receive, transport.send, conn.feed
         size, echo, idle = config.receive_size, config.echo, config.idle_timeout
         try:
-            if output is not None:
-                await output.put(conn.opened())
-            with trio.CancelScope() as idle_scope:
+            with trio.CancelScope() as scope:
+                self.live[conn] = (scope, transport)
+                if output is not None:
+                    await output.put(conn.opened())
                 while True:
                     if idle is not None:
-                        idle_scope.deadline = trio.current_time() + idle
+                        scope.deadline = trio.current_time() + idle
                         data = await receive(size)
                         # Time spent waiting for stdout or for the client to take its echo
                         # is not the client being idle.
-                        idle_scope.deadline = math.inf
+                        scope.deadline = math.inf
                     else:
                         data = await receive(size)
                     if not data:
@@ -264,7 +312,7 @@ class _Server:
                         await output.put(printed)
                     if echo:
                         await send(data)
-            if idle_scope.cancelled_caught:
+            if scope.cancelled_caught and not self.closing:
                 conn.reason = f"idle for {idle:g} s"
         except trio.BrokenResourceError as exc:
             conn.reason = f"connection lost ({_cause(exc)})"
@@ -275,6 +323,7 @@ class _Server:
             conn.reason = f"error: {exc!r}"
             LOGGER.warning("connection #%d %s failed: %r", conn.conn_id, conn.peer, exc)
         finally:
+            self.live.pop(conn, None)
             last = conn.finish()
             if output is not None:
                 # put_nowait: this must happen even while the handler is being cancelled.
@@ -336,6 +385,7 @@ async def serve(
                 connections.cancel_scope,
             )
             server.handle = handle
+            connections.start_soon(server.close_after_grace, handle)
             for sock in sockets:
                 accepting.start_soon(server.accept_socket_loop, sock, connections)
             for listener in listeners or ():

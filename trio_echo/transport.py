@@ -79,11 +79,10 @@ class SocketTransport:
     async def receive(self, max_bytes: int) -> bytes:
         sock = self.sock
         if self._drained:
+            # No try/finally to reset the flag: if the wait raises, the handler is ending.
             self._waiting = True
-            try:
-                await trio.lowlevel.wait_readable(sock)
-            finally:
-                self._waiting = False
+            await trio.lowlevel.wait_readable(sock)
+            self._waiting = False
         else:
             # The last recv filled the whole buffer, so more is probably waiting: take it
             # without asking epoll, but still let everybody else run first.

@@ -1,5 +1,5 @@
 """``python -m trio_echo bench``: the quick run end to end, and the pure pieces (percentiles, the
-table, the load generator's build cache).
+table, the performance targets, the load generator's build cache).
 
 The end-to-end test runs the real thing -- every model as a server subprocess, the compiled C
 load generator -- with ``--quick`` sizes, and checks the JSON: every model, every scenario,
@@ -11,16 +11,24 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+from typing import Any
 
+import attrs
 import pytest
 
 from trio_echo.bench import loadgen
-from trio_echo.bench.report import headroom, render_table
-from trio_echo.bench.scenarios import Sizes, scenarios_for
+from trio_echo.bench.cli import bench_models
+from trio_echo.bench.report import headroom, render_table, render_targets
+from trio_echo.bench.scenarios import Sizes, _median_index, scenarios_for
+from trio_echo.bench.server import ServerProcess
 from trio_echo.bench.stats import merge_histograms, percentile
+from trio_echo.bench.targets import TARGETS, Figure, Target, evaluate
 from trio_echo.models import MODELS
 
 QUICK_TIMEOUT = 120
@@ -122,8 +130,205 @@ def test_saturated_load_generator_is_marked_and_named():
 def test_the_full_run_has_every_scenario_of_the_issue():
     keys = [s.key for s in scenarios_for(Sizes())]
     assert keys[0] == "article"
-    assert {"echo_1x64", "echo_1000x1024", "stream_raw", "stream_text", "idle_memory"} <= set(keys)
-    assert {"storm", "shutdown"} <= set(keys)
+    assert {"echo_1x64", "echo_100x64", "echo_1000x1024", "stream_raw", "idle_memory"} <= set(keys)
+    assert {"stream_text_64", "stream_text_4k", "storm", "storm_busy", "shutdown", "c10k"} <= set(
+        keys
+    )
+    # Every target reads a scenario of the full run, and a model the bench knows.
+    for target in TARGETS:
+        for figure in (target.numerator, target.denominator):
+            if figure is not None:
+                assert figure.scenario in keys, target.key
+                assert figure.model in bench_models(), target.key
+
+
+def test_the_quick_sizes_stay_tiny():
+    quick = Sizes.quick()
+    assert quick.repeats == 1
+    assert quick.many_connections <= 500
+    assert quick.busy_storm_clients <= 200
+    assert Sizes.quick(2.0, 3) == attrs.evolve(quick, duration=2.0, repeats=3)
+
+
+def test_the_median_run_is_the_middle_one():
+    assert _median_index([3.0, 1.0, 2.0]) == 2
+    assert _median_index([5.0]) == 0
+    assert _median_index([4.0, 1.0, 3.0, 2.0]) == 3  # the lower of the middle two
+
+
+def test_bench_models_put_the_reference_after_trio():
+    names = list(bench_models())
+    assert names[:2] == ["trio", "trio-bare"]
+    assert set(names) == {*MODELS, "trio-bare"}
+    # The reference is the bench's: the CLI's --model does not know it.
+    assert "trio-bare" not in MODELS
+
+
+# ---- the targets ------------------------------------------------------------------------------
+
+
+def _measured(**scenarios: dict[str, Any]) -> dict[str, Any]:
+    """A report whose models ran the given scenarios: ``trio={"echo_100x64": {...}}``."""
+    return {
+        "models": {
+            name.replace("_", "-"): {"scenarios": figures} for name, figures in scenarios.items()
+        }
+    }
+
+
+RATIO = Target(
+    "echo_vs_bare",
+    "echo: trio ÷ trio-bare",
+    Figure("trio", "echo_100x64", "requests_per_s"),
+    ">=",
+    0.9,
+    Figure("trio-bare", "echo_100x64", "requests_per_s"),
+    "×",
+)
+CEILING = Target("storm", "storm seconds", Figure("trio", "storm_busy", "total_s"), "<=", 0.1)
+
+
+def test_a_ratio_target_passes_and_fails_on_figures_of_the_same_report():
+    report = _measured(
+        trio={"echo_100x64": {"requests_per_s": 95.0}},
+        trio_bare={"echo_100x64": {"requests_per_s": 100.0}},
+    )
+    (passed,) = evaluate(report, [RATIO])
+    assert passed.status == "pass"
+    assert passed.value == pytest.approx(0.95)
+    assert passed.inputs == {"trio requests_per_s": 95.0, "trio-bare requests_per_s": 100.0}
+    report["models"]["trio"]["scenarios"]["echo_100x64"]["requests_per_s"] = 80.0
+    (failed,) = evaluate(report, [RATIO])
+    assert failed.status == "FAIL"
+    assert failed.value == pytest.approx(0.8)
+    assert "0.80×" in failed.line()
+    assert "≥ 0.90×" in failed.line()
+
+
+def test_a_ceiling_target_and_an_exact_one():
+    exact = Target("status", "exit status", Figure("trio", "c10k", "exit_status"), "==", 0)
+    report = _measured(trio={"storm_busy": {"total_s": 0.05}, "c10k": {"exit_status": 0}})
+    assert [e.status for e in evaluate(report, [CEILING, exact])] == ["pass", "pass"]
+    report = _measured(trio={"storm_busy": {"total_s": 0.5}, "c10k": {"exit_status": 1}})
+    assert [e.status for e in evaluate(report, [CEILING, exact])] == ["FAIL", "FAIL"]
+
+
+def test_unmeasured_inputs_are_not_failures():
+    # The reference was not run at all.
+    (alone,) = evaluate(_measured(trio={"echo_100x64": {"requests_per_s": 1.0}}), [RATIO])
+    assert alone.status == "not measured"
+    assert alone.why == "trio-bare was not run"
+    # The scenario was skipped (not supported, not selected), or the model is not installed.
+    report = _measured(
+        trio={"echo_100x64": {"skipped": "failed: boom"}},
+        trio_bare={"echo_100x64": {"requests_per_s": 100.0}},
+    )
+    (skipped,) = evaluate(report, [RATIO])
+    assert skipped.status == "not measured"
+    assert "failed: boom" in (skipped.why or "")
+    (not_run,) = evaluate(_measured(trio={}), [CEILING])
+    assert not_run.status == "not measured"
+    missing = {"models": {"trio": {"skipped": "not installed", "scenarios": {}}}}
+    assert evaluate(missing, [CEILING])[0].why == "trio: not installed"
+    # A zero reference makes no ratio.
+    report = _measured(
+        trio={"echo_100x64": {"requests_per_s": 5.0}},
+        trio_bare={"echo_100x64": {"requests_per_s": 0}},
+    )
+    assert evaluate(report, [RATIO])[0].status == "not measured"
+
+
+def test_a_limited_result_is_measured_from_its_partial_figures():
+    """The model under test serving only some of the storm is a failure, not a gap."""
+    report = _measured(
+        trio={"storm_busy": {"skipped": "limited: 10 of 1000", "partial": {"total_s": 30.0}}}
+    )
+    (limited,) = evaluate(report, [CEILING])
+    assert limited.status == "FAIL"
+    assert limited.value == 30.0
+
+
+def test_other_work_during_a_measurement_marks_the_evaluation_noisy():
+    report = _measured(
+        trio={"echo_100x64": {"requests_per_s": 50.0, "other_cpu": 0.05}},
+        trio_bare={"echo_100x64": {"requests_per_s": 100.0, "other_cpu": 0.4}},
+    )
+    (noisy,) = evaluate(report, [RATIO])
+    assert noisy.status == "FAIL"
+    assert noisy.other_cpu == 0.4
+    assert noisy.noisy
+    assert "maybe noise" in noisy.line()
+    assert noisy.to_json()["noisy"] is True
+    table = render_targets([noisy.to_json()])
+    assert "FAIL (other work: 0.40 cores)" in "\n".join(table)
+    report["models"]["trio-bare"]["scenarios"]["echo_100x64"]["other_cpu"] = 0.1
+    assert not evaluate(report, [RATIO])[0].noisy
+
+
+def test_a_run_without_the_trio_model_says_so_in_one_line():
+    (line,) = render_targets([e.to_json() for e in evaluate({"models": {}})])
+    assert line.startswith("targets: none of the 11 measured")
+
+
+def test_every_target_of_the_issue_is_evaluated_and_reported():
+    evaluations = [e.to_json() for e in evaluate({"models": {}})]
+    assert [e["key"] for e in evaluations] == [t.key for t in TARGETS]
+    assert {e["status"] for e in evaluations} == {"not measured"}
+    keys = {t.key for t in TARGETS}
+    assert {"echo_vs_bare", "echo_vs_asyncio", "stream_raw_vs_bare"} <= keys
+    assert {"text_64_lines", "text_4k_bytes", "storm_busy_time", "storm_busy_vs_bare"} <= keys
+    assert {"c10k_served", "c10k_memory", "c10k_shutdown", "c10k_exit_status"} <= keys
+
+
+def _targets_report(trio_rps: float) -> dict[str, Any]:
+    report = _report()
+    report["models"]["trio-bare"] = {  # type: ignore[index]
+        "reference": True,
+        "summary": "reference: bare",
+        "scenarios": {"echo_100x64": {"requests_per_s_max": 50000.0}},
+    }
+    report["models"]["trio"]["scenarios"]["echo_100x64"]["requests_per_s_max"] = trio_rps  # type: ignore[index]
+    return report
+
+
+def test_check_from_json_fails_on_a_failed_target_only(tmp_path):
+    saved = tmp_path / "run.json"
+    saved.write_text(json.dumps(_targets_report(trio_rps=40000.0)))
+    result = _bench("--from-json", str(saved), "--check")
+    assert result.returncode == 1, result.stderr
+    failed = result.stderr.strip().splitlines()
+    assert len(failed) == 1
+    assert "target failed: echo 100×64 B best req/s: trio ÷ trio-bare: 0.80×" in failed[0]
+    assert "FAIL" in result.stdout
+    assert "targets: 0 pass, 1 FAIL, 10 not measured" in result.stdout
+    assert "trio-bare: reference: bare" in result.stdout
+    # Without --check the same report is only a table.
+    assert _bench("--from-json", str(saved)).returncode == 0
+    # Passing and unmeasured targets: success.
+    saved.write_text(json.dumps(_targets_report(trio_rps=50000.0)))
+    result = _bench("--from-json", str(saved), "--check")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert "targets: 1 pass, 0 FAIL, 10 not measured" in result.stdout
+    assert "not measured [t1]" in result.stdout
+    assert "[t1] echo 100×64 B best req/s: trio ÷ warm asyncio: asyncio was not run" in (
+        result.stdout
+    )
+
+
+# ---- the bare reference -----------------------------------------------------------------------
+
+
+def test_the_bare_reference_echoes_and_exits_0_on_sigterm():
+    with ServerProcess("trio-bare", ["--echo"]) as server:
+        assert "python" in server.command[0]
+        assert server.command[1:3] == ["-m", "trio_echo.bench.bare"]
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            sock.sendall(b"hello\n")
+            assert sock.recv(100) == b"hello\n"
+            status, seconds = server.stop(timeout=10)
+    assert status == 0
+    assert seconds < 5
 
 
 # ---- the load generator -----------------------------------------------------------------------
@@ -170,13 +375,24 @@ def test_loadgen_refuses_non_loopback_hosts(tmp_path):
 
 
 def _bench(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+    """``python -m trio_echo bench ARGS`` to its end.  In a session of its own, so that a run
+    that overstays ``timeout`` is killed with every server and load generator it started (and
+    the failure shows its progress lines: where it was stuck)."""
+    proc = subprocess.Popen(
         [sys.executable, "-m", "trio_echo", "bench", *args],
-        capture_output=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
-        check=False,
+        start_new_session=True,
     )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"bench did not finish within {timeout} s; its stderr:\n{err[-3000:]}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def test_unknown_model_is_a_usage_error():
@@ -205,7 +421,7 @@ def test_quick_run_compares_every_model_in_every_scenario(tmp_path):
     assert report["loadgen"]["headroom"] is not None
 
     keys = [s.key for s in scenarios_for(Sizes.quick())]
-    assert set(report["models"]) == set(MODELS)
+    assert set(report["models"]) == set(bench_models())
     for name, entry in report["models"].items():
         assert list(entry["scenarios"]) == keys, name
         for key, figures in entry["scenarios"].items():
@@ -217,10 +433,36 @@ def test_quick_run_compares_every_model_in_every_scenario(tmp_path):
             assert numbers, (name, key, figures)
     # The Trio model can do everything; a failure there is a bug, not a limitation.
     trio = report["models"]["trio"]["scenarios"]
-    assert not [key for key, figures in trio.items() if "skipped" in figures]
+    assert not {key: f["skipped"] for key, f in trio.items() if "skipped" in f}
     assert trio["article"]["clients_fully_served"] == 4
     assert trio["echo_100x64"]["requests_per_s"] > 0
     assert trio["shutdown"]["exit_status"] == 0
+    # Echo: a warm-up, then the median of the measured runs and their spread.
+    echo = trio["echo_100x64"]
+    assert echo["requests_per_s_min"] <= echo["requests_per_s"] <= echo["requests_per_s_max"]
+    assert len(echo["requests_per_s_runs"]) == echo["repeats"] == 1
+    assert trio["stream_text_64"]["lines_per_s"] > 0
+    assert trio["stream_text_4k"]["line_bytes"] == 4096
+    assert trio["storm_busy"]["served"] == trio["storm_busy"]["clients"]
+    assert trio["storm_busy"]["busy_requests_per_s"] > 0
+    assert trio["storm_busy"]["total_s_min"] == trio["storm_busy"]["total_s"]  # one storm
+    many = trio["c10k"]
+    assert many["served_connections"] == many["connections"]
+    assert many["exit_status"] == 0
+    assert many["bytes_per_connection"] > 0
+    # The reference: everything but the text scenarios, which it cannot do.
+    bare = report["models"]["trio-bare"]
+    assert bare["reference"] is True
+    for key in ("article", "stream_text_64", "stream_text_4k"):
+        assert "does not support --format" in bare["scenarios"][key]["skipped"]
+    for key in ("echo_100x64", "stream_raw", "storm_busy", "c10k"):
+        assert "skipped" not in bare["scenarios"][key], key
+    # The targets, evaluated on this run's figures (pass or FAIL: this is no performance test).
+    targets = {t["key"]: t for t in report["targets"]}
+    assert set(targets) == {t.key for t in TARGETS}
+    assert {t["status"] for t in targets.values()} <= {"pass", "FAIL"}
+    assert targets["echo_vs_bare"]["value"] > 0
+    assert "targets (figures of this run)" in result.stdout
     # The blocking model serves one client at a time: the article's point.
     if "sync" in report["models"]:
         assert report["models"]["sync"]["scenarios"]["article"]["lines_served"][1:] == [0, 0, 0]

@@ -5,8 +5,10 @@ One job per module:
 * :mod:`.cli` -- the flags and the run: which models, which scenarios, the progress bar;
 * :mod:`.scenarios` -- what each scenario does and which figures it reports;
 * :mod:`.server` -- one ``python -m trio_echo --model X`` subprocess: start, port, CPU, RSS, stop;
+* :mod:`.bare` -- ``trio-bare``, the reference: a bare ``trio.serve_tcp`` handler, bench-only;
 * :mod:`.loadgen` -- compiles ``loadgen.c`` (the C epoll load generator) and runs it;
 * :mod:`.stats` -- percentiles from the load generator's latency histogram (pure);
+* :mod:`.targets` -- the performance targets, evaluated on a run's figures (``--check``);
 * :mod:`.report` -- the terminal table, the JSON file and the PNG chart;
 * :mod:`.machine` -- what the JSON says about the machine and the software versions.
 """

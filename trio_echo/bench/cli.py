@@ -1,17 +1,25 @@
 """``python -m trio_echo bench``: the flags, the run, the progress bar, the outputs.
 
-Runs every scenario for every model, one after the other (never two servers at once: they
-would share the machine's cores and measure each other), then prints the table on stdout and
-writes ``--json`` and ``--plot``.  A model that is not installed, or a scenario it cannot do,
-is recorded with the reason, so every model appears in the JSON with every scenario.
+Runs every scenario for every model, one after the other, scenario by scenario (never two
+servers at once: they would share the machine's cores and measure each other), then prints the
+table on stdout and writes ``--json`` and ``--plot``.  A model that is not installed, or a
+scenario it cannot do, is recorded with the reason, so every model appears in the JSON with
+every scenario.
+
+The models are the CLI's (``--model``) plus ``trio-bare``, the reference: a bare
+``trio.serve_tcp`` handler (:mod:`.bare`) the trio model's figures are compared with.  After the
+run the performance targets (:mod:`.targets`) are evaluated on the figures of this run and
+printed under the table.
 
 Exit status: 0 when the run completed (even with skipped scenarios: a skip is a result), 1 when
-it could not run at all (no C compiler, matplotlib missing for ``--plot``), 2 on a usage error.
+it could not run at all (no C compiler, matplotlib missing for ``--plot``) or, with ``--check``,
+when a target evaluated failed; 2 on a usage error.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
@@ -27,14 +35,38 @@ import attrs
 
 from ..cli import OneLineParser, number_type, raise_fd_limit
 from ..models import MODELS, Model
-from . import loadgen
+from . import bare, loadgen
 from .machine import machine_info
 from .report import PlotUnavailable, headroom, render_table, write_json, write_plot
 from .scenarios import Context, Result, Scenario, Sizes, scenarios_for
+from .targets import evaluate, failures
 
 __all__ = ["main"]
 
 PROG = "trio-echo bench"
+
+# The bare reference, as the bench sees it: a name, a summary, the flags it cannot honour.  It
+# is no model of the CLI: the entry is only what ``python -m trio_echo.bench.bare`` runs
+# (:func:`.server.server_command` starts it; the bench never calls ``load()``).
+BARE_MODEL = Model(
+    bare.BARE,
+    bare.SUMMARY,
+    "trio_echo.bench.bare:main",
+    unsupported=bare.UNSUPPORTED,
+)
+# Why each reference cannot run a scenario, after "does not support --flag".
+REFERENCES = {bare.BARE: bare.WHY_UNSUPPORTED}
+
+
+def bench_models() -> dict[str, Model]:
+    """Every model the bench knows, in report order: the CLI's, with the reference after trio."""
+    found: dict[str, Model] = {}
+    for name, model in MODELS.items():
+        found[name] = model
+        if name == "trio":
+            found[BARE_MODEL.name] = BARE_MODEL
+    found.setdefault(BARE_MODEL.name, BARE_MODEL)
+    return found
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,8 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--models",
-        default=",".join(MODELS),
-        help="comma-separated models to compare (default: all: %(default)s)",
+        default=",".join(bench_models()),
+        help="comma-separated models to compare (default: all: %(default)s; trio-bare is the "
+        "reference, a bare trio.serve_tcp handler)",
     )
     parser.add_argument(
         "--scenarios",
@@ -62,6 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="SECONDS",
         help="seconds of traffic per echo and streaming measurement (default: 5, --quick 0.25)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=number_type("a whole number", 1, strict=False, integer=True),
+        default=None,
+        metavar="N",
+        help="measured runs per echo scenario (after a warm-up) and per storm under load; the "
+        "report gives their median and spread (default: 3, --quick 1)",
     )
     parser.add_argument(
         "--quick",
@@ -81,6 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="run nothing: rebuild the table (and --plot) from a JSON file a run wrote",
     )
     parser.add_argument("--plot", type=Path, metavar="PATH", help="write a PNG chart here")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 1 if a performance target evaluated fails (one line each on stderr); "
+        "targets whose figures were not measured do not count",
+    )
     return parser
 
 
@@ -142,24 +189,84 @@ def _selected(all_scenarios: list[Scenario], wanted: str | None) -> list[Scenari
     return [s for s in all_scenarios if any(s.key.startswith(p) for p in parts)]
 
 
-def run_model(
-    model: Model, scenarios: list[Scenario], context: Context, progress: Progress
-) -> dict[str, Any]:
-    """Every scenario for one model, each a :class:`Result` as JSON."""
+def model_entry(model: Model) -> dict[str, Any]:
+    """A model's entry in the report, before its scenarios: summary, reference, why not."""
     entry: dict[str, Any] = {"summary": model.summary, "scenarios": {}}
+    if model.name in REFERENCES:
+        entry["reference"] = True
     why_not = model.available()
     if why_not is not None:
         entry["skipped"] = why_not
-    for scenario in scenarios:
-        progress.step(f"{model.name}: {scenario.title}")
-        if why_not is not None:
-            result = Result(skipped=f"model not available: {why_not}")
-        elif missing := sorted(set(scenario.flags) & set(model.unsupported)):
-            result = Result(skipped=f"the {model.name} model does not support {', '.join(missing)}")
-        else:
-            result = scenario.run(context, model)
-        entry["scenarios"][scenario.key] = result.to_json()
     return entry
+
+
+def cannot_run(model: Model, scenario: Scenario) -> Result | None:
+    """Why ``model`` cannot run ``scenario`` (as a skipped result), or None."""
+    why_not = model.available()
+    if why_not is not None:
+        return Result(skipped=f"model not available: {why_not}")
+    if missing := sorted(set(scenario.flags) & set(model.unsupported)):
+        why = f"the {model.name} model does not support {', '.join(missing)}"
+        if model.name in REFERENCES:
+            why = f"{why}: {REFERENCES[model.name]}"
+        return Result(skipped=why)
+    return None
+
+
+def run_scenario(model: Model, scenario: Scenario, context: Context) -> Result:
+    """One scenario for one model, or why it cannot run."""
+    return cannot_run(model, scenario) or scenario.run(context, model)
+
+
+def run_in_turns(
+    models: list[Model], scenario: Scenario, context: Context, progress: Progress
+) -> dict[str, Result]:
+    """A scenario with sessions (echo) for every model: each model's server started and warmed
+    up, then the measured runs in turns, model after model, ``repeats`` times; then the
+    results.  Only one server is under load at any time; the others wait, idle."""
+    assert scenario.session is not None
+    results: dict[str, Result] = {}
+    with contextlib.ExitStack() as servers:
+        sessions = []
+        for model in models:
+            progress.step(f"{model.name}: {scenario.title}")
+            skipped = cannot_run(model, scenario)
+            if skipped is not None:
+                results[model.name] = skipped
+                continue
+            session = servers.enter_context(scenario.session(context, model))
+            session.start()
+            sessions.append(session)
+        for _ in range(max(1, context.sizes.repeats)):
+            for session in sessions:
+                session.measure()
+        for session in sessions:
+            results[session.model.name] = session.finish()
+    return {model.name: results[model.name] for model in models}
+
+
+def run_all(
+    models: list[Model], scenarios: list[Scenario], context: Context, progress: Progress
+) -> dict[str, Any]:
+    """Every scenario for every model, as the report's ``models``.
+
+    Scenario by scenario, every model in turn (and in the echo scenarios, measured run by
+    measured run: :func:`run_in_turns`): the figures compared with each other (the trio model
+    and its reference above all) are measured close together in time, so that a passing
+    disturbance on a shared machine is less likely to fall on one of them only.
+    """
+    entries = {model.name: model_entry(model) for model in models}
+    for scenario in scenarios:
+        if scenario.session is not None:
+            results = run_in_turns(models, scenario, context, progress)
+        else:
+            results = {}
+            for model in models:
+                progress.step(f"{model.name}: {scenario.title}")
+                results[model.name] = run_scenario(model, scenario, context)
+        for name, result in results.items():
+            entries[name]["scenarios"][scenario.key] = result.to_json()
+    return entries
 
 
 def _write_plot(report: dict[str, Any], path: Path) -> int:
@@ -171,38 +278,58 @@ def _write_plot(report: dict[str, Any], path: Path) -> int:
     return 0
 
 
-def _replay(source: Path, plot: Path | None) -> int:
-    """``--from-json``: the table and the chart of a saved run, without running anything."""
+def _check(report: dict[str, Any]) -> int:
+    """``--check``: 1 and a line per failed target on stderr if any failed, else 0."""
+    failed = failures(report["targets"])
+    for evaluation in failed:
+        print(f"{PROG}: target failed: {evaluation['line']}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _targets(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The targets evaluated on this report's figures, as JSON (with the ``--check`` line)."""
+    return [{**e.to_json(), "line": e.line()} for e in evaluate(report)]
+
+
+def _replay(source: Path, plot: Path | None, check: bool) -> int:
+    """``--from-json``: the table and the chart of a saved run, without running anything (the
+    targets are evaluated again, on the saved figures)."""
     try:
         report = json.loads(source.read_text())
-    except (OSError, ValueError) as exc:
+        report["targets"] = _targets(report)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
         print(f"{PROG}: error: cannot read {source}: {exc}", file=sys.stderr)
         return 1
     sys.stdout.write(render_table(report))
-    return _write_plot(report, plot) if plot is not None else 0
+    status = _write_plot(report, plot) if plot is not None else 0
+    return status or (_check(report) if check else 0)
 
 
 def main(argv: Sequence[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(list(argv))
     if args.from_json is not None:
-        return _replay(args.from_json, args.plot)
+        return _replay(args.from_json, args.plot, args.check)
+    models = bench_models()
     names = [n.strip() for n in args.models.split(",") if n.strip()]
-    unknown = [n for n in names if n not in MODELS]
+    unknown = [n for n in names if n not in models]
     if unknown or not names:
-        parser.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}")
+        parser.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(models)}")
     if args.plot is not None and importlib.util.find_spec("matplotlib") is None:
         print(
             f"{PROG}: error: --plot needs matplotlib: pip install 'trio-echo[bench]'",
             file=sys.stderr,
         )
         return 1
-    sizes = Sizes.quick(args.duration) if args.quick else Sizes(duration=args.duration or 5.0)
+    if args.quick:
+        sizes = Sizes.quick(args.duration, None if args.repeats is None else int(args.repeats))
+    else:
+        sizes = Sizes(duration=args.duration or 5.0, repeats=int(args.repeats or 3))
     scenarios = _selected(scenarios_for(sizes), args.scenarios)
     if not scenarios:
         parser.error(f"no scenario matches {args.scenarios!r}")
 
-    raise_fd_limit()  # 5,000 idle connections need more than the usual 1,024 descriptors
+    raise_fd_limit()  # 10,000 connections need more than the usual 1,024 descriptors
     try:
         binary = loadgen.build()
     except loadgen.LoadgenError as exc:
@@ -230,8 +357,7 @@ def main(argv: Sequence[str]) -> int:
     }
     progress = Progress(len(names) * len(scenarios))
     try:
-        for name in names:
-            report["models"][name] = run_model(MODELS[name], scenarios, context, progress)
+        report["models"] = run_all([models[n] for n in names], scenarios, context, progress)
     except KeyboardInterrupt:
         progress.close()
         print(f"{PROG}: interrupted", file=sys.stderr)
@@ -240,6 +366,7 @@ def main(argv: Sequence[str]) -> int:
     report["elapsed_s"] = round(time.monotonic() - started, 1)
     report["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     report["loadgen"]["headroom"] = headroom(report)
+    report["targets"] = _targets(report)
 
     sys.stdout.write(render_table(report))
     sys.stdout.write(
@@ -247,6 +374,6 @@ def main(argv: Sequence[str]) -> int:
     )
     if args.json is not None:
         write_json(report, args.json)
-    if args.plot is not None:
-        return _write_plot(report, args.plot)
-    return 0
+    if args.plot is not None and (status := _write_plot(report, args.plot)):
+        return status
+    return _check(report) if args.check else 0

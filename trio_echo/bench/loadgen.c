@@ -5,12 +5,14 @@
  * single-threaded epoll loop in C drives thousands of loopback connections with a small
  * fraction of one core; it reports its own CPU use so the report can show the headroom.
  *
- *   loadgen echo   -p PORT -c CONNS -s SIZE (-d SECONDS | -n REQUESTS) [-t TIMEOUT]
+ *   loadgen echo   -p PORT -c CONNS -s SIZE (-d SECONDS | -n REQUESTS) [-t TIMEOUT] [-i]
  *       Connect CONNS clients (all at once), then each one in a closed loop: send SIZE bytes
  *       (a line), wait until all SIZE bytes came back, record the latency (CLOCK_MONOTONIC),
  *       repeat until -d SECONDS passed or it did -n REQUESTS.  Prints {"event":"start"} when
  *       the measurement begins (after every connect finished, unless -n: then the clock
  *       includes the connects, which is what the connection storm measures) and the result.
+ *       -i: also stop when stdin reaches EOF (background load that another measurement ends);
+ *       the result's elapsed is then the time measured until then.
  *   loadgen stream -p PORT -c CONNS -s LINE -d SECONDS [-t TIMEOUT]
  *       Each client writes lines of LINE bytes as fast as the server takes them for SECONDS,
  *       then half-closes and waits for the server to close: so every byte counted was read by
@@ -199,7 +201,7 @@ static void print_hist(void) {
 }
 
 int main(int argc, char **argv) {
-    if (argc < 2) die_usage("usage: loadgen echo|stream|hold -p PORT [-H HOST] [-c N] [-s B] [-d S] [-n R] [-t S]");
+    if (argc < 2) die_usage("usage: loadgen echo|stream|hold -p PORT [-H HOST] [-c N] [-s B] [-d S] [-n R] [-t S] [-w S] [-i]");
     if (!strcmp(argv[1], "echo")) mode = MODE_ECHO;
     else if (!strcmp(argv[1], "stream")) mode = MODE_STREAM;
     else if (!strcmp(argv[1], "hold")) mode = MODE_HOLD;
@@ -208,10 +210,11 @@ int main(int argc, char **argv) {
     int port = 0;
     double duration = 0, timeout = 60, warmup = 5;
     long per_conn = 0;
+    int stop_on_stdin = 0, stdin_ended = 0;
     nconns = 1;
     int opt;
     optind = 2;
-    while ((opt = getopt(argc, argv, "H:p:c:s:d:n:t:w:")) != -1) {
+    while ((opt = getopt(argc, argv, "H:p:c:s:d:n:t:w:i")) != -1) {
         switch (opt) {
         case 'H': host = optarg; break;
         case 'p': port = atoi(optarg); break;
@@ -221,6 +224,7 @@ int main(int argc, char **argv) {
         case 'n': per_conn = atol(optarg); break;
         case 't': timeout = atof(optarg); break;
         case 'w': warmup = atof(optarg); break;
+        case 'i': stop_on_stdin = 1; break;
         default: die_usage("bad option");
         }
     }
@@ -275,7 +279,7 @@ int main(int argc, char **argv) {
     int warmed = 0;
     uint64_t warm_deadline = t_begin + (uint64_t)(warmup * 1e9);
     int connected = 0, finished = 0, ready_printed = 0, measuring = 0, echoed = 0;
-    int stdin_open = mode == MODE_HOLD;
+    int stdin_open = mode == MODE_HOLD || (mode == MODE_ECHO && stop_on_stdin);
     if (mode == MODE_HOLD) t_start = t_begin;
     if (stdin_open) {
         struct epoll_event ev = {.events = EPOLLIN, .data.ptr = NULL};
@@ -322,7 +326,7 @@ int main(int argc, char **argv) {
             t_start = now;
             deadline = duration > 0 ? t_start + (uint64_t)(duration * 1e9) : hard_deadline;
             cpu_start = cpu_seconds();
-            printf("{\"event\":\"start\"}\n");
+            printf("{\"event\":\"start\",\"connected\":%d,\"warmed\":%d}\n", connected, warmed);
             fflush(stdout);
             for (int i = 0; i < nconns; i++) {
                 struct conn *c = &conns[i];
@@ -337,6 +341,7 @@ int main(int argc, char **argv) {
         if (measuring && deadline == 0)
             deadline = duration > 0 ? t_start + (uint64_t)(duration * 1e9) : hard_deadline;
         if (mode == MODE_ECHO && measuring && duration > 0 && now >= deadline) break;
+        if (stdin_ended) break;
         if (mode == MODE_ECHO && measuring && per_conn > 0 && open_count == 0) break;
         if (mode == MODE_STREAM && measuring && now >= deadline) {
             /* Time is up: half-close every client and wait for the server to close. */
@@ -376,6 +381,7 @@ int main(int argc, char **argv) {
                 ssize_t r = read(0, scratch, 65536);
                 if (r <= 0) {
                     stdin_open = 0;
+                    if (mode == MODE_ECHO) stdin_ended = 1;
                     epoll_ctl(epfd, EPOLL_CTL_DEL, 0, NULL);
                 }
                 continue;
@@ -470,10 +476,11 @@ int main(int argc, char **argv) {
     uint64_t t_end = now_ns();
     double cpu = cpu_seconds() - cpu_start;
     double elapsed;
-    if (mode == MODE_ECHO && duration > 0) elapsed = duration;
+    if (mode == MODE_ECHO && duration > 0 && !stdin_ended) elapsed = duration;
     else if (t_last_done && !timed_out) elapsed = (double)(t_last_done - t_start) / 1e9;
     else elapsed = (double)(t_end - t_start) / 1e9;
     if (mode == MODE_HOLD) elapsed = (double)(t_end - t_begin) / 1e9;
+    if (stdin_ended && !measuring) elapsed = 0;
     uint64_t requests = 0, bytes = 0;
     int served = 0;
     for (int i = 0; i < nconns; i++) {

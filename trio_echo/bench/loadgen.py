@@ -24,9 +24,9 @@ import threading
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-__all__ = ["Hold", "LoadgenError", "build", "run"]
+__all__ = ["Background", "Hold", "LoadgenError", "build", "run"]
 
 SOURCE_NAME = "loadgen.c"
 CFLAGS = ("-O2", "-std=gnu11", "-Wall")
@@ -93,7 +93,10 @@ def _parse(line: str) -> dict[str, Any]:
 def _command(binary: Path, mode: str, port: int, options: dict[str, object]) -> list[str]:
     argv = [str(binary), mode, "-p", str(port)]
     for flag, value in options.items():
-        argv += [f"-{flag}", str(value)]
+        if value is True:
+            argv.append(f"-{flag}")  # a switch
+        elif value is not False and value is not None:
+            argv += [f"-{flag}", str(value)]
     return argv
 
 
@@ -149,17 +152,16 @@ def run(
     return result
 
 
-class Hold:
-    """``loadgen hold``: many connections that each did one echo and then stay open.
+class _Interactive:
+    """A load generator that runs alongside other work: started, then told to end by closing
+    its stdin, each step answered by a JSON line.  Used as a context manager (kills it on the
+    way out)."""
 
-    Used as a context manager: ``ready()`` waits for the load generator's report that every
-    client was served once (or that its timeout passed); ``finish()`` closes its stdin, so it
-    closes whatever is still open and reports how the server closed the others.
-    """
+    what = "interactive"  # its mode, for messages
 
-    def __init__(self, binary: Path, port: int, connections: int, timeout: float) -> None:
+    def __init__(self, argv: list[str], timeout: float) -> None:
         self._proc = subprocess.Popen(
-            _command(binary, "hold", port, {"c": connections, "t": timeout}),
+            argv,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -167,31 +169,25 @@ class Hold:
         )
         self.timeout = timeout
 
-    def _next(self, stdout: IO[str], timeout: float) -> dict[str, Any]:
-        # readline() blocks; a timer kills the child if it never answers.
+    def _next(self, timeout: float) -> dict[str, Any]:
+        """The next JSON line; a timer kills the child if it never answers."""
+        assert self._proc.stdout is not None
         killer = threading.Timer(timeout, self._proc.kill)
         killer.start()
         try:
-            line = stdout.readline()
+            line = self._proc.stdout.readline()
         finally:
             killer.cancel()
         if not line:
-            raise LoadgenError("load generator (hold) ended without an answer")
+            raise LoadgenError(f"load generator ({self.what}) ended without an answer")
         return _parse(line)
 
-    def ready(self) -> dict[str, Any]:
-        assert self._proc.stdout is not None
-        return self._next(self._proc.stdout, self.timeout + 30)
-
     def finish(self, timeout: float = 30) -> dict[str, Any]:
+        """Close its stdin (the signal to end) and return its last report."""
         assert self._proc.stdin is not None
-        assert self._proc.stdout is not None
         with contextlib.suppress(BrokenPipeError):  # it already ended
             self._proc.stdin.close()
-        return self._next(self._proc.stdout, timeout)
-
-    def __enter__(self) -> Hold:
-        return self
+        return self._next(timeout)
 
     def __exit__(self, *exc: object) -> None:
         if self._proc.poll() is None:
@@ -201,6 +197,54 @@ class Hold:
             if pipe is not None:
                 with contextlib.suppress(BrokenPipeError):
                     pipe.close()
+
+
+class Hold(_Interactive):
+    """``loadgen hold``: many connections that each did one echo and then stay open.
+
+    Used as a context manager: ``ready()`` waits for the load generator's report that every
+    client was served once (or that its timeout passed); ``finish()`` closes its stdin, so it
+    closes whatever is still open and reports how the server closed the others.
+    """
+
+    what = "hold"
+
+    def __init__(self, binary: Path, port: int, connections: int, timeout: float) -> None:
+        super().__init__(_command(binary, "hold", port, {"c": connections, "t": timeout}), timeout)
+
+    def ready(self) -> dict[str, Any]:
+        return self._next(self.timeout + 30)
+
+    def __enter__(self) -> Hold:
+        return self
+
+
+class Background(_Interactive):
+    """``loadgen echo -i``: clients busy in a closed echo loop until :meth:`finish` (or
+    ``timeout``), while something else is measured.
+
+    ``started()`` waits until every client is connected and had its unmeasured round trip (or
+    the warm-up timeout ``w`` passed); ``finish()`` ends the load and returns its result
+    (``elapsed`` is then the time it was busy).
+    """
+
+    what = "background echo"
+
+    def __init__(self, binary: Path, port: int, timeout: float, **options: object) -> None:
+        argv = _command(binary, "echo", port, {**options, "d": timeout, "t": timeout, "i": True})
+        super().__init__(argv, timeout)
+
+    def started(self) -> dict[str, Any]:
+        return self._next(self.timeout + 30)
+
+    def finish(self, timeout: float = 30) -> dict[str, Any]:
+        event = super().finish(timeout)
+        while event.get("event") != "result":
+            event = self._next(timeout)
+        return event
+
+    def __enter__(self) -> Background:
+        return self
 
 
 def version_line(binary: Path) -> str:

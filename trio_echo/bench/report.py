@@ -8,11 +8,20 @@ file and the rendering is tested without running a benchmark.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PlotUnavailable", "headroom", "render_table", "write_json", "write_plot"]
+from .targets import format_value
+
+__all__ = [
+    "PlotUnavailable",
+    "headroom",
+    "render_table",
+    "render_targets",
+    "write_json",
+    "write_plot",
+]
 
 Row = tuple[str, Callable[[Mapping[str, Any]], str]]
 
@@ -54,6 +63,22 @@ def _latency(figures: Mapping[str, Any]) -> str:
     return " / ".join(_num(figures.get(k)) for k in ("p50_ms", "p99_ms", "max_ms"))
 
 
+def _spread(figures: Mapping[str, Any]) -> str:
+    """``61.2k–64.0k (3)``: the slowest and the fastest of the measured runs, and how many."""
+    low, high = figures.get("requests_per_s_min"), figures.get("requests_per_s_max")
+    if low is None or high is None:
+        return ""  # a report from before the repeats
+    return f"{_num(low)}–{_num(high)} ({figures.get('repeats', '?')})"
+
+
+def _storm_spread(figures: Mapping[str, Any]) -> str:
+    """``0.081–0.120 (3)``: the fastest and the slowest storm, and how many."""
+    low, high = figures.get("total_s_min"), figures.get("total_s_max")
+    if low is None or high is None:
+        return ""
+    return f"{_num(low)}–{_num(high)} ({figures.get('repeats', '?')})"
+
+
 def _rows_for(key: str) -> list[Row]:
     """The figures of a scenario shown in the table, as (label, format) pairs."""
     if key == "article":
@@ -63,8 +88,15 @@ def _rows_for(key: str) -> list[Row]:
         ]
     if key.startswith("echo_"):
         return [
-            ("requests/s", lambda f: _num(f["requests_per_s"]) + _star(f)),
+            ("requests/s (median)", lambda f: _num(f["requests_per_s"]) + _star(f)),
+            ("min–max (runs)", _spread),
             ("p50/p99/max ms", _latency),
+            ("CPU srv/load/other", _cpu),
+        ]
+    if key.startswith("stream_text"):
+        return [
+            ("MB/s", lambda f: _num(f["mb_per_s"]) + _star(f)),
+            ("lines/s", lambda f: _num(f.get("lines_per_s"))),
             ("CPU srv/load/other", _cpu),
         ]
     if key.startswith("stream_"):
@@ -73,6 +105,20 @@ def _rows_for(key: str) -> list[Row]:
         return [("KiB/conn", lambda f: _num(f["kb_per_connection"]))]
     if key == "storm":
         return [("seconds", lambda f: _num(f["total_s"])), ("p99 ms", lambda f: _num(f["p99_ms"]))]
+    if key == "storm_busy":
+        return [
+            ("seconds (median)", lambda f: _num(f["total_s"])),
+            ("min–max (runs)", _storm_spread),
+            ("p99 ms", lambda f: _num(f["p99_ms"])),
+            ("busy clients' req/s", lambda f: _num(f["busy_requests_per_s"])),
+        ]
+    if key == "c10k":
+        return [
+            ("served", lambda f: f"{f['served_connections']}/{f['connections']}"),
+            ("bytes/conn (RSS)", lambda f: _num(f["bytes_per_connection"])),
+            ("SIGTERM → exit s", lambda f: _num(f["exit_s"])),
+            ("exit status", lambda f: str(f["exit_status"])),
+        ]
     if key == "shutdown":
         return [
             ("seconds", lambda f: _num(f["exit_s"])),
@@ -132,6 +178,9 @@ def render_table(report: Mapping[str, Any]) -> str:
         out.append(fmt_line(line))
     if notes:
         out += ["", *(f"[{i}] {text}" for i, text in enumerate(notes, 1))]
+    references = [name for name in names if models[name].get("reference")]
+    for name in references:
+        out += ["", f"{name}: {models[name].get('summary', 'the reference')}"]
     out += [
         "",
         "CPU srv/load/other: CPU cores used by the server / by the load generator / by the rest "
@@ -140,7 +189,55 @@ def render_table(report: Mapping[str, Any]) -> str:
     room = headroom(report)
     if room is not None:
         out.append(room["text"])
+    if report.get("targets"):
+        out += ["", *render_targets(report["targets"])]
     return "\n".join(out) + "\n"
+
+
+def render_targets(evaluations: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The targets section: a row per target (figure, target, pass/FAIL/not measured), then
+    why those not measured were not."""
+    if all(e["status"] == "not measured" for e in evaluations):
+        return [
+            f"targets: none of the {len(evaluations)} measured (they need the trio model, and "
+            "trio-bare and asyncio for the ratios, in echo_100x64, stream_raw, stream_text, "
+            "storm_busy and c10k: nox -s perf)"
+        ]
+    rows = [["targets (figures of this run)", "figure", "target", "result"]]
+    notes: list[str] = []
+    for evaluation in evaluations:
+        unit = evaluation.get("unit", "")
+        symbol = {">=": "≥", "<=": "≤", "==": "="}.get(evaluation["comparison"], "?")
+        result = evaluation["status"]
+        if evaluation.get("noisy"):
+            result += f" (other work: {evaluation['other_cpu_max']:.2f} cores)"
+        if result == "not measured":
+            notes.append(f"{evaluation['title']}: {evaluation.get('why') or 'no figure'}")
+            result += f" [t{len(notes)}]"
+        rows.append(
+            [
+                evaluation["title"],
+                format_value(evaluation.get("value"), unit),
+                f"{symbol} {format_value(evaluation['threshold'], unit)}",
+                result,
+            ]
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+
+    def line(row: list[str]) -> str:
+        cells = [
+            row[0].ljust(widths[0]),
+            *(c.rjust(w) for c, w in zip(row[1:3], widths[1:3], strict=True)),
+        ]
+        return "  ".join([*cells, row[3]]).rstrip()
+
+    out = [line(rows[0]), "  ".join("-" * w for w in widths)]
+    out += [line(row) for row in rows[1:]]
+    counts = {s: sum(1 for e in evaluations if e["status"] == s) for s in ("pass", "FAIL")}
+    unmeasured = len(evaluations) - counts["pass"] - counts["FAIL"]
+    out.append(f"targets: {counts['pass']} pass, {counts['FAIL']} FAIL, {unmeasured} not measured")
+    out += [f"[t{i}] {text}" for i, text in enumerate(notes, 1)]
+    return out
 
 
 def headroom(report: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -238,14 +335,14 @@ def write_plot(report: Mapping[str, Any], path: Path) -> None:
         ),
         (
             "memory per idle connection (lower is better)",
-            [k for k in keys if k == "idle_memory"],
+            [k for k in keys if k in ("idle_memory", "c10k")],
             "KiB",
             "kb_per_connection",
             False,
         ),
         (
             "connection storm: all served (lower is better)",
-            [k for k in keys if k == "storm"],
+            [k for k in keys if k in ("storm", "storm_busy")],
             "seconds",
             "total_s",
             False,

@@ -10,11 +10,18 @@ The heavy traffic (echo request/response, streaming, the connection storm, the i
 connections) comes from the C load generator (:mod:`.loadgen`); the article's experiment is four
 gentle clients, in Python, because a line every so often needs no speed and Python can read the
 server's stdout alongside.
+
+The echo scenarios keep one server for a probe connection, a discarded warm-up and ``repeats``
+measured runs, and report the median with the spread: a server's first load can run at a
+fraction of its steady rate (asyncio's streams serve ~45k requests/s when the load starts right
+after it listens, ~110k once one connection came and went), and one run on a shared machine is
+one sample of noise.
 """
 
 from __future__ import annotations
 
 import socket
+import statistics
 import subprocess
 import threading
 import time
@@ -27,9 +34,9 @@ import attrs
 from ..models import Model
 from . import loadgen
 from .server import CLOCK_TICKS, ServerError, ServerProcess
-from .stats import percentile
+from .stats import merge_histograms, percentile
 
-__all__ = ["Context", "Result", "Scenario", "Sizes", "scenarios_for"]
+__all__ = ["Context", "EchoSession", "Result", "Scenario", "Sizes", "scenarios_for"]
 
 Figures = dict[str, Any]
 
@@ -40,15 +47,27 @@ class Sizes:
     default is what docs/benchmarks.md reports."""
 
     duration: float = 5.0  # seconds of traffic per echo and streaming measurement
+    # Measured runs per echo scenario (on one server, after its warm-up) and storms per storm
+    # under load; the report gives their median and their spread.
+    repeats: int = 3
+    # Echo: seconds of discarded load after the probe connection, before the measured runs.
+    warmup: float = 0.5
     echo_connections: tuple[int, ...] = (1, 100, 1000)
     echo_sizes: tuple[int, ...] = (64, 1024)
     article_clients: int = 4
     article_lines: int = 8  # lines per client while all are connected
     article_interval: float = 0.25  # seconds between two lines of a client
-    stream_line: int = 128  # bytes per line streamed
+    stream_block: int = 65536  # bytes per write of the --raw stream
+    text_lines: tuple[int, ...] = (64, 4096)  # bytes per line of the text streams
     idle_connections: int = 5000
     storm_clients: int = 2000
+    # The storm under load: this many echo clients busy while the storm's clients arrive.
+    busy_clients: int = 100
+    busy_storm_clients: int = 1000
     shutdown_clients: int = 1000
+    # Many connections held at once: memory per connection, then SIGTERM with this --grace.
+    many_connections: int = 10000
+    many_grace: float = 1.0
     # How long the many-connection scenarios wait for every client to be served once; a model
     # that serves one client at a time uses all of it, then is reported as limited.
     serve_timeout: float = 5.0
@@ -58,17 +77,24 @@ class Sizes:
     hold_timeout: float = 15.0
 
     @classmethod
-    def quick(cls, duration: float | None = None) -> Sizes:
+    def quick(cls, duration: float | None = None, repeats: int | None = None) -> Sizes:
         return cls(
             duration=0.25 if duration is None else duration,
-            echo_connections=(1, 10, 100),
+            repeats=1 if repeats is None else repeats,
+            warmup=0.05,
+            echo_connections=(1, 100),
+            echo_sizes=(64,),
             article_lines=4,
             article_interval=0.05,
             idle_connections=200,
             storm_clients=200,
+            busy_clients=10,
+            busy_storm_clients=100,
             shutdown_clients=100,
+            many_connections=200,
+            many_grace=0.2,
             serve_timeout=1.0,
-            hold_timeout=1.5,
+            hold_timeout=1.0,
         )
 
 
@@ -105,12 +131,19 @@ class Context:
 
 @attrs.frozen
 class Scenario:
-    """A named measurement: ``run(context, model) -> Result``."""
+    """A named measurement: ``run(context, model) -> Result``.
+
+    ``session``, where there is one (the echo scenarios), is the same measurement in steps, so
+    that the bench can take the measured runs of all models in turns (trio, trio-bare, asyncio,
+    trio, trio-bare, ...): a disturbance from other work on the machine then falls on several
+    models rather than on one, and the ratios between them hold better.
+    """
 
     key: str
     title: str
     flags: tuple[str, ...]  # server flags it needs (checked against the model's unsupported)
     run: Callable[[Context, Model], Result]
+    session: Callable[[Context, Model], EchoSession] | None = None
 
 
 # ---- helpers ----------------------------------------------------------------------------------
@@ -229,12 +262,16 @@ def _drive(
     return result, cpu, server
 
 
+# What a scenario that fails raises (server did not start, load generator error).
+_GUARDED = (ServerError, loadgen.LoadgenError, OSError, subprocess.SubprocessError)
+
+
 def _guard(run: Callable[[], Result]) -> Result:
     """A scenario that fails (server did not start, load generator error) is reported skipped
     with the one-line reason instead of ending the whole run."""
     try:
         return run()
-    except (ServerError, loadgen.LoadgenError, OSError, subprocess.SubprocessError) as exc:
+    except _GUARDED as exc:
         return Result(skipped=f"failed: {exc}")
 
 
@@ -248,7 +285,7 @@ def article(ctx: Context, model: Model) -> Result:
     sizes = ctx.sizes
 
     def run() -> Result:
-        with ctx.server(model, [], stdout=subprocess.PIPE) as server:
+        with ctx.server(model, ["--format", "text"], stdout=subprocess.PIPE) as server:
             out = _PipeLines(server.proc.stdout)
             clients: list[socket.socket] = []
             try:
@@ -288,48 +325,167 @@ def article(ctx: Context, model: Model) -> Result:
 # ---- 2. echo request/response -----------------------------------------------------------------
 
 
+def _probe(port: int, size: int, timeout: float) -> None:
+    """One client, one request of ``size`` bytes and its echo, then gone: the first connection
+    a fresh server sees (asyncio's streams serve a load that starts right after it listens at
+    half the rate of one that starts after such a probe)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(b"p" * (size - 1) + b"\n")
+        got = 0
+        while got < size:
+            chunk = sock.recv(size - got)
+            if not chunk:
+                raise ServerError("the probe connection was closed before its echo")
+            got += len(chunk)
+
+
+def _median_index(values: list[float]) -> int:
+    """The index of the median value (the lower of the middle two for an even count)."""
+    order = sorted(range(len(values)), key=values.__getitem__)
+    return order[(len(values) - 1) // 2]
+
+
+class EchoSession:
+    """One model's server through an echo scenario, in steps, so that the measured runs of
+    several models can take turns (see :class:`Scenario`'s ``session``):
+
+    * :meth:`start` -- a fresh server, a probe connection (one request, one echo), then
+      ``warmup`` seconds of the same load as measured, discarded;
+    * :meth:`measure` -- one measured run of ``duration`` seconds (a no-op once the warm-up
+      showed the model serves only some of the clients, or after a failure);
+    * :meth:`finish` -- stop the server; the :class:`Result`: the median of the runs, with their
+      spread (min, max, every run), latency over all of them, CPU of the median run.
+
+    A context manager: the server is killed on the way out, whatever happened.
+    """
+
+    def __init__(self, ctx: Context, model: Model, connections: int, size: int) -> None:
+        self.ctx = ctx
+        self.model = model
+        self.connections = connections
+        self.size = size
+        self.server: ServerProcess | None = None
+        self.runs: list[tuple[dict[str, Any], Figures]] = []
+        self.limited_warmup = False
+        self.failed: str | None = None
+
+    def _load(self, duration: float, on_start: Callable[[], None] | None) -> dict[str, Any]:
+        assert self.server is not None
+        sizes = self.ctx.sizes
+        timeout = duration + sizes.serve_timeout + 30
+        return loadgen.run(
+            self.ctx.binary,
+            "echo",
+            self.server.port,
+            timeout=timeout + 10,
+            on_start=on_start,
+            c=self.connections,
+            s=self.size,
+            d=duration,
+            w=sizes.serve_timeout,
+            t=timeout,
+        )
+
+    def start(self) -> None:
+        try:
+            self.server = self.ctx.server(self.model, ["--echo", "--quiet"])
+            _probe(self.server.port, self.size, self.ctx.sizes.serve_timeout)
+            warm = self._load(self.ctx.sizes.warmup, None)
+        except _GUARDED as exc:
+            self.failed = f"failed: {exc}"
+            return
+        if warm["served_connections"] < self.connections:
+            # A model that serves some clients only: measuring again would only wait out
+            # the same timeout; the warm-up run is the (limited) result.
+            self.limited_warmup = True
+            self.runs.append((warm, _CpuWindow(self.server).figures(warm)))
+
+    def measure(self) -> None:
+        if self.failed is not None or self.limited_warmup or self.server is None:
+            return
+        window = _CpuWindow(self.server)
+        try:
+            result = self._load(self.ctx.sizes.duration, window.start)
+        except _GUARDED as exc:
+            self.failed = f"failed: {exc}"
+            return
+        self.runs.append((result, window.figures(result)))
+
+    def finish(self) -> Result:
+        if self.server is not None:
+            self.server.stop()
+        if self.failed is not None:
+            return Result(skipped=self.failed)
+        if not self.runs:
+            return Result(skipped="failed: no measured run")
+        sizes = self.ctx.sizes
+        runs = self.runs
+        duration = sizes.warmup if self.limited_warmup else sizes.duration
+        rates = [result["requests"] / duration for result, _ in runs]
+        middle, cpu = runs[_median_index(rates)]
+        histogram = merge_histograms(*(result["latency_us"] for result, _ in runs))
+        served = min(result["served_connections"] for result, _ in runs)
+        figures: Figures = {
+            "connections": self.connections,
+            "message_bytes": self.size,
+            "duration_s": duration,
+            "warmup_s": sizes.warmup,
+            "repeats": len(runs),
+            "requests": middle["requests"],
+            "requests_per_s": round(statistics.median(rates), 1),
+            "requests_per_s_min": round(min(rates), 1),
+            "requests_per_s_max": round(max(rates), 1),
+            "requests_per_s_runs": [round(rate, 1) for rate in rates],
+            **_latency_figures(
+                {
+                    "latency_us": histogram,
+                    "latency_max_us": max(result["latency_max_us"] for result, _ in runs),
+                }
+            ),
+            "served_connections": served,
+            "errors": sum(result["errors"] + result["connect_failures"] for result, _ in runs),
+            **cpu,
+        }
+        if served < self.connections:
+            return Result(
+                figures,
+                skipped=f"limited: only {served} of {self.connections} "
+                f"connections were ever answered within {sizes.serve_timeout:g} s + "
+                f"{duration:g} s (the rest waited in the listen backlog)",
+            )
+        if middle["requests"] == 0:
+            return Result(figures, skipped="no request completed")
+        return Result(figures)
+
+    def __enter__(self) -> EchoSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.server is not None:
+            self.server.__exit__()
+
+
+def echo_session(connections: int, size: int) -> Callable[[Context, Model], EchoSession]:
+    def session(ctx: Context, model: Model) -> EchoSession:
+        return EchoSession(ctx, model, connections, size)
+
+    return session
+
+
 def echo(connections: int, size: int) -> Callable[[Context, Model], Result]:
     def scenario(ctx: Context, model: Model) -> Result:
         """``connections`` clients in a closed loop (send ``size`` bytes, wait for them back),
-        after one unmeasured round trip each so that every client has been accepted."""
+        after one unmeasured round trip each so that every client has been accepted.
 
-        def run() -> Result:
-            timeout = ctx.sizes.duration + ctx.sizes.serve_timeout + 30
-            result, cpu, _ = _drive(
-                ctx,
-                model,
-                ["--echo", "--quiet"],
-                "echo",
-                timeout + 10,
-                c=connections,
-                s=size,
-                d=ctx.sizes.duration,
-                w=ctx.sizes.serve_timeout,
-                t=timeout,
-            )
-            figures: Figures = {
-                "connections": connections,
-                "message_bytes": size,
-                "duration_s": ctx.sizes.duration,
-                "requests": result["requests"],
-                "requests_per_s": round(result["requests"] / ctx.sizes.duration, 1),
-                **_latency_figures(result),
-                "served_connections": result["served_connections"],
-                "errors": result["errors"] + result["connect_failures"],
-                **cpu,
-            }
-            if result["served_connections"] < connections:
-                return Result(
-                    figures,
-                    skipped=f"limited: only {result['served_connections']} of {connections} "
-                    f"connections were ever answered within {ctx.sizes.serve_timeout:g} s + "
-                    f"{ctx.sizes.duration:g} s (the rest waited in the listen backlog)",
-                )
-            if result["requests"] == 0:
-                return Result(figures, skipped="no request completed")
-            return Result(figures)
-
-        return _guard(run)
+        One server for the whole scenario: first a probe connection (one request, one echo),
+        then ``warmup`` seconds of the same load, discarded, then ``repeats`` measured runs.
+        The figure is their median; the spread (min, max, every run) is reported with it.
+        (The bench runs several models' sessions with their runs taking turns instead.)"""
+        with EchoSession(ctx, model, connections, size) as session:
+            session.start()
+            for _ in range(max(1, ctx.sizes.repeats)):
+                session.measure()
+            return session.finish()
 
     return scenario
 
@@ -337,14 +493,15 @@ def echo(connections: int, size: int) -> Callable[[Context, Model], Result]:
 # ---- 3. streaming into the print path ---------------------------------------------------------
 
 
-def stream(fmt: str) -> Callable[[Context, Model], Result]:
+def stream(fmt: str, line: int) -> Callable[[Context, Model], Result]:
     def scenario(ctx: Context, model: Model) -> Result:
-        """One client writes lines as fast as the server takes them; the server prints them
-        (``--raw`` or text) to /dev/null.  The clock stops when the server has read everything
-        (it closes after the client's half-close), so kernel buffers do not inflate the rate."""
+        """One client writes lines of ``line`` bytes (64 KiB at a time) as fast as the server
+        takes them; the server prints them (``--raw`` or text) to /dev/null.  The clock stops
+        when the server has read everything (it closes after the client's half-close), so
+        kernel buffers do not inflate the rate."""
 
         def run() -> Result:
-            flags = ["--raw"] if fmt == "raw" else []
+            flags = ["--raw"] if fmt == "raw" else ["--format", fmt]
             result, cpu, server = _drive(
                 ctx,
                 model,
@@ -352,7 +509,7 @@ def stream(fmt: str) -> Callable[[Context, Model], Result]:
                 "stream",
                 ctx.sizes.duration + 60,
                 c=1,
-                s=ctx.sizes.stream_line,
+                s=line,
                 d=ctx.sizes.duration,
                 t=ctx.sizes.duration + 50,
             )
@@ -361,10 +518,11 @@ def stream(fmt: str) -> Callable[[Context, Model], Result]:
                 return Result(skipped="the server did not finish reading within 50 s")
             elapsed = result["elapsed"]
             figures: Figures = {
-                "line_bytes": ctx.sizes.stream_line,
+                "line_bytes": line,
                 "bytes": result["bytes"],
                 "elapsed_s": round(elapsed, 3),
                 "mb_per_s": round(result["bytes"] / elapsed / 1e6, 2) if elapsed else None,
+                "lines_per_s": round(result["bytes"] / line / elapsed, 1) if elapsed else None,
                 "server_received_bytes": received[1] if received else None,
                 **cpu,
             }
@@ -457,6 +615,94 @@ def storm(ctx: Context, model: Model) -> Result:
     return _guard(run)
 
 
+# ---- 5b. connection storm while other clients are busy -------------------------------------
+
+
+def storm_busy(ctx: Context, model: Model) -> Result:
+    """``busy_clients`` echo clients in a closed loop (a second load generator) while
+    ``busy_storm_clients`` new clients connect at once, each sends one 64-byte line, waits for
+    its echo and leaves: the time from the first connect to the last echo.  What it shows: does
+    accepting new clients wait behind the busy ones?  ``repeats`` storms, one after the other
+    while the same clients stay busy: the median, and the spread (the best is the least
+    disturbed by other work on the machine)."""
+    sizes = ctx.sizes
+    busy, count = sizes.busy_clients, sizes.busy_storm_clients
+
+    def run() -> Result:
+        timeout = sizes.serve_timeout * 6
+        with ctx.server(model, ["--echo", "--quiet"]) as server:
+            background_timeout = sizes.serve_timeout * 2 + timeout + 30
+            with loadgen.Background(
+                ctx.binary, server.port, background_timeout, c=busy, s=64, w=sizes.serve_timeout
+            ) as background:
+                started = background.started()
+                if started.get("event") != "start" or started.get("warmed", 0) < busy:
+                    finished = background.finish()
+                    server.stop()
+                    return Result(
+                        {"busy_clients": busy, "busy_served": finished["served_connections"]},
+                        skipped=f"limited: only {started.get('warmed', 0)} of {busy} busy clients "
+                        f"were served within {sizes.serve_timeout:g} s",
+                    )
+                storms: list[tuple[dict[str, Any], Figures]] = []
+                for _ in range(max(1, sizes.repeats)):
+                    window = _CpuWindow(server)
+                    result = loadgen.run(
+                        ctx.binary,
+                        "echo",
+                        server.port,
+                        timeout=timeout + 10,
+                        on_start=window.start,
+                        c=count,
+                        s=64,
+                        n=1,
+                        t=timeout,
+                    )
+                    storms.append((result, window.figures(result)))
+                    if result["requests"] < count:
+                        break  # limited: another storm would only wait out the timeout again
+                busy_result = background.finish()
+            server.stop()
+        times = [result["elapsed"] for result, _ in storms]
+        result, cpu = storms[_median_index(times)]
+        served = min(result["requests"] for result, _ in storms)
+        histogram = merge_histograms(*(result["latency_us"] for result, _ in storms))
+        busy_elapsed = busy_result["elapsed"]
+        figures: Figures = {
+            "clients": count,
+            "busy_clients": busy,
+            "served": served,
+            "repeats": len(storms),
+            "total_s": round(result["elapsed"], 4),
+            "total_s_min": round(min(times), 4),
+            "total_s_max": round(max(times), 4),
+            "total_s_runs": [round(t, 4) for t in times],
+            "clients_per_s": round(result["requests"] / result["elapsed"], 1)
+            if result["elapsed"]
+            else None,
+            **_latency_figures(
+                {
+                    "latency_us": histogram,
+                    "latency_max_us": max(result["latency_max_us"] for result, _ in storms),
+                }
+            ),
+            "busy_requests_per_s": round(busy_result["requests"] / busy_elapsed, 1)
+            if busy_elapsed
+            else None,
+            "busy_served": busy_result["served_connections"],
+            "errors": sum(r["errors"] + r["connect_failures"] + r["resets"] for r, _ in storms),
+            **cpu,
+        }
+        if served < count:
+            return Result(
+                figures,
+                skipped=f"limited: {served} of {count} clients served within {timeout:g} s",
+            )
+        return Result(figures)
+
+    return _guard(run)
+
+
 # ---- 6. graceful shutdown ---------------------------------------------------------------------
 
 SHUTDOWN_GRACE = 0.0
@@ -501,13 +747,78 @@ def shutdown(ctx: Context, model: Model) -> Result:
     return _guard(run)
 
 
+# ---- 7. many connections: memory, then graceful shutdown ------------------------------------
+
+
+def many(ctx: Context, model: Model) -> Result:
+    """``many_connections`` clients connected at once, each served one echo, then idle: the
+    server's RSS (``VmRSS``) above its baseline per connection; then SIGTERM with ``--grace
+    many_grace`` while they are all still connected: seconds from the signal to the exit, and
+    the exit status (the clients never leave by themselves, so the grace period runs out and
+    the server must close them all)."""
+    sizes = ctx.sizes
+    count = sizes.many_connections
+
+    def run() -> Result:
+        flags = ["--echo", "--quiet"]
+        graceful = "--grace" not in model.unsupported
+        if graceful:
+            flags += ["--grace", f"{sizes.many_grace:g}"]
+        with ctx.server(model, flags) as server:
+            time.sleep(0.2)
+            before = server.rss_bytes()
+            with loadgen.Hold(ctx.binary, server.port, count, sizes.hold_timeout) as hold:
+                ready = hold.ready()
+                time.sleep(0.3)
+                after = server.rss_bytes()
+                threads = server.threads()
+                status, seconds = server.stop(timeout=30 + sizes.many_grace)
+                closed = hold.finish()
+        grace = sizes.many_grace if graceful else 0.0
+        killed = status is None
+        figures: Figures = {
+            "connections": count,
+            "served_connections": ready["echoed"],
+            "served_fraction": round(ready["echoed"] / count, 4),
+            "connect_s": round(ready["elapsed"], 3),
+            "rss_before_mb": round(before / 2**20, 1),
+            "rss_after_mb": round(after / 2**20, 1),
+            "bytes_per_connection": round((after - before) / count),
+            "kb_per_connection": round((after - before) / count / 1024, 2),
+            "server_threads": threads,
+            "grace_s": sizes.many_grace if graceful else None,
+            "exit_s": round(seconds, 4),
+            "exit_after_grace_s": round(seconds - grace, 4),
+            "exit_status": server.proc.returncode if killed else status,
+            "killed": killed,
+            "clients_closed_eof": closed["eofs"],
+            "clients_reset": closed["resets"],
+        }
+        if killed:
+            return Result(figures, skipped="did not exit within 30 s of SIGTERM (killed)")
+        if ready["echoed"] < count:
+            return Result(
+                figures,
+                skipped=f"limited: only {ready['echoed']} of {count} connections were served "
+                f"within {sizes.hold_timeout:g} s",
+            )
+        return Result(figures)
+
+    return _guard(run)
+
+
+def _size_label(size: int) -> str:
+    """64 -> "64", 4096 -> "4k", 65536 -> "64k"."""
+    return f"{size // 1024}k" if size >= 1024 and size % 1024 == 0 else str(size)
+
+
 # ---- the list ---------------------------------------------------------------------------------
 
 
 def scenarios_for(sizes: Sizes) -> list[Scenario]:
     """Every scenario, in the order they run and appear in the report."""
     found: list[Scenario] = [
-        Scenario("article", "article: 4 paced clients", (), article),
+        Scenario("article", "article: 4 paced clients", ("--format",), article),
     ]
     for connections in sizes.echo_connections:
         for size in sizes.echo_sizes:
@@ -517,11 +828,27 @@ def scenarios_for(sizes: Sizes) -> list[Scenario]:
                     f"echo {connections} conn × {size} B",
                     ("--echo", "--quiet"),
                     echo(connections, size),
+                    echo_session(connections, size),
                 )
             )
+    found.append(
+        Scenario(
+            "stream_raw",
+            f"stream --raw, {_size_label(sizes.stream_block)}B writes",
+            ("--raw",),
+            stream("raw", sizes.stream_block),
+        )
+    )
+    for line in sizes.text_lines:
+        found.append(
+            Scenario(
+                f"stream_text_{_size_label(line)}",
+                f"stream text, {_size_label(line)}B lines",
+                ("--format",),
+                stream("text", line),
+            )
+        )
     found += [
-        Scenario("stream_raw", "stream --raw > /dev/null", ("--raw",), stream("raw")),
-        Scenario("stream_text", "stream text > /dev/null", (), stream("text")),
         Scenario(
             "idle_memory",
             f"memory / idle conn ({sizes.idle_connections})",
@@ -530,10 +857,22 @@ def scenarios_for(sizes: Sizes) -> list[Scenario]:
         ),
         Scenario("storm", f"storm of {sizes.storm_clients}", ("--echo", "--quiet"), storm),
         Scenario(
+            "storm_busy",
+            f"storm of {sizes.busy_storm_clients}, {sizes.busy_clients} busy",
+            ("--echo", "--quiet"),
+            storm_busy,
+        ),
+        Scenario(
             "shutdown",
             f"SIGTERM → exit, {sizes.shutdown_clients} clients",
             ("--echo", "--quiet"),
             shutdown,
+        ),
+        Scenario(
+            "c10k",
+            f"{sizes.many_connections} conns, --grace {sizes.many_grace:g}",
+            ("--echo", "--quiet"),
+            many,
         ),
     ]
     return found

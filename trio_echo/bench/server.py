@@ -1,4 +1,5 @@
-"""One server under test: ``python -m trio_echo --model X --port 0 ...`` as a subprocess.
+"""One server under test: ``python -m trio_echo --model X --port 0 ...`` as a subprocess (or the
+bare reference, ``python -m trio_echo.bench.bare --port 0 ...``, which prints the same line).
 
 Every scenario gets a fresh server, so that one scenario's leftovers (heap growth, a backlog a
 one-client-at-a-time model is still working through) never colour the next one.  The port comes
@@ -23,7 +24,9 @@ import time
 from collections.abc import Sequence
 from typing import IO
 
-__all__ = ["ServerError", "ServerProcess"]
+from .bare import BARE
+
+__all__ = ["ServerError", "ServerProcess", "server_command"]
 
 # ``01:04:27.446 NOTICE listening on 127.0.0.1:46253, [::1]:46253 (print, text)``
 LISTENING_RE = re.compile(r"NOTICE listening on (?P<addresses>.+) \((?P<mode>[^()]*)\)\s*$")
@@ -33,6 +36,18 @@ SUMMARY_RE = re.compile(r"served (?P<connections>\d+) connections?, (?P<bytes>\d
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+def server_command(model: str, flags: Sequence[str]) -> list[str]:
+    """The command line of a server of ``model``: ``python -m trio_echo --model X``, or the
+    bench's bare reference (:mod:`.bare`), which is no model of the CLI."""
+    if model == BARE:
+        return [sys.executable, "-m", "trio_echo.bench.bare", "--port", "0", *flags]
+    return [
+        sys.executable,
+        *("-m", "trio_echo", "--model", model, "--port", "0", "--log-level", "notice"),
+        *flags,
+    ]
 
 
 class ServerError(Exception):
@@ -51,18 +66,7 @@ class ServerProcess:
         startup_timeout: float = 20.0,
         cpus: tuple[int, ...] | None = None,
     ) -> None:
-        self.command = [
-            sys.executable,
-            "-m",
-            "trio_echo",
-            "--model",
-            model,
-            "--port",
-            "0",
-            "--log-level",
-            "notice",
-            *flags,
-        ]
+        self.command = server_command(model, flags)
         self.proc = subprocess.Popen(
             self.command, stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.PIPE
         )
@@ -138,8 +142,12 @@ class ServerProcess:
         return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
     def rss_bytes(self) -> int:
-        """Resident memory of the process now."""
-        with open(f"/proc/{self.proc.pid}/statm") as f:
+        """Resident memory of the process now (``VmRSS`` of ``/proc/PID/status``)."""
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        with open(f"/proc/{self.proc.pid}/statm") as f:  # pragma: no cover - no VmRSS line
             return int(f.read().split()[1]) * PAGE_SIZE
 
     def threads(self) -> int:

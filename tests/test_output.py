@@ -837,3 +837,194 @@ def test_property_pending_is_bounded(case: Case) -> None:
         assert b"\n" not in assembler._pending
     assembler.finish()
     assert assembler._pending == b""
+
+
+# --------------------------------------------------------------------------------------------
+# The fast paths against a straightforward reference
+#
+# LineAssembler and TextFormatter work a whole receive at a time with bytes primitives (see the
+# comments in trio_echo/output.py); the reference below does the same job the obvious way, line
+# by line and piece by piece, with clean() on each.  They must agree to the byte.
+
+
+def _reference_cut(content: bytes, max_line: int) -> int:
+    """Where the first piece of an over-long ``content`` ends: as late as possible within the
+    limit, but at the start of a character (at most 3 bytes back), else at the limit."""
+    for cut in range(max_line, max_line - 4, -1):
+        if content[cut] & 0xC0 != 0x80:
+            return cut
+    return max_line
+
+
+def reference_pieces(data: bytes, max_line: int) -> list[tuple[bool, bytes, bytes]]:
+    """``(continued, content, eol)`` for every piece of the whole stream ``data``."""
+    pieces = []
+    lines = data.split(b"\n")
+    for number, line in enumerate(lines):
+        at_eof = number == len(lines) - 1
+        if at_eof and not line:
+            break
+        if at_eof:
+            content, eol = line, b""  # a last line without newline: a trailing \r is data
+        elif line.endswith(b"\r"):
+            content, eol = line[:-1], b"\r\n"
+        else:
+            content, eol = line, b"\n"
+        continued = False
+        while len(content) > max_line:
+            cut = _reference_cut(content, max_line)
+            pieces.append((continued, content[:cut], b""))
+            content, continued = content[cut:], True
+        pieces.append((continued, content, eol))
+    return pieces
+
+
+def reference_text(data: bytes, max_line: int) -> bytes:
+    return b"".join(
+        (CONT_PREFIX if continued else TEXT_PREFIX) + clean(content).encode("utf-8") + b"\n"
+        for continued, content, _ in reference_pieces(data, max_line)
+    )
+
+
+# What the fast paths care about: runs of printable ASCII (the common case, taken in one go),
+# lines of all lengths around the limit, CRLF and lone CR, every kind of byte clean() escapes,
+# valid UTF-8 that needs no escape (including lead bytes shared with escaped characters, and
+# unprintable characters that are not escaped) and invalid UTF-8.
+_FAST_FRAGMENTS = [
+    *_FRAGMENTS,
+    b"The quick brown fox jumps over the lazy dog. ",
+    b"\n",
+    b"\r\n",
+    b"\r\n",
+    b"\t",
+    b"\\\\",
+    b"\\x1b",
+    "’“”—…".encode(),  # E2 80 xx: the lead bytes of U+2028 and the bidi marks
+    "\u00a0\u00b0\u00ad".encode(),  # C2 xx: the lead byte of C1; NBSP, soft hyphen unprintable
+    "\ufeff\u061c\u200e\u2069\u0085\u009f".encode(),
+    "\ufeffx\u00a0".encode(),
+    "ﻻ\ufffd".encode(),  # EF xx xx that is no BOM
+]
+
+fast_streams = st.lists(
+    st.one_of(
+        st.sampled_from(_FAST_FRAGMENTS),
+        st.binary(max_size=8),
+        st.text(max_size=8).map(lambda t: t.encode("utf-8", "surrogatepass")),
+        # A long run of printable ASCII: lines near or over the limit.
+        st.integers(0, 70).map(lambda n: b"abcdefghij" * (n // 10) + b"xyz"[: n % 3]),
+    ),
+    max_size=60,
+).map(b"".join)
+
+
+@st.composite
+def fast_cases(draw: st.DrawFn) -> Case:
+    """Streams rich in what the fast paths distinguish, with limits from tiny to the default
+    and chunkings from one byte at a time to the whole stream at once."""
+    data = draw(fast_streams)
+    max_line = draw(st.one_of(max_lines, st.integers(min_value=4, max_value=80)))
+    return max_line, data, _split(draw, data, [])
+
+
+@st.composite
+def many_lines_cases(draw: st.DrawFn) -> Case:
+    """Many lines no longer than a small limit, in few receives, so that a receive holds many
+    windows' worth of lines; among them, now and then, one line just over the limit or just at
+    it plus a CR (which is not too long), or a partial line at the end."""
+    max_line = draw(st.integers(min_value=4, max_value=12))
+    fillers = st.sampled_from([b"x", "é".encode(), b"\t", b"\r"])
+    eols = st.sampled_from([b"\n", b"\r\n"])
+    short = st.tuples(st.integers(min_value=0, max_value=max_line), fillers, eols)
+    lines = [
+        (filler * n)[:n] + eol for n, filler, eol in draw(st.lists(short, min_size=1, max_size=50))
+    ]
+    special = draw(st.sampled_from([None, b"x", "é".encode(), b"\r"]))
+    if special is not None:
+        extra = draw(st.sampled_from([b"y", b"\r"]))
+        line = (special * max_line)[:max_line] + extra + draw(eols)
+        lines.insert(draw(st.integers(min_value=0, max_value=len(lines))), line)
+    data = b"".join(lines)
+    if draw(st.booleans()):
+        data += b"z" * draw(st.integers(min_value=0, max_value=2 * max_line))  # a partial line
+    cuts = sorted(draw(st.lists(st.integers(min_value=0, max_value=len(data)), max_size=2)))
+    bounds = [0, *cuts, len(data)]
+    return max_line, data, [data[a:b] for a, b in itertools.pairwise(bounds)]
+
+
+all_cases = st.one_of(cases, fast_cases(), many_lines_cases())
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.one_of(cases, fast_cases()))
+def test_property_text_matches_reference(case: Case) -> None:
+    max_line, data, chunks = case
+    assert run(text_assembler(max_line), chunks) == reference_text(data, max_line)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(many_lines_cases())
+def test_property_text_many_lines_match_reference(case: Case) -> None:
+    max_line, data, chunks = case
+    assert run(text_assembler(max_line), chunks) == reference_text(data, max_line)
+
+
+@settings(max_examples=300, deadline=None)
+@given(all_cases)
+def test_property_jsonl_pieces_match_reference(case: Case) -> None:
+    max_line, data, chunks = case
+    events = parse_jsonl(run(jsonl_assembler(max_line), chunks))
+    got = [(bool(e.get("continued")), raw_data(e), str(e["eol"]).encode()) for e in events]
+    assert got == reference_pieces(data, max_line)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(fast_streams)
+def test_property_text_block_matches_reference(data: bytes) -> None:
+    # One block, as feed() hands it over: whole lines of any content (the limit is the
+    # assembler's business, so the reference gets one that cuts nothing).
+    block = data + b"\n"
+    assert TextFormatter(PEER).block(block) == reference_text(block, len(block))
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.one_of(fast_streams, st.binary(max_size=64), streams))
+def test_property_piece_cleaning_matches_clean(data: bytes) -> None:
+    content = data.replace(b"\n", b"")  # a piece never holds a newline
+    for continued, prefix in [(False, TEXT_PREFIX), (True, CONT_PREFIX)]:
+        expected = prefix + clean(content).encode() + b"\n"
+        assert TextFormatter(PEER).piece(content, b"", continued) == expected
+
+
+@pytest.mark.parametrize("code", sorted(c for c in FORBIDDEN if c >= 0x80))
+def test_escaped_non_ascii_characters_are_unprintable(code: int) -> None:
+    # The fast path rules escaped characters out with str.isprintable(): that is only exact if
+    # every one of them is unprintable.
+    assert not chr(code).isprintable()
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        b"a\r\nb\r\n",  # every line CRLF: the one-byte fast fold
+        b"a\r\nb\n",  # mixed terminators
+        b"a\rb\r\n",  # a lone CR as well
+        b"a\r\r\n",  # a CR that is data, then a CRLF
+        b"\r\n\r\n",
+        b"\r\r\n\n",
+        b"\t\\\r\n\x1b\r\n",
+    ],
+)
+def test_text_block_crlf_folding(block: bytes) -> None:
+    assert TextFormatter(PEER).block(block) == reference_text(block, len(block))
+
+
+@pytest.mark.parametrize("receive", [64, 1000, 4096, 65536, 65537])
+@pytest.mark.parametrize("length", [1, 63, 64, 4095, DEFAULT_MAX_LINE, DEFAULT_MAX_LINE + 1])
+def test_text_receives_of_long_and_short_lines_match_reference(receive: int, length: int) -> None:
+    # The window walk over whole receives, with the default limit: lines just under, at and
+    # over it, short lines around them, receives that cut anywhere.
+    lines = [b"x" * length, b"short", "é".encode() * (length // 2), b"y" * length + b"\r", b""]
+    data = b"\n".join(lines * 3) + b"tail"
+    chunks = [data[i : i + receive] for i in range(0, len(data), receive)]
+    assert run(text_assembler(), chunks) == reference_text(data, DEFAULT_MAX_LINE)

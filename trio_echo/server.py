@@ -30,6 +30,7 @@ from .config import Config
 from .connection import Connection
 from .listen import ACCEPT_CAPACITY_ERRNOS, ACCEPT_RETRY_SLEEP, bind_sockets
 from .logs import LOGGER
+from .readiness import ReadinessHub
 from .stats import ServerStats
 from .transport import SocketTransport, StreamTransport, Transport
 from .writer import OutputQueue
@@ -142,6 +143,8 @@ class _Server:
     live: dict[Connection, tuple[trio.CancelScope, Transport]] = attrs.field(factory=dict)
     # True once the grace period is over and the closer is cancelling the handlers.
     closing: bool = False
+    # Readability of the connection sockets, for the lean socket path.
+    hub: ReadinessHub | None = None
     _capacity_logged: float = -math.inf
 
     # ---- accepting -------------------------------------------------------------------------
@@ -174,7 +177,7 @@ class _Server:
                     in_a_row = 0
                     await self._accept_failed(exc)
                     continue
-                if not self._admit(SocketTransport(client), address, connections):
+                if not self._admit(SocketTransport(client, self.hub), address, connections):
                     return
                 in_a_row += 1
                 if in_a_row >= ACCEPT_BATCH:
@@ -376,21 +379,27 @@ async def serve(
     stats = ServerStats()
     server = _Server(config, output, stats)
     try:
-        async with trio.open_nursery() as connections, trio.open_nursery() as accepting:
-            handle = ServerHandle(
-                addresses,
-                stats,
-                config.grace,
-                accepting.cancel_scope,
-                connections.cancel_scope,
-            )
-            server.handle = handle
-            connections.start_soon(server.close_after_grace, handle)
-            for sock in sockets:
-                accepting.start_soon(server.accept_socket_loop, sock, connections)
-            for listener in listeners or ():
-                accepting.start_soon(server.accept_loop, listener, connections)
-            task_status.started(handle)
+        async with trio.open_nursery() as services:
+            if sockets:
+                server.hub = ReadinessHub()
+                services.start_soon(server.hub.run)
+            async with trio.open_nursery() as connections, trio.open_nursery() as accepting:
+                handle = ServerHandle(
+                    addresses,
+                    stats,
+                    config.grace,
+                    accepting.cancel_scope,
+                    connections.cancel_scope,
+                )
+                server.handle = handle
+                connections.start_soon(server.close_after_grace, handle)
+                for sock in sockets:
+                    accepting.start_soon(server.accept_socket_loop, sock, connections)
+                for listener in listeners or ():
+                    accepting.start_soon(server.accept_loop, listener, connections)
+                task_status.started(handle)
+            # Every handler is gone: the hub has nothing left to watch.
+            services.cancel_scope.cancel()
     finally:
         # Normally the accept loops closed them; this covers a failure before they started.
         for sock in sockets:

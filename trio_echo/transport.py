@@ -27,6 +27,8 @@ from typing import Protocol
 
 import trio
 
+from .readiness import ReadinessHub
+
 __all__ = ["SocketTransport", "StreamTransport", "Transport"]
 
 
@@ -64,24 +66,35 @@ class SocketTransport:
     """A connected, non-blocking kernel socket, read and written with as few scheduler trips
     as Trio's guarantees allow (see the module docstring)."""
 
-    __slots__ = ("_drained", "_waiting", "sock")
+    __slots__ = ("_drained", "_fd", "_hub", "_waited_in_trio", "_waiting", "sock")
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, hub: ReadinessHub | None = None) -> None:
         sock.setblocking(False)
         # Like trio.SocketStream: small writes (an echo, a prompt) go out at once.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock = sock
+        self._fd = sock.fileno()
+        # With a hub, readability comes from its persistent registration (no epoll_ctl per
+        # wait); without, from Trio's own wait_readable.
+        self._hub = hub
+        if hub is not None:
+            hub.register(self._fd)
         # A new client has most likely not sent anything yet: wait before the first recv.
         self._drained = True
         # True while receive() waits for the socket to become readable.
         self._waiting = False
+        # Whether Trio's I/O manager may know the socket (then it must hear of its closing).
+        self._waited_in_trio = hub is None
 
     async def receive(self, max_bytes: int) -> bytes:
         sock = self.sock
         if self._drained:
             # No try/finally to reset the flag: if the wait raises, the handler is ending.
             self._waiting = True
-            await trio.lowlevel.wait_readable(sock)
+            if self._hub is not None:  # (inlined _wait_readable: this is the hot path)
+                await self._hub.wait_readable(self._fd)
+            else:
+                await trio.lowlevel.wait_readable(sock)
             self._waiting = False
         else:
             # The last recv filled the whole buffer, so more is probably waiting: take it
@@ -91,13 +104,19 @@ class SocketTransport:
             try:
                 data = sock.recv(max_bytes)
             except BlockingIOError:
-                # Readable, yet nothing to read (another wakeup raced us): wait again.
-                await trio.lowlevel.wait_readable(sock)
+                # Readable, yet nothing to read (a stale or raced wakeup): wait again.
+                await self._wait_readable()
                 continue
             except OSError as exc:
                 raise _lost(exc) from exc
             self._drained = len(data) < max_bytes
             return data
+
+    async def _wait_readable(self) -> None:
+        if self._hub is not None:
+            await self._hub.wait_readable(self._fd)
+        else:
+            await trio.lowlevel.wait_readable(self.sock)
 
     async def send(self, data: bytes) -> None:
         sock = self.sock
@@ -112,6 +131,7 @@ class SocketTransport:
             # handler's next receive is one.
             return
         view = memoryview(data)
+        self._waited_in_trio = True
         while sent < len(view):
             await trio.lowlevel.wait_writable(sock)
             try:
@@ -123,7 +143,10 @@ class SocketTransport:
 
     async def aclose(self) -> None:
         # Wake (with ClosedResourceError) any task still waiting on the socket, then close.
-        trio.lowlevel.notify_closing(self.sock)
+        if self._hub is not None:
+            self._hub.forget(self._fd)
+        if self._waited_in_trio:
+            trio.lowlevel.notify_closing(self.sock)
         self.sock.close()
 
     def end_receiving(self) -> bool:

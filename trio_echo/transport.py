@@ -12,9 +12,10 @@ cancellation and fairness behave as Trio promises: a client that floods us yield
 receive, like everybody else.  ``send`` writes directly and only waits when the kernel's send
 buffer is full.
 
-Trio's own ``wait_readable``/``wait_writable``/``notify_closing`` are all this needs: the
-socket stays a plain non-blocking ``socket.socket``, registered with Trio's epoll only while a
-task waits on it.
+Readability comes from the server's :class:`~trio_echo.readiness.ReadinessHub` (one persistent,
+edge-triggered registration per socket instead of Trio's ``epoll_ctl`` per wait), or from Trio's
+``wait_readable`` when there is no hub; a full send buffer is waited out with Trio's
+``wait_writable``.  The socket stays a plain non-blocking ``socket.socket``.
 
 :class:`StreamTransport` adapts any ``trio.abc.Stream`` (in-memory streams in the tests, or the
 listeners an embedding application passes to :func:`trio_echo.server.serve`).

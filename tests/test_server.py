@@ -21,7 +21,7 @@ import trio.testing
 
 from trio_echo import Config, OutputFormat, ServerHandle, open_output_queue, serve
 from trio_echo.stdout import StdoutClosed
-from trio_echo.writer import OutputQueue, write_stdout
+from trio_echo.writer import OutputQueue, OutputReader, write_stdout
 
 
 @attrs.define(eq=False)
@@ -67,7 +67,7 @@ class Collected:
     data: bytearray = attrs.Factory(bytearray)
     changed: trio.Event = attrs.Factory(trio.Event)
 
-    async def run(self, queue: OutputQueue, receive: trio.MemoryReceiveChannel[bytes]) -> None:
+    async def run(self, queue: OutputQueue, receive: OutputReader) -> None:
         async for item in receive:
             self.data += item
             queue.release(queue.cost(item))
@@ -326,17 +326,17 @@ async def test_running_out_of_descriptors_pauses_accepting(
 
 
 async def test_output_that_was_read_survives_cancellation() -> None:
-    queue, receive = open_output_queue(limit=100)
+    queue, _ = open_output_queue(limit=100)
     await queue.put(b"x" * 50)
     with trio.move_on_after(0.01):
         await queue.put(b"y" * 50)  # over budget: waits, then is cancelled
     # Bytes already taken from a client are queued anyway, to be printed.
-    assert receive.receive_nowait() == b"x" * 50
-    assert receive.receive_nowait() == b"y" * 50
+    batch, _ = queue.take(1 << 20)
+    assert batch == [b"x" * 50, b"y" * 50]
 
 
 async def test_queue_waits_for_the_writer_to_release_budget() -> None:
-    queue, receive = open_output_queue(limit=200)
+    queue, _ = open_output_queue(limit=200)
     await queue.put(b"a" * 100)
     done = trio.Event()
 
@@ -348,8 +348,8 @@ async def test_queue_waits_for_the_writer_to_release_budget() -> None:
         nursery.start_soon(second_put)
         await trio.testing.wait_all_tasks_blocked()
         assert not done.is_set()  # 2 x (100 + overhead) > 200: backpressure
-        item = receive.receive_nowait()
-        queue.release(queue.cost(item))
+        _, cost = queue.take(0)
+        queue.release(cost)
     assert done.is_set()
 
 
@@ -373,7 +373,7 @@ async def test_writer_writes_everything_then_stops_when_closed() -> None:
                 os.close(fd)
 
 
-async def test_writer_reports_a_closed_pipe() -> None:
+async def test_writer_reports_a_closed_pipe_and_later_output_is_dropped() -> None:
     read_fd, write_fd = os.pipe()
     os.close(read_fd)
     try:
@@ -381,6 +381,10 @@ async def test_writer_reports_a_closed_pipe() -> None:
         await queue.put(b"nobody reads this\n")
         with pytest.raises(StdoutClosed, match="broken pipe"):
             await write_stdout(queue, receive, write_fd)
+        # The writer is gone: handlers must never wait for budget that nobody gives back.
+        for _ in range(3):
+            await queue.put(b"x" * (1 << 20))
+        assert queue.used == 0
     finally:
         os.close(write_fd)
 
@@ -401,3 +405,29 @@ async def test_real_sockets_on_both_loopback_addresses(nursery: trio.Nursery) ->
     assert "[[::1]:" in out.data.decode()
     handle.shutdown()
     await handle.stopped.wait()
+
+
+async def test_write_through_to_a_never_blocking_stdout_keeps_the_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # /dev/null is written from put() itself, but only when nothing is queued before: items
+    # queued earlier are never overtaken.  A pipe stands in for /dev/null so the order shows.
+    monkeypatch.setattr("trio_echo.writer.never_blocks", lambda fd: True)
+    read_fd, write_fd = os.pipe()
+    try:
+        queue, reader = open_output_queue()
+        await queue.put(b"a")
+        await queue.put(b"b")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(write_stdout, queue, reader, write_fd)
+            await queue.put(b"c")  # a and b still queued: c waits its turn
+            assert queue.used > 0
+            await trio.testing.wait_all_tasks_blocked()
+            assert queue.used == 0  # the writer took a, b and c
+            await queue.put(b"d")  # nothing queued: written at once
+            assert queue.used == 0
+            await queue.aclose()
+        assert os.read(read_fd, 100) == b"abcd"
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)

@@ -62,12 +62,12 @@ async def run(config: Config, stdout_fd: int = 1) -> Outcome:
     """
     # Listen for signals before anything else, so that a signal during start-up is not lost.
     with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
-        queue, receive = open_output_queue(config.queue_bytes)
+        queue, reader = open_output_queue(config.queue_bytes)
         async with trio.open_nursery() as nursery:
             watcher = _SignalWatcher(nursery.cancel_scope)
             nursery.start_soon(watcher.watch, signals)
             async with trio.open_nursery() as work:
-                work.start_soon(write_stdout, queue, receive, stdout_fd)
+                work.start_soon(write_stdout, queue, reader, stdout_fd)
                 try:
                     handle = await work.start(serve, config, None if config.quiet else queue)
                     watcher.handle = handle

@@ -23,12 +23,14 @@ if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
 
 from . import __version__
+from .access import Network, parse_network
 from .config import DEFAULT_HOSTS, DEFAULT_PORT, Config
 from .listen import ListenError
 from .logs import LEVELS, LOGGER, NOTICE, setup_logging
-from .models import MODELS
+from .models import HARDENING_FLAGS, MODELS
 from .output import DEFAULT_MAX_LINE, OutputFormat
 from .stdout import StdoutClosed, StdoutError
+from .tls import DEFAULT_HANDSHAKE_TIMEOUT, TLSSetupError, server_context
 
 __all__ = ["OneLineParser", "main", "number_type", "parse_args"]
 
@@ -131,6 +133,53 @@ def build_parser() -> argparse.ArgumentParser:
         help="on SIGINT/SIGTERM, how long connected clients may go on before they are closed "
         "(default: %(default)g)",
     )
+    guard = parser.add_argument_group(
+        "exposing the server (trio model only)",
+        "For a server reachable from other machines: TLS, who may connect, how much one client "
+        "may send. --idle-timeout and --max-connections bound slow clients too.",
+    )
+    guard.add_argument(
+        "--tls-cert",
+        metavar="FILE",
+        help="serve TLS (1.2 or later) with this PEM certificate chain (default: plain TCP)",
+    )
+    guard.add_argument(
+        "--tls-key",
+        metavar="FILE",
+        help="the PEM private key of --tls-cert, without a passphrase (default: in the "
+        "--tls-cert file)",
+    )
+    guard.add_argument(
+        "--tls-handshake-timeout",
+        type=number_type("a number of seconds", 0, strict=True),
+        default=DEFAULT_HANDSHAKE_TIMEOUT,
+        metavar="SECONDS",
+        help="close a TLS client that has not completed its handshake this long after "
+        "connecting (default: %(default)g)",
+    )
+    # CIDR blocks stay strings until the model is known (see parse_args).
+    guard.add_argument(
+        "--allow",
+        action="append",
+        metavar="CIDR",
+        help="accept only clients in this block (10.0.0.0/8, fd00::/8, or one address); "
+        "repeatable. The most specific --allow/--deny rule that matches decides (deny on a "
+        "tie); refused clients are closed at once and logged (default: everybody)",
+    )
+    guard.add_argument(
+        "--deny",
+        action="append",
+        metavar="CIDR",
+        help="refuse clients in this block; repeatable (see --allow)",
+    )
+    guard.add_argument(
+        "--max-bytes",
+        type=number_type("a number of bytes", 0, strict=True, integer=True),
+        default=None,
+        metavar="BYTES",
+        help="close a connection once its client sends more than this in all; exactly BYTES "
+        "are printed (default: no limit)",
+    )
     out = parser.add_argument_group("output")
     out.add_argument("--echo", action="store_true", help="also send every byte back to its client")
     out.add_argument(
@@ -161,7 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="the concurrency model of the server (default: %(default)s): "
         + "; ".join(
             f"{m.name}: {m.summary}"
-            + (f" (no {', '.join(sorted(m.unsupported))})" if m.unsupported else "")
+            + (
+                f" (no {', '.join(sorted(flags))})"
+                if (flags := m.unsupported - HARDENING_FLAGS)
+                else ""
+            )
             for m in MODELS.values()
         ),
     )
@@ -193,6 +246,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, str, str]:
     if args.raw and args.format not in (None, "raw"):
         parser.error(f"--raw conflicts with --format {args.format}")
     fmt = OutputFormat.RAW if args.raw else OutputFormat(args.format or "text")
+    allow = _networks(parser, "--allow", args.allow)
+    deny = _networks(parser, "--deny", args.deny)
+    _check_tls(parser, args.tls_cert, args.tls_key)
     config = Config(
         hosts=args.host or DEFAULT_HOSTS,
         port=args.port,
@@ -203,8 +259,44 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, str, str]:
         idle_timeout=args.idle_timeout,
         max_connections=args.max_connections,
         max_line=args.max_line,
+        max_bytes=args.max_bytes,
+        allow=allow,
+        deny=deny,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_handshake_timeout=args.tls_handshake_timeout,
     )
     return config, args.model, args.log_level
+
+
+def _networks(
+    parser: argparse.ArgumentParser, flag: str, texts: list[str] | None
+) -> tuple[Network, ...]:
+    """The CIDR blocks of a repeated ``--allow``/``--deny``; a malformed one is a usage error.
+
+    Parsed here rather than by argparse's ``type=``, so that ``--model sync --allow x``
+    says the model does not support ``--allow`` instead of complaining about ``x``.
+    """
+    networks: list[Network] = []
+    for text in texts or ():
+        try:
+            networks.append(parse_network(text))
+        except ValueError as exc:
+            parser.error(f"argument {flag}: {exc}")
+    return tuple(networks)
+
+
+def _check_tls(parser: argparse.ArgumentParser, cert: str | None, key: str | None) -> None:
+    """Load the certificate and key now, so that a bad file is a usage error (one line, exit
+    status 2) before anything listens.  The server loads them again when it starts."""
+    if cert is None:
+        if key is not None:
+            parser.error("--tls-key needs --tls-cert")
+        return
+    try:
+        server_context(cert, key)
+    except TLSSetupError as exc:
+        parser.error(str(exc))
 
 
 def raise_fd_limit() -> None:
@@ -239,7 +331,7 @@ def _fail(message: str, status: int = EXIT_ERROR) -> int:
 def _explain(exc: BaseException) -> int:
     """One line on stderr for whatever stopped the server, and the exit status."""
     leaves = list(_leaves(exc))
-    for kind in (ListenError, StdoutClosed, StdoutError):
+    for kind in (ListenError, StdoutClosed, StdoutError, TLSSetupError):
         for leaf in leaves:
             if isinstance(leaf, kind):
                 return _fail(str(leaf))

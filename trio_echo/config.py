@@ -8,7 +8,9 @@ from typing import Any
 
 import attrs
 
+from .access import Network, to_networks
 from .output import DEFAULT_MAX_LINE, OutputFormat
+from .tls import DEFAULT_HANDSHAKE_TIMEOUT
 
 __all__ = ["DEFAULT_HOSTS", "DEFAULT_PORT", "DEFAULT_QUEUE_BYTES", "Config"]
 
@@ -72,6 +74,18 @@ class Config:
     max_line: int = attrs.field(default=DEFAULT_MAX_LINE)
     receive_size: int = attrs.field(default=DEFAULT_RECEIVE_SIZE, validator=_positive)
     queue_bytes: int = attrs.field(default=DEFAULT_QUEUE_BYTES, validator=_positive)
+    # Hardening (trio model only; see README "Exposing the server").
+    # Bytes one client may send in all; the next byte closes the connection.
+    max_bytes: int | None = attrs.field(default=None, validator=_optional_positive)
+    # Who may connect: see trio_echo.access.  Strings are parsed as CIDR blocks.
+    allow: tuple[Network, ...] = attrs.field(default=(), converter=to_networks)
+    deny: tuple[Network, ...] = attrs.field(default=(), converter=to_networks)
+    # TLS: PEM files (the key may be in the certificate file); None serves plain TCP.
+    tls_cert: str | None = None
+    tls_key: str | None = attrs.field(default=None)
+    tls_handshake_timeout: float = attrs.field(
+        default=DEFAULT_HANDSHAKE_TIMEOUT, validator=_positive
+    )
 
     @max_line.validator
     def _check_max_line(self, attribute: attrs.Attribute[int], value: int) -> None:
@@ -83,11 +97,16 @@ class Config:
         if not value:
             raise ValueError("at least one host is needed")
 
+    @tls_key.validator
+    def _check_tls_key(self, attribute: attrs.Attribute[Any], value: str | None) -> None:
+        if value is not None and self.tls_cert is None:
+            raise ValueError("tls_key needs tls_cert")
+
     def describe_mode(self) -> str:
-        """``print, text`` / ``echo, quiet`` ...: what the start-up line says the server does."""
+        """``print, text`` / ``echo, quiet`` / ``print, raw, tls`` ...: what the start-up line
+        says the server does."""
         what = "echo" if self.echo else "print"
         if self.echo and not self.quiet:
             what = "echo and print"
-        if self.quiet:
-            return f"{what}, quiet"
-        return f"{what}, {self.output_format.value}"
+        mode = f"{what}, quiet" if self.quiet else f"{what}, {self.output_format.value}"
+        return f"{mode}, tls" if self.tls_cert is not None else mode

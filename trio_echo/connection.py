@@ -12,6 +12,7 @@ import time
 import attrs
 
 from .config import Config
+from .logs import LOGGER
 from .output import JsonlFormatter, LineAssembler, OutputFormat, TextFormatter, format_peer
 from .stats import ServerStats, log_close, log_open
 
@@ -40,9 +41,20 @@ class Connection:
 
     @classmethod
     def open(
-        cls, config: Config, stats: ServerStats, address: object, *, printing: bool = True
+        cls,
+        config: Config,
+        stats: ServerStats,
+        address: object,
+        *,
+        printing: bool = True,
+        announce: bool = True,
     ) -> Connection:
-        """Count the client in (call it where clients are accepted: one thread, in order)."""
+        """Count the client in (call it where clients are accepted: one thread, in order).
+
+        ``announce=False`` leaves the ``open`` line to :meth:`announce`, for a client that must
+        first be set up (a TLS handshake): it holds a slot from now on, but is logged as open
+        only once it can be served.
+        """
         stats.connections += 1
         stats.active += 1
         printing = printing and not config.quiet
@@ -54,8 +66,24 @@ class Connection:
                 else TextFormatter(conn.peer)
             )
             conn.assembler = LineAssembler(formatter, config.max_line)
-        log_open(conn.conn_id, conn.peer)
+        if announce:
+            log_open(conn.conn_id, conn.peer)
         return conn
+
+    def announce(self, detail: str) -> None:
+        """The ``open`` line of a client that has been set up: ``open #3 127.0.0.1:53422
+        (TLSv1.3)``."""
+        LOGGER.info("open #%d %s (%s)", self.conn_id, self.peer, detail)
+
+    def abandon(self, what: str, detail: str) -> None:
+        """Count out a client that never got to be served (its TLS handshake failed or timed
+        out): one line, ``refused #3 127.0.0.1:53422: TLS handshake failed after 0.002 s
+        (...)``, and nothing on stdout."""
+        duration = time.monotonic() - self.started
+        self.stats.active -= 1
+        LOGGER.info(
+            "refused #%d %s: %s after %.3f s (%s)", self.conn_id, self.peer, what, duration, detail
+        )
 
     def opened(self) -> bytes:
         return self.assembler.formatter.opened() if self.assembler else b""

@@ -8,8 +8,10 @@ asyncio hands them to ``start_server(sock=...)`` and Trio wraps them in ``Socket
 from __future__ import annotations
 
 import errno
+import ipaddress
 import socket
 
+from .logs import LOGGER
 from .output import format_peer
 
 __all__ = [
@@ -19,6 +21,8 @@ __all__ = [
     "ListenError",
     "bind_sockets",
     "describe_addresses",
+    "is_loopback",
+    "warn_if_exposed",
 ]
 
 # The listen(2) backlog: as deep as the kernel allows (it caps this at net.core.somaxconn), so
@@ -57,10 +61,13 @@ def bind_sockets(hosts: tuple[str, ...], port: int) -> list[socket.socket]:
     """
     for attempt in range(1, PORT_ZERO_ATTEMPTS + 1):
         try:
-            return _bind_once(hosts, port)
+            sockets = _bind_once(hosts, port)
         except _PortTaken as exc:
             if attempt == PORT_ZERO_ATTEMPTS:
                 raise ListenError(str(exc)) from exc.__cause__
+        else:
+            warn_if_exposed([sock.getsockname() for sock in sockets])
+            return sockets
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -118,6 +125,34 @@ def _error_text(host: str, port: int, exc: OSError) -> str:
     if exc.errno == errno.EADDRNOTAVAIL:
         return f"{where}: no such address on this machine"
     return f"{where}: {exc.strerror or exc}"
+
+
+def is_loopback(address: tuple[object, ...]) -> bool:
+    """Is this bound address reachable only from this machine?  ``0.0.0.0`` and ``::`` (every
+    interface) are not."""
+    host = address[0]
+    if not isinstance(host, str):
+        return False
+    try:
+        ip = ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
+def warn_if_exposed(addresses: list[tuple[object, ...]]) -> None:
+    """One warning line naming the bound addresses that are not loopback: a server that prints
+    whatever it is sent must not be opened to the network by accident (every model)."""
+    exposed = [address for address in addresses if not is_loopback(address)]
+    if exposed:
+        LOGGER.warning(
+            "exposed to the network: %s %s not loopback; other machines can connect and have "
+            "their data printed (--host 127.0.0.1 keeps the server local)",
+            describe_addresses(exposed),
+            "is" if len(exposed) == 1 else "are",
+        )
 
 
 def describe_addresses(addresses: list[tuple[object, ...]]) -> str:

@@ -9,6 +9,11 @@ Structure (after hypercorn's trio runner)::
         │   └── _accept_loop() per listener
         └── _serve_connection() per client
 
+Hardening, all outside the per-request path: ``--allow``/``--deny`` are checked once per accept
+(a refused client is closed there and then); a TLS client's handshake runs in its own handler
+task under ``--tls-handshake-timeout`` (a slow one never holds up the accept loop), then the
+client is served like any other; ``--max-bytes`` wraps the transport only when it is set.
+
 On shutdown, accepting stops immediately, while connected clients keep being served until they
 leave or the grace period runs out; then the connections nursery's own deadline cancels what is
 left, every handler's ``finally`` prints what it already read and closes its socket, and
@@ -21,18 +26,28 @@ import errno
 import math
 import os
 import socket
+import ssl
 import time
 
 import attrs
 import trio
 
+from .access import AccessPolicy
 from .config import Config
 from .connection import Connection
 from .listen import ACCEPT_CAPACITY_ERRNOS, ACCEPT_RETRY_SLEEP, bind_sockets
 from .logs import LOGGER
+from .output import format_peer
 from .readiness import ReadinessHub
 from .stats import ServerStats
-from .transport import SocketTransport, StreamTransport, Transport
+from .tls import describe_ssl_error, server_context
+from .transport import (
+    LimitedTransport,
+    SocketTransport,
+    StreamTransport,
+    TLSTransport,
+    Transport,
+)
 from .writer import OutputQueue
 
 __all__ = ["ServerHandle", "ServerStats", "serve"]
@@ -145,6 +160,9 @@ class _Server:
     closing: bool = False
     # Readability of the connection sockets, for the lean socket path.
     hub: ReadinessHub | None = None
+    # --allow/--deny (None: no rules, nothing to check) and --tls-cert (None: plain TCP).
+    access: AccessPolicy | None = None
+    tls: ssl.SSLContext | None = None
     _capacity_logged: float = -math.inf
 
     # ---- accepting -------------------------------------------------------------------------
@@ -162,6 +180,7 @@ class _Server:
     async def accept_socket_loop(self, listening: socket.socket, connections: trio.Nursery) -> None:
         """Accept clients from one of our own listening sockets, in batches (see
         ``ACCEPT_BATCH``): ``accept()`` until the backlog is empty, and only then wait."""
+        access, tls = self.access, self.tls
         try:
             listening.setblocking(False)
             in_a_row = 0
@@ -177,7 +196,13 @@ class _Server:
                     in_a_row = 0
                     await self._accept_failed(exc)
                     continue
-                if not self._admit(SocketTransport(client, self.hub), address, connections):
+                if access is not None and (why := access.refusal(address)) is not None:
+                    client.close()
+                    _log_refused(address, why)
+                elif tls is None:
+                    if not self._admit(SocketTransport(client, self.hub), address, connections):
+                        return
+                elif not self._admit_tls(_socket_stream(client), address, connections):
                     return
                 in_a_row += 1
                 if in_a_row >= ACCEPT_BATCH:
@@ -200,16 +225,22 @@ class _Server:
                 except OSError as exc:
                     await self._accept_failed(exc)
                     continue
-                transport = StreamTransport(stream)
                 try:
                     # With several listeners, each may have been waiting in accept() when the
                     # last slot was taken: that client is held (accepted, not yet read) until
                     # a slot frees.
                     await self.wait_for_room()
                 except BaseException:
-                    await transport.aclose()
+                    await trio.aclose_forcefully(stream)
                     raise
-                if not self._admit(transport, _address_of(stream), connections):
+                address = _address_of(stream)
+                if self.access is not None and (why := self.access.refusal(address)):
+                    await trio.aclose_forcefully(stream)
+                    _log_refused(address, why)
+                elif self.tls is None:
+                    if not self._admit(StreamTransport(stream), address, connections):
+                        return
+                elif not self._admit_tls(stream, address, connections):
                     return
 
     async def _accept_failed(self, exc: OSError) -> None:
@@ -234,6 +265,21 @@ class _Server:
             return False
         conn = Connection.open(self.config, self.stats, address, printing=self.output is not None)
         connections.start_soon(self.serve_connection, transport, conn)
+        return True
+
+    def _admit_tls(
+        self, stream: trio.abc.Stream, address: object, connections: trio.Nursery
+    ) -> bool:
+        """:meth:`_admit` for a TLS client: its handler shakes hands first.  It is counted
+        (and holds a ``--max-connections`` slot) from now on, but logged as open only once the
+        handshake is done."""
+        if self.handle is not None and self.handle.shutting_down:
+            connections.start_soon(trio.aclose_forcefully, stream)
+            return False
+        conn = Connection.open(
+            self.config, self.stats, address, printing=self.output is not None, announce=False
+        )
+        connections.start_soon(self.serve_tls_connection, stream, conn)
         return True
 
     def _log_capacity(self, exc: OSError) -> None:
@@ -282,6 +328,56 @@ class _Server:
 
     # ---- one connection --------------------------------------------------------------------
 
+    async def serve_tls_connection(self, stream: trio.abc.Stream, conn: Connection) -> None:
+        """Shake hands with a TLS client (under ``--tls-handshake-timeout``), then serve it
+        like any other.
+
+        Here, in the client's own task, and never in the accept loop: a client that is slow to
+        shake hands -- or never does -- holds its own slot until the timeout, not the accepting
+        of everybody else.  A failed handshake is one ``refused`` line and nothing else.
+        """
+        assert self.tls is not None
+        tls = trio.SSLStream(stream, self.tls, server_side=True, https_compatible=False)
+        transport = TLSTransport(tls)
+        # What the refused line says if the handshake is cancelled from outside (an abort).
+        failure: tuple[str, str] | None = ("TLS handshake cut short", "")
+        try:
+            failure = await self._handshake(tls, transport, conn)
+        finally:
+            if failure is not None:
+                what, detail = failure
+                self.live.pop(conn, None)
+                conn.abandon(what, detail or self._cancel_reason())
+                self._room.unpark_all()
+                await trio.aclose_forcefully(tls)
+        if failure is None:
+            conn.announce(tls.version() or "TLS")
+            await self.serve_connection(transport, conn)
+
+    async def _handshake(
+        self, tls: trio.SSLStream[trio.abc.Stream], transport: Transport, conn: Connection
+    ) -> tuple[str, str] | None:
+        """``None`` once the handshake is done, else what went wrong and why, for the
+        ``refused`` line."""
+        timeout = self.config.tls_handshake_timeout
+        with trio.CancelScope() as scope:
+            # Like a served client: the end of the grace period cancels it (end_receiving is
+            # False for a TLS transport).
+            self.live[conn] = (scope, transport)
+            with trio.move_on_after(timeout):
+                try:
+                    await tls.do_handshake()
+                except trio.BrokenResourceError as exc:
+                    return "TLS handshake failed", _handshake_problem(exc)
+                except Exception as exc:
+                    LOGGER.warning(
+                        "connection #%d %s: TLS handshake error: %r", conn.conn_id, conn.peer, exc
+                    )
+                    return "TLS handshake failed", f"error: {exc!r}"
+                return None
+            return "no TLS handshake", f"--tls-handshake-timeout {timeout:g}"
+        return "TLS handshake cut short", self._cancel_reason()
+
     async def serve_connection(self, transport: Transport, conn: Connection) -> None:
         """Read one client until it leaves; print (and echo) what it sends.
 
@@ -292,6 +388,9 @@ class _Server:
         checkpoint per pass (the receive), nothing awaited that has nothing to do.
         """
         config, output = self.config, self.output
+        limited: LimitedTransport | None = None
+        if config.max_bytes is not None:
+            transport = limited = LimitedTransport(transport, config.max_bytes)
         receive, send, feed = transport.receive, transport.send, conn.feed
         size, echo, idle = config.receive_size, config.echo, config.idle_timeout
         try:
@@ -317,6 +416,8 @@ class _Server:
                         await send(data)
             if scope.cancelled_caught and not self.closing:
                 conn.reason = f"idle for {idle:g} s"
+            elif limited is not None and limited.exceeded:
+                conn.reason = f"sent more than --max-bytes {config.max_bytes}"
         except trio.BrokenResourceError as exc:
             conn.reason = f"connection lost ({_cause(exc)})"
         except trio.Cancelled:
@@ -343,8 +444,30 @@ class _Server:
         return "server stopped"
 
 
+def _socket_stream(client: socket.socket) -> trio.SocketStream:
+    """A kernel socket as a Trio stream, for the TLS path."""
+    return trio.SocketStream(trio.socket.from_stdlib_socket(client))
+
+
+def _log_refused(address: object, why: str) -> None:
+    """``refused 127.0.0.1:53422 (--deny 127.0.0.0/8)``: a client closed right after accept."""
+    LOGGER.info("refused %s (%s)", format_peer(address), why)
+
+
+def _handshake_problem(exc: BaseException) -> str:
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, ssl.SSLError):
+        return describe_ssl_error(cause, handshake=True)
+    if isinstance(cause, OSError):
+        return (cause.strerror or str(cause)).lower()
+    # The client closed the connection before its handshake was done.
+    return str(exc) or "closed by the client"
+
+
 def _cause(exc: BaseException) -> str:
     cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, ssl.SSLError):
+        return describe_ssl_error(cause, handshake=False)
     if isinstance(cause, OSError) and cause.strerror:
         return cause.strerror.lower()
     return str(exc) or type(exc).__name__
@@ -364,6 +487,11 @@ async def serve(
     (tests pass in-memory ones).  Reports a :class:`ServerHandle` once listening; returns the
     statistics once every connection is closed after ``handle.shutdown()``.
     """
+    tls = None
+    if config.tls_cert is not None:
+        # Loaded (again: the CLI checked it) before anything listens; a TLSSetupError is one
+        # line from the CLI.
+        tls = await trio.to_thread.run_sync(server_context, config.tls_cert, config.tls_key)
     sockets: list[socket.socket] = []
     if listeners is None:
         # Our own listening sockets are served on the lean path (batched accept(), plain
@@ -378,6 +506,8 @@ async def serve(
         ]
     stats = ServerStats()
     server = _Server(config, output, stats)
+    server.access = AccessPolicy.of(config.allow, config.deny)
+    server.tls = tls
     try:
         async with trio.open_nursery() as services:
             if sockets:

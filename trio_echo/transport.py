@@ -18,7 +18,12 @@ edge-triggered registration per socket instead of Trio's ``epoll_ctl`` per wait)
 ``wait_writable``.  The socket stays a plain non-blocking ``socket.socket``.
 
 :class:`StreamTransport` adapts any ``trio.abc.Stream`` (in-memory streams in the tests, or the
-listeners an embedding application passes to :func:`trio_echo.server.serve`).
+listeners an embedding application passes to :func:`trio_echo.server.serve`); :class:`TLSTransport`
+is one over a ``trio.SSLStream`` that ends its TLS politely.  TLS goes through Trio's streams on
+purpose: encryption costs far more than the scheduler trips the lean path saves.
+
+:class:`LimitedTransport` wraps either for ``--max-bytes``, so that the limit costs nothing at
+all when it is not set.
 """
 
 from __future__ import annotations
@@ -29,8 +34,9 @@ from typing import Protocol
 import trio
 
 from .readiness import ReadinessHub
+from .tls import CLOSE_TIMEOUT
 
-__all__ = ["SocketTransport", "StreamTransport", "Transport"]
+__all__ = ["LimitedTransport", "SocketTransport", "StreamTransport", "TLSTransport", "Transport"]
 
 
 class Transport(Protocol):
@@ -182,3 +188,57 @@ class StreamTransport:
 
     def end_receiving(self) -> bool:
         return False
+
+
+class TLSTransport(StreamTransport):
+    """A ``trio.SSLStream`` whose handshake is done: closing it sends a ``close_notify`` first,
+    so that the client can tell our end of the stream from an attacker's truncation."""
+
+    __slots__ = ()
+
+    async def aclose(self) -> None:
+        # Shielded and bounded: this runs in cancelled finally blocks too, and a client that
+        # does not read must not hold us (SSLStream.aclose closes the socket when cut short).
+        with trio.CancelScope(deadline=trio.current_time() + CLOSE_TIMEOUT, shield=True):
+            try:
+                await self.stream.aclose()
+            except Exception:  # whatever went wrong, the socket must close
+                await trio.aclose_forcefully(self.stream)
+
+
+class LimitedTransport:
+    """``--max-bytes``: a client may send at most ``limit`` bytes; the next one ends the
+    stream, and :attr:`exceeded` says why.
+
+    Never reads past the limit (it asks for at most one byte more than is left, to tell "sent
+    exactly the limit, then closed" from "sent more"), so exactly ``limit`` bytes are printed
+    and echoed.  One subtraction and one comparison per receive.
+    """
+
+    __slots__ = ("_inner", "exceeded", "remaining")
+
+    def __init__(self, inner: Transport, limit: int) -> None:
+        self._inner = inner
+        self.remaining = limit
+        self.exceeded = False
+
+    async def receive(self, max_bytes: int) -> bytes:
+        if self.exceeded:
+            await trio.lowlevel.checkpoint()
+            return b""
+        remaining = self.remaining
+        data = await self._inner.receive(min(max_bytes, remaining + 1))
+        if len(data) > remaining:
+            self.exceeded = True
+            data = data[:remaining]
+        self.remaining = remaining - len(data)
+        return data
+
+    async def send(self, data: bytes) -> None:
+        await self._inner.send(data)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    def end_receiving(self) -> bool:
+        return self._inner.end_receiving()

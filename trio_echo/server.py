@@ -4,10 +4,12 @@ graceful shutdown that cancel scopes make possible.
 Structure (after hypercorn's trio runner)::
 
     serve()
-    └── connections nursery      <- handle.shutdown() puts a *deadline* on its cancel scope
-        ├── accepting nursery    <- handle.shutdown() *cancels* it: the listeners close at once
-        │   └── _accept_loop() per listener
-        └── _serve_connection() per client
+    └── services nursery         <- the readiness hub (readiness.py) lives here
+        └── connections nursery  <- handle.abort() cancels it; nothing else does
+            ├── accepting nursery    <- handle.shutdown() *cancels* it: the listeners close
+            │   └── accept_socket_loop() per listening socket (accept_loop() per Trio listener)
+            ├── close_after_grace()  <- handle.shutdown() puts the grace period's end on it
+            └── serve_connection() per client
 
 Hardening, all outside the per-request path: ``--allow``/``--deny`` are checked once per accept
 (a refused client is closed there and then); a TLS client's handshake runs in its own handler
@@ -15,9 +17,10 @@ task under ``--tls-handshake-timeout`` (a slow one never holds up the accept loo
 client is served like any other; ``--max-bytes`` wraps the transport only when it is set.
 
 On shutdown, accepting stops immediately, while connected clients keep being served until they
-leave or the grace period runs out; then the connections nursery's own deadline cancels what is
-left, every handler's ``finally`` prints what it already read and closes its socket, and
-``serve()`` returns the statistics.  Nothing outlives ``serve()``: no handler, no socket.
+leave or the grace period runs out; then ``close_after_grace`` ends the streams of the handlers
+waiting for their clients and cancels (each through its own scope) the ones stuck elsewhere;
+every handler's ``finally`` prints what it already read and closes its socket, and ``serve()``
+returns the statistics.  Nothing outlives ``serve()``: no handler, no socket.
 """
 
 from __future__ import annotations

@@ -29,6 +29,18 @@ def lint(session: nox.Session) -> None:
 
 
 @nox.session(default=False)
+def stress(session: nox.Session) -> None:
+    """Run the stress tests of issue 6 (tests/test_stress.py, `pytest -m stress`): faulty
+    clients around a good one, byte-exact accounting, `ulimit -n 256` with 1,000 clients, a
+    60 s soak of connection churn, SIGTERM with 1,000 clients mid-stream, bad command lines.
+    About 1.5 minutes on 2 cores, a minute of it the soak; every wait in it is bounded.  Writes
+    its figures to build/stress.json (docs/reliability.md says what each test proves).
+    Arguments after -- go to pytest, e.g. `nox -s stress -- -k soak`."""
+    session.install(".[bench]", *nox.project.dependency_groups(PYPROJECT, "test"))
+    session.run("pytest", "-m", "stress", *session.posargs)
+
+
+@nox.session(default=False)
 def bench(session: nox.Session) -> None:
     """Run the full benchmark (about 6 minutes on 2 cores; every wait in it is bounded) and
     write docs/benchmarks.json and docs/benchmarks.png.  Not part of CI: the figures depend on

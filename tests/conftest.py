@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import resource
 import select
 import signal
 import socket
@@ -126,12 +127,20 @@ class ServerProcess:
     ``proc.stdout`` is the test's to read, or to leave unread, or to close.
     """
 
-    def __init__(self, args: Sequence[str], *, read_stdout: bool = True) -> None:
+    def __init__(
+        self,
+        args: Sequence[str],
+        *,
+        read_stdout: bool = True,
+        preexec_fn: Callable[[], object] | None = None,
+    ) -> None:
+        # preexec_fn runs in the child before exec: e.g. lower its RLIMIT_NOFILE.
         self.proc = subprocess.Popen(
             [*SERVER_COMMAND, *args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
+            preexec_fn=preexec_fn,
         )
         assert self.proc.stdout is not None
         assert self.proc.stderr is not None
@@ -237,17 +246,49 @@ def start_server() -> Iterator[Callable[..., ServerProcess]]:
     """A factory: ``start_server("--echo", ...)`` runs ``python -m trio_echo --port 0 ...``.
 
     Returns a :class:`ServerProcess` once its "listening on" line is out.  Pass
-    ``port=N`` for a fixed port and ``read_stdout=False`` to handle stdout in the test.  Every
-    server started is killed and its pipes closed at teardown, whatever the test did.
+    ``port=N`` for a fixed port, ``read_stdout=False`` to handle stdout in the test and
+    ``preexec_fn`` to run something in the child before the exec (see :func:`fd_limit`).
+    Every server started is killed and its pipes closed at teardown, whatever the test did.
     """
     with contextlib.ExitStack() as cleanup:
 
-        def start(*args: str, port: int = 0, read_stdout: bool = True) -> ServerProcess:
-            server = ServerProcess(["--port", str(port), *args], read_stdout=read_stdout)
+        def start(
+            *args: str,
+            port: int = 0,
+            read_stdout: bool = True,
+            preexec_fn: Callable[[], object] | None = None,
+        ) -> ServerProcess:
+            server = ServerProcess(
+                ["--port", str(port), *args], read_stdout=read_stdout, preexec_fn=preexec_fn
+            )
             cleanup.callback(server.close)
             return server.wait_listening()
 
         yield start
+
+
+def fd_limit(limit: int) -> Callable[[], None]:
+    """A ``preexec_fn`` that sets the child's RLIMIT_NOFILE to ``limit``, soft *and* hard: the
+    server raises its soft limit to the hard one at start-up, so only the hard limit sticks."""
+
+    def set_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+    return set_limit
+
+
+def open_fds(pid: int) -> int:
+    """How many file descriptors process ``pid`` has open (``/proc/PID/fd``)."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def rss_bytes(pid: int) -> int:
+    """The resident set size of process ``pid`` (``VmRSS`` in ``/proc/PID/status``)."""
+    with open(f"/proc/{pid}/status") as status:
+        for row in status:
+            if row.startswith("VmRSS:"):
+                return int(row.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for process {pid}")
 
 
 def read_line(fd: int, timeout: float = EVENT_TIMEOUT) -> bytes:

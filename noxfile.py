@@ -42,7 +42,7 @@ def stress(session: nox.Session) -> None:
 
 @nox.session(default=False)
 def bench(session: nox.Session) -> None:
-    """Run the full benchmark (about 6 minutes on 2 cores; every wait in it is bounded) and
+    """Run the full benchmark (about 14 minutes on 2 cores; every wait in it is bounded) and
     write docs/benchmarks.json and docs/benchmarks.png.  Not part of CI: the figures depend on
     the machine.  Arguments after -- replace the defaults, e.g. `nox -s bench -- --quick`."""
     session.install(".[bench]")

@@ -150,6 +150,7 @@ def test_restart_on_the_same_port_right_after_exit(start_server, connect):
 @pytest.mark.parametrize(
     "args",
     [
+        ["--host", ""],
         ["--port", "abc"],
         ["--port", "70000"],
         ["--port", "-1"],

@@ -82,6 +82,14 @@ def _port(text: str) -> int:
     return value
 
 
+def _host(text: str) -> str:
+    # An empty name would reach getaddrinfo (and maybe a resolver) only to fail at run time
+    # with status 1; it is a bad command line, status 2.
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a host name or address, got an empty string")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog=PROG,
@@ -100,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument(
         "--host",
         action="append",
+        type=_host,
         metavar="HOST",
         help="address to listen on, repeatable (default: loopback only, "
         f"{' and '.join(DEFAULT_HOSTS)}); use :: or 0.0.0.0 to open it to the network",

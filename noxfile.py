@@ -81,3 +81,28 @@ def perf(session: nox.Session) -> None:
         "build/perf.json",
     ]
     session.run("python", "-m", "trio_echo", "bench", *args)
+
+
+@nox.session(default=False)
+def haproxy(session: nox.Session) -> None:
+    """HAProxy in front of two trio_echo backends (tests/test_haproxy.py, `pytest -m haproxy`):
+    the printed peer is the real client (PROXY protocol v2), connections spread over both
+    backends, and SIGTERM to one drains its clients while HAProxy sends new ones to the other.
+    Installs Debian's haproxy first if it is missing and we may (root with apt-get; best
+    effort, bounded: without haproxy the test is skipped).  A few seconds once installed."""
+    import os
+    import shutil
+    import subprocess
+
+    if shutil.which("haproxy") is None and shutil.which("apt-get") and os.geteuid() == 0:
+        for command in (
+            ["apt-get", "update", "-qq"],
+            ["apt-get", "install", "-y", "-qq", "haproxy"],
+        ):
+            try:
+                subprocess.run(command, check=False, timeout=180, capture_output=True)
+            except subprocess.TimeoutExpired:
+                session.warn(f"{' '.join(command)} timed out; the HAProxy test will be skipped")
+                break
+    session.install(".", *nox.project.dependency_groups(PYPROJECT, "test"))
+    session.run("pytest", "-m", "haproxy", *session.posargs)

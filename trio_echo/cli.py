@@ -25,9 +25,9 @@ if sys.version_info < (3, 11):
 from . import __version__
 from .access import Network, parse_network
 from .config import DEFAULT_HOSTS, DEFAULT_PORT, Config
-from .listen import ListenError
+from .listen import ListenError, inherited_problem, systemd_fds
 from .logs import LEVELS, LOGGER, NOTICE, setup_logging
-from .models import HARDENING_FLAGS, MODELS
+from .models import HARDENING_FLAGS, MODELS, SCALE_OUT_FLAGS
 from .output import DEFAULT_MAX_LINE, OutputFormat
 from .stdout import StdoutClosed, StdoutError
 from .tls import DEFAULT_HANDSHAKE_TIMEOUT, TLSSetupError, server_context
@@ -79,6 +79,18 @@ def _port(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"port must be 0-65535, got {text!r}")
+    return value
+
+
+def _fd(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a file descriptor number, got {text!r}"
+        ) from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {text!r}")
     return value
 
 
@@ -141,6 +153,22 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="on SIGINT/SIGTERM, how long connected clients may go on before they are closed "
         "(default: %(default)g)",
+    )
+    net.add_argument(
+        "--fd",
+        action="append",
+        type=_fd,
+        metavar="N",
+        help="serve the listening TCP socket inherited as file descriptor N instead of "
+        "opening one; repeatable; not with --host/--port (default: systemd's LISTEN_FDS when "
+        "LISTEN_PID is ours and neither --host nor --port is given; trio model only)",
+    )
+    net.add_argument(
+        "--proxy-protocol",
+        action="store_true",
+        help="behind a load balancer: every client starts with a PROXY protocol header (v1 "
+        "or v2), and is shown by the address it names; a client without one is refused. "
+        "--allow/--deny apply to the balancer's address (trio model only)",
     )
     guard = parser.add_argument_group(
         "exposing the server (trio model only)",
@@ -221,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
             f"{m.name}: {m.summary}"
             + (
                 f" (no {', '.join(sorted(flags))})"
-                if (flags := m.unsupported - HARDENING_FLAGS)
+                if (flags := m.unsupported - HARDENING_FLAGS - SCALE_OUT_FLAGS)
                 else ""
             )
             for m in MODELS.values()
@@ -242,7 +270,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, str, str]:
     """The :class:`Config`, the model and the log level for a command line (exits 2 on a usage
     error, including a flag the chosen model cannot honour or a model not installed here)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Known arguments first, so that "--model sync --proxy-protocol 2" says that the model does
+    # not support the flag rather than complaining about the "2".
+    args, extras = parser.parse_known_args(argv)
     model = MODELS[args.model]
     given = [arg.split("=", 1)[0] for arg in (argv if argv is not None else sys.argv[1:])]
     for flag in sorted(model.unsupported):
@@ -250,6 +280,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, str, str]:
         dest = flag.lstrip("-").replace("-", "_")
         if flag in given or getattr(args, dest) != parser.get_default(dest):
             parser.error(f"--model {model.name} does not support {flag}")
+    if extras:
+        parser.error(f"unrecognized arguments: {' '.join(extras)}")
     if (why_not := model.available()) is not None:
         parser.error(f"--model {model.name} is not available: {why_not}")
     if args.raw and args.format not in (None, "raw"):
@@ -258,6 +290,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, str, str]:
     allow = _networks(parser, "--allow", args.allow)
     deny = _networks(parser, "--deny", args.deny)
     _check_tls(parser, args.tls_cert, args.tls_key)
+    fds = _listening_fds(parser, args, given, model.name)
     config = Config(
         hosts=args.host or DEFAULT_HOSTS,
         port=args.port,
@@ -274,6 +307,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, str, str]:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         tls_handshake_timeout=args.tls_handshake_timeout,
+        proxy_protocol=args.proxy_protocol,
+        fds=fds,
     )
     return config, args.model, args.log_level
 
@@ -293,6 +328,36 @@ def _networks(
         except ValueError as exc:
             parser.error(f"argument {flag}: {exc}")
     return tuple(networks)
+
+
+def _listening_fds(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, given: list[str], model: str
+) -> tuple[int, ...]:
+    """The inherited listening sockets to serve: ``--fd``, else systemd's.
+
+    Precedence: ``--fd`` (with ``--host``/``--port`` a usage error: which one is meant?); then
+    an explicit ``--host``/``--port`` (the environment is ignored); then ``LISTEN_FDS`` when
+    ``LISTEN_PID`` is our pid; then the default addresses.  A ``--fd`` that is not a listening
+    TCP socket is a usage error (one line, exit status 2), checked now, before anything starts.
+    """
+    explicit = [flag for flag in ("--host", "--port") if flag in given]
+    if args.host is not None and "--host" not in explicit:
+        explicit.append("--host")  # given abbreviated (--ho)
+    if args.fd:
+        if explicit:
+            parser.error(f"--fd conflicts with {explicit[0]}: serve either one or the other")
+        for fd in args.fd:
+            if (problem := inherited_problem(fd)) is not None:
+                parser.error(f"argument --fd: file descriptor {fd} is {problem}")
+        if len(set(args.fd)) != len(args.fd):
+            parser.error("argument --fd: the same descriptor twice")
+        return tuple(args.fd)
+    if explicit or model != "trio" or args.port != DEFAULT_PORT:
+        return ()
+    try:
+        return systemd_fds(os.environ) or ()
+    except ValueError as exc:
+        parser.error(str(exc))
 
 
 def _check_tls(parser: argparse.ArgumentParser, cert: str | None, key: str | None) -> None:

@@ -50,6 +50,10 @@ def _to_tuple(value: Iterable[str]) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _to_fds(value: Iterable[int]) -> tuple[int, ...]:
+    return tuple(value)
+
+
 def _port(_: object, attribute: attrs.Attribute[Any], value: int) -> None:
     if not 0 <= value <= 65535:
         raise ValueError(f"port must be between 0 and 65535, got {value!r}")
@@ -86,6 +90,13 @@ class Config:
     tls_handshake_timeout: float = attrs.field(
         default=DEFAULT_HANDSHAKE_TIMEOUT, validator=_positive
     )
+    # Scale-out (trio model only; see README "Behind a load balancer").
+    # Every client starts with a PROXY protocol header (v1 or v2) naming the real client; one
+    # without is refused.  --allow/--deny still apply to the connecting address (the balancer).
+    proxy_protocol: bool = False
+    # Inherited listening sockets (--fd, systemd's LISTEN_FDS) served instead of binding
+    # hosts/port, which are then ignored.
+    fds: tuple[int, ...] = attrs.field(default=(), converter=_to_fds)
 
     @max_line.validator
     def _check_max_line(self, attribute: attrs.Attribute[int], value: int) -> None:
@@ -96,6 +107,11 @@ class Config:
     def _check_hosts(self, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
         if not value:
             raise ValueError("at least one host is needed")
+
+    @fds.validator
+    def _check_fds(self, attribute: attrs.Attribute[Any], value: tuple[int, ...]) -> None:
+        if any(fd < 0 for fd in value) or len(set(value)) != len(value):
+            raise ValueError(f"fds must be distinct, non-negative descriptors, got {value!r}")
 
     @tls_key.validator
     def _check_tls_key(self, attribute: attrs.Attribute[Any], value: str | None) -> None:
@@ -109,4 +125,6 @@ class Config:
         if self.echo and not self.quiet:
             what = "echo and print"
         mode = f"{what}, quiet" if self.quiet else f"{what}, {self.output_format.value}"
-        return f"{mode}, tls" if self.tls_cert is not None else mode
+        if self.tls_cert is not None:
+            mode += ", tls"
+        return f"{mode}, proxy protocol" if self.proxy_protocol else mode

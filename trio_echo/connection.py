@@ -59,16 +59,29 @@ class Connection:
         stats.active += 1
         printing = printing and not config.quiet
         conn = cls(config, stats, format_peer(address), stats.connections, printing)
-        if config.output_format is not OutputFormat.RAW and printing:
-            formatter = (
-                JsonlFormatter(conn.conn_id, conn.peer)
-                if config.output_format is OutputFormat.JSONL
-                else TextFormatter(conn.peer)
-            )
-            conn.assembler = LineAssembler(formatter, config.max_line)
+        conn._assemble()
         if announce:
             log_open(conn.conn_id, conn.peer)
         return conn
+
+    def _assemble(self) -> None:
+        """The line assembler for this peer (none with ``--raw`` or nothing printed)."""
+        config = self.config
+        if config.output_format is not OutputFormat.RAW and self.printing:
+            formatter = (
+                JsonlFormatter(self.conn_id, self.peer)
+                if config.output_format is OutputFormat.JSONL
+                else TextFormatter(self.peer)
+            )
+            self.assembler = LineAssembler(formatter, config.max_line)
+
+    def rename(self, address: object) -> None:
+        """Name the client by ``address`` from now on: the source a PROXY protocol header
+        gave, in place of the balancer's.  Only before anything was printed or logged as
+        open (the assembler, which holds the name, is built again)."""
+        assert self.received == 0
+        self.peer = format_peer(address)
+        self._assemble()
 
     def announce(self, detail: str) -> None:
         """The ``open`` line of a client that has been set up: ``open #3 127.0.0.1:53422

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import os
 import socket
+import stat
 
 from .logs import LOGGER
 from .output import format_peer
@@ -18,10 +20,14 @@ __all__ = [
     "ACCEPT_CAPACITY_ERRNOS",
     "ACCEPT_RETRY_SLEEP",
     "BACKLOG",
+    "SD_LISTEN_FDS_START",
     "ListenError",
+    "adopt_sockets",
     "bind_sockets",
     "describe_addresses",
+    "inherited_problem",
     "is_loopback",
+    "systemd_fds",
     "warn_if_exposed",
 ]
 
@@ -41,6 +47,9 @@ ACCEPT_RETRY_SLEEP = 0.100
 # With port 0 and several addresses, the port picked on the first address may be taken on
 # another; a fresh pick almost always fits, so a few attempts make "0 picks a free port" true.
 PORT_ZERO_ATTEMPTS = 20
+
+# systemd passes its sockets as descriptors 3, 4, ... (sd_listen_fds(3)).
+SD_LISTEN_FDS_START = 3
 
 
 class ListenError(Exception):
@@ -158,3 +167,65 @@ def warn_if_exposed(addresses: list[tuple[object, ...]]) -> None:
 def describe_addresses(addresses: list[tuple[object, ...]]) -> str:
     """``127.0.0.1:8888, [::1]:8888``: the bound addresses as the start-up line shows them."""
     return ", ".join(format_peer(address) for address in addresses)
+
+
+# ---- inherited sockets: --fd N, systemd socket activation ------------------------------------
+
+
+def inherited_problem(fd: int) -> str | None:
+    """``None`` if descriptor ``fd`` is a listening TCP socket (IPv4 or IPv6) we can serve,
+    else what it is instead, in a few words.  Leaves ``fd`` as it is.
+
+    Checked with the kernel's own answers (``fstat``, ``SO_TYPE``, ``SO_PROTOCOL``,
+    ``SO_ACCEPTCONN``) on a duplicate, so that checking cannot close or change the original.
+    """
+    try:
+        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            return "not a socket"
+    except OSError as exc:
+        return "not an open file descriptor" if exc.errno == errno.EBADF else str(exc.strerror)
+    with socket.socket(fileno=os.dup(fd)) as sock:
+        if sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return "not an IPv4 or IPv6 socket"
+        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE) != socket.SOCK_STREAM:
+            return "not a stream (TCP) socket"
+        protocol = getattr(socket, "SO_PROTOCOL", None)
+        if protocol is not None and sock.getsockopt(socket.SOL_SOCKET, protocol) not in (
+            0,
+            socket.IPPROTO_TCP,
+        ):
+            return "not a TCP socket"
+        if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            return "a TCP socket that is not listening"
+    return None
+
+
+def adopt_sockets(fds: tuple[int, ...]) -> list[socket.socket]:
+    """The inherited listening sockets ``fds`` as socket objects that own them: closing them at
+    shutdown closes the descriptors, as for sockets we bound ourselves.  Raises
+    :class:`ListenError` (one line, exit status 1) for a descriptor that is not a listening
+    TCP socket."""
+    for fd in fds:
+        if (problem := inherited_problem(fd)) is not None:
+            raise ListenError(f"cannot serve file descriptor {fd}: {problem}")
+    sockets = [socket.socket(fileno=fd) for fd in fds]
+    warn_if_exposed([sock.getsockname() for sock in sockets])
+    return sockets
+
+
+def systemd_fds(environ: dict[str, str] | os._Environ[str]) -> tuple[int, ...] | None:
+    """The descriptors systemd passed us (``LISTEN_FDS`` of them from 3, when ``LISTEN_PID`` is
+    our pid), or ``None`` when the environment is not meant for this process.  Raises
+    ``ValueError`` for a malformed ``LISTEN_FDS``.
+
+    Like ``sd_listen_fds(unset_environment=1)``, the variables are removed, so that nothing we
+    might start believes they are meant for it.
+    """
+    if environ.get("LISTEN_PID") != str(os.getpid()) or "LISTEN_FDS" not in environ:
+        return None
+    count = environ.pop("LISTEN_FDS")
+    environ.pop("LISTEN_PID", None)
+    environ.pop("LISTEN_FDNAMES", None)
+    if not count.isdigit() or not count.isascii() or not 0 < int(count) <= 1024:
+        raise ValueError(f"LISTEN_FDS must be a number of descriptors, got {count!r}")
+    return tuple(range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + int(count)))

@@ -15,6 +15,9 @@ Hardening, all outside the per-request path: ``--allow``/``--deny`` are checked 
 (a refused client is closed there and then); a TLS client's handshake runs in its own handler
 task under ``--tls-handshake-timeout`` (a slow one never holds up the accept loop), then the
 client is served like any other; ``--max-bytes`` wraps the transport only when it is set.
+With ``--proxy-protocol``, each handler first reads its client's PROXY header (in its own task,
+under ``HEADER_TIMEOUT``), renames the connection after the header's source and serves the
+bytes that came with the header as the client's first; without the flag nothing of this runs.
 
 On shutdown, accepting stops immediately, while connected clients keep being served until they
 leave or the grace period runs out; then ``close_after_grace`` ends the streams of the handlers
@@ -31,6 +34,7 @@ import os
 import socket
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 
 import attrs
 import trio
@@ -38,14 +42,17 @@ import trio
 from .access import AccessPolicy
 from .config import Config
 from .connection import Connection
-from .listen import ACCEPT_CAPACITY_ERRNOS, ACCEPT_RETRY_SLEEP, bind_sockets
+from .listen import ACCEPT_CAPACITY_ERRNOS, ACCEPT_RETRY_SLEEP, adopt_sockets, bind_sockets
 from .logs import LOGGER
 from .output import format_peer
+from .proxy_protocol import HEADER_TIMEOUT, ProxyHeader, ProxyProtocolError, parse
 from .readiness import ReadinessHub
 from .stats import ServerStats
 from .tls import describe_ssl_error, server_context
 from .transport import (
     LimitedTransport,
+    PrefixedStream,
+    ReplayTransport,
     SocketTransport,
     StreamTransport,
     TLSTransport,
@@ -266,6 +273,12 @@ class _Server:
             # too late, and is closed like the rest of the listen backlog.
             connections.start_soon(transport.aclose)
             return False
+        if self.config.proxy_protocol:
+            conn = Connection.open(
+                self.config, self.stats, address, printing=self.output is not None, announce=False
+            )
+            connections.start_soon(self.serve_proxied_connection, transport, conn)
+            return True
         conn = Connection.open(self.config, self.stats, address, printing=self.output is not None)
         connections.start_soon(self.serve_connection, transport, conn)
         return True
@@ -331,6 +344,73 @@ class _Server:
 
     # ---- one connection --------------------------------------------------------------------
 
+    async def serve_proxied_connection(self, transport: Transport, conn: Connection) -> None:
+        """``--proxy-protocol``: read the client's PROXY header, then serve it under the name
+        the header gives (the bytes that came with the header first).
+
+        In the client's own task, like a TLS handshake: a client that never sends its header
+        holds only its own slot, until ``HEADER_TIMEOUT``.  No valid header: one ``refused``
+        line, nothing on stdout, the connection closed.
+        """
+        read = await self._header_or_refuse(transport, conn)
+        if read is not None:
+            header, rest = read
+            conn.announce(_rename(conn, header))
+            if rest:
+                transport = ReplayTransport(transport, rest)
+            await self.serve_connection(transport, conn)
+
+    async def _header_or_refuse(
+        self, transport: Transport, conn: Connection
+    ) -> tuple[ProxyHeader, bytes] | None:
+        """The header and the bytes after it; ``None`` once a client without a valid header
+        has been refused (one line) and closed."""
+        # What the refused line says if the wait is cancelled from outside (an abort).
+        failure: tuple[str, str] | None = ("PROXY header cut short", "")
+        try:
+            read = await self._proxy_header(transport.receive, transport, conn)
+            failure = None
+        except _NoHeader as exc:
+            failure = exc.what, exc.detail
+        finally:
+            if failure is not None:
+                self._refuse(conn, *failure)
+                await transport.aclose()
+        return read if failure is None else None
+
+    async def _proxy_header(
+        self, receive: Callable[[int], Awaitable[bytes]], transport: Transport, conn: Connection
+    ) -> tuple[ProxyHeader, bytes]:
+        """The header and the bytes received after it; raises :class:`_NoHeader` (what went
+        wrong and why, for the ``refused`` line).  Registered as live meanwhile, so that the
+        end of the grace period ends the wait like any handler's."""
+        try:
+            with trio.CancelScope() as scope:
+                self.live[conn] = (scope, transport)
+                with trio.move_on_after(HEADER_TIMEOUT):
+                    data = b""
+                    while (header := parse(data)) is None:
+                        chunk = await receive(self.config.receive_size)
+                        if not chunk:
+                            why = self._cancel_reason() if self.closing else "closed by the client"
+                            raise _NoHeader("no PROXY header", why)
+                        data += chunk
+                    return header, data[header.length :]
+                raise _NoHeader("no PROXY header", f"timeout {HEADER_TIMEOUT:g} s")
+            raise _NoHeader("PROXY header cut short", self._cancel_reason())
+        except ProxyProtocolError as exc:
+            raise _NoHeader("bad PROXY header", str(exc)) from None
+        except trio.BrokenResourceError as exc:
+            raise _NoHeader("no PROXY header", f"connection lost ({_cause(exc)})") from None
+        finally:
+            self.live.pop(conn, None)
+
+    def _refuse(self, conn: Connection, what: str, detail: str) -> None:
+        """Count out a client that was never served, with its one ``refused`` line."""
+        self.live.pop(conn, None)
+        conn.abandon(what, detail or self._cancel_reason())
+        self._room.unpark_all()
+
     async def serve_tls_connection(self, stream: trio.abc.Stream, conn: Connection) -> None:
         """Shake hands with a TLS client (under ``--tls-handshake-timeout``), then serve it
         like any other.
@@ -340,6 +420,16 @@ class _Server:
         of everybody else.  A failed handshake is one ``refused`` line and nothing else.
         """
         assert self.tls is not None
+        via = ""
+        if self.config.proxy_protocol:
+            # The balancer's header comes first, in the clear; the TLS bytes after it.
+            read = await self._header_or_refuse(StreamTransport(stream), conn)
+            if read is None:
+                return
+            header, rest = read
+            via = f", {_rename(conn, header)}"
+            if rest:
+                stream = PrefixedStream(stream, rest)
         tls = trio.SSLStream(stream, self.tls, server_side=True, https_compatible=False)
         transport = TLSTransport(tls)
         # What the refused line says if the handshake is cancelled from outside (an abort).
@@ -354,7 +444,7 @@ class _Server:
                 self._room.unpark_all()
                 await trio.aclose_forcefully(tls)
         if failure is None:
-            conn.announce(tls.version() or "TLS")
+            conn.announce(f"{tls.version() or 'TLS'}{via}")
             await self.serve_connection(transport, conn)
 
     async def _handshake(
@@ -447,6 +537,25 @@ class _Server:
         return "server stopped"
 
 
+class _NoHeader(Exception):
+    """A ``--proxy-protocol`` client without a valid header: what and why, for its line."""
+
+    def __init__(self, what: str, detail: str) -> None:
+        super().__init__(what, detail)
+        self.what = what
+        self.detail = detail
+
+
+def _rename(conn: Connection, header: ProxyHeader) -> str:
+    """Name the client after the header's source; return what its ``open`` line adds:
+    ``open #3 203.0.113.7:51234 (via 127.0.0.1:53422)``."""
+    if header.source is None:
+        return "PROXY LOCAL" if header.local else "PROXY without an address"
+    balancer = conn.peer
+    conn.rename(header.source)
+    return f"via {balancer}"
+
+
 def _socket_stream(client: socket.socket) -> trio.SocketStream:
     """A kernel socket as a Trio stream, for the TLS path."""
     return trio.SocketStream(trio.socket.from_stdlib_socket(client))
@@ -499,7 +608,11 @@ async def serve(
     if listeners is None:
         # Our own listening sockets are served on the lean path (batched accept(), plain
         # sockets read by SocketTransport); a caller's Trio listeners are used as they are.
-        sockets = await trio.to_thread.run_sync(bind_sockets, config.hosts, config.port)
+        if config.fds:
+            # Inherited (--fd, systemd): served and closed at shutdown like our own.
+            sockets = adopt_sockets(config.fds)
+        else:
+            sockets = await trio.to_thread.run_sync(bind_sockets, config.hosts, config.port)
         addresses = [sock.getsockname() for sock in sockets]
     else:
         addresses = [

@@ -23,7 +23,9 @@ is one over a ``trio.SSLStream`` that ends its TLS politely.  TLS goes through T
 purpose: encryption costs far more than the scheduler trips the lean path saves.
 
 :class:`LimitedTransport` wraps either for ``--max-bytes``, so that the limit costs nothing at
-all when it is not set.
+all when it is not set.  Likewise :class:`ReplayTransport` (and :class:`PrefixedStream`, for
+TLS) hands back the client's first bytes that arrived with a ``--proxy-protocol`` header, only
+on connections where that happened.
 """
 
 from __future__ import annotations
@@ -36,7 +38,15 @@ import trio
 from .readiness import ReadinessHub
 from .tls import CLOSE_TIMEOUT
 
-__all__ = ["LimitedTransport", "SocketTransport", "StreamTransport", "TLSTransport", "Transport"]
+__all__ = [
+    "LimitedTransport",
+    "PrefixedStream",
+    "ReplayTransport",
+    "SocketTransport",
+    "StreamTransport",
+    "TLSTransport",
+    "Transport",
+]
 
 
 class Transport(Protocol):
@@ -242,3 +252,63 @@ class LimitedTransport:
 
     def end_receiving(self) -> bool:
         return self._inner.end_receiving()
+
+
+class ReplayTransport:
+    """A transport whose first bytes were already received (with a PROXY protocol header):
+    ``receive`` returns them first, then reads ``inner``.
+
+    Only used when such bytes exist, so a connection without them pays nothing.
+    """
+
+    __slots__ = ("_inner", "_pending")
+
+    def __init__(self, inner: Transport, pending: bytes) -> None:
+        self._inner = inner
+        self._pending = pending
+
+    async def receive(self, max_bytes: int) -> bytes:
+        pending = self._pending
+        if not pending:
+            return await self._inner.receive(max_bytes)
+        await trio.lowlevel.checkpoint()
+        self._pending = pending[max_bytes:]
+        return pending[:max_bytes]
+
+    async def send(self, data: bytes) -> None:
+        await self._inner.send(data)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    def end_receiving(self) -> bool:
+        # Bytes still pending are returned without waiting; after them, the inner end.
+        return self._inner.end_receiving()
+
+
+class PrefixedStream(trio.abc.Stream):
+    """A Trio stream whose first bytes were already received: the TLS handshake after a PROXY
+    protocol header reads the ClientHello bytes that arrived with the header first."""
+
+    def __init__(self, inner: trio.abc.Stream, pending: bytes) -> None:
+        self._inner = inner
+        self._pending = pending
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        pending = self._pending
+        if not pending:
+            data = await self._inner.receive_some(max_bytes)
+            return data if isinstance(data, bytes) else bytes(data)
+        await trio.lowlevel.checkpoint()
+        size = len(pending) if max_bytes is None else max_bytes
+        self._pending = pending[size:]
+        return pending[:size]
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._inner.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()

@@ -18,7 +18,7 @@ import attrs
 from ..config import Config
 from ..lifecycle import Outcome
 
-__all__ = ["HARDENING_FLAGS", "MODELS", "Model"]
+__all__ = ["HARDENING_FLAGS", "MODELS", "SCALE_OUT_FLAGS", "Model"]
 
 # The flags for exposing the server (TLS, access control, a byte limit per connection): the trio
 # model's, refused by the others, which stay minimal and side by side comparable.  The warning
@@ -26,6 +26,12 @@ __all__ = ["HARDENING_FLAGS", "MODELS", "Model"]
 HARDENING_FLAGS = frozenset(
     {"--tls-cert", "--tls-key", "--tls-handshake-timeout", "--allow", "--deny", "--max-bytes"}
 )
+
+# Serving behind a load balancer (--proxy-protocol) and inherited listening sockets (--fd,
+# systemd socket activation): the trio model's too.
+SCALE_OUT_FLAGS = frozenset({"--proxy-protocol", "--fd"})
+
+TRIO_ONLY = HARDENING_FLAGS | SCALE_OUT_FLAGS
 
 
 @attrs.frozen
@@ -66,13 +72,13 @@ MODELS: dict[str, Model] = {
             "asyncio streams (start_server), a task per connection kept in a set; "
             "cancelled when --grace is over",
             "trio_echo.models.asyncio_streams:run",
-            unsupported=frozenset({"--max-connections"}) | HARDENING_FLAGS,
+            unsupported=frozenset({"--max-connections"}) | TRIO_ONLY,
         ),
         Model(
             "uvloop",
             "the asyncio model on uvloop's event loop (needs uvloop: the bench extra)",
             "trio_echo.models.asyncio_streams:run_uvloop",
-            unsupported=frozenset({"--max-connections"}) | HARDENING_FLAGS,
+            unsupported=frozenset({"--max-connections"}) | TRIO_ONLY,
             requires="uvloop",
         ),
         Model(
@@ -80,13 +86,13 @@ MODELS: dict[str, Model] = {
             "the article's asyncio form, loop.sock_accept/sock_recv on raw sockets, "
             "its tasks kept in a set",
             "trio_echo.models.asyncio_sock:run",
-            unsupported=HARDENING_FLAGS,
+            unsupported=TRIO_ONLY,
         ),
         Model(
             "threads",
             "a thread per connection; when --grace is over, shutdown(SHUT_RDWR) wakes them",
             "trio_echo.models.threads:run",
-            unsupported=HARDENING_FLAGS,
+            unsupported=TRIO_ONLY,
         ),
         Model(
             "sync",
@@ -94,7 +100,7 @@ MODELS: dict[str, Model] = {
             "problem); --grace is for the current client; a stalled stdout blocks it until "
             "a second signal",
             "trio_echo.models.sync:run",
-            unsupported=frozenset({"--max-connections"}) | HARDENING_FLAGS,
+            unsupported=frozenset({"--max-connections"}) | TRIO_ONLY,
         ),
     ]
 }

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,44 +13,37 @@ import pytest
 from trio_echo.stdout import StdoutClosed, StdoutError, never_blocks, write_all, write_batch
 
 
-def _drain(fd: int, into: bytearray) -> threading.Thread:
-    def run() -> None:
-        while chunk := os.read(fd, 7777):  # an odd size: partial writes land mid-buffer
-            into.extend(chunk)
+def _through_a_pipe(write: Callable[[int], None]) -> bytes:
+    """What ``write(fd)`` wrote into a pipe that a thread drains in odd-sized reads (so that
+    partial writes land mid-buffer)."""
+    read_fd, write_fd = os.pipe()
+    received = bytearray()
 
-    thread = threading.Thread(target=run)
+    def drain() -> None:
+        while chunk := os.read(read_fd, 7777):
+            received.extend(chunk)
+
+    thread = threading.Thread(target=drain)
     thread.start()
-    return thread
+    try:
+        write(write_fd)
+    finally:
+        os.close(write_fd)
+        thread.join(timeout=10)
+        os.close(read_fd)
+    return bytes(received)
 
 
 def test_write_batch_writes_every_item_in_order_through_partial_writes() -> None:
     # Far more than a pipe holds (64 KiB) and more items than one writev takes (1,024), so
     # writev returns short counts that end inside an item and the batch is written in parts.
     items = [bytes([i % 251]) * (1 + i % 300) for i in range(3000)]
-    read_fd, write_fd = os.pipe()
-    received = bytearray()
-    thread = _drain(read_fd, received)
-    try:
-        write_batch(write_fd, items)
-    finally:
-        os.close(write_fd)
-        thread.join(timeout=10)
-        os.close(read_fd)
-    assert bytes(received) == b"".join(items)
+    assert _through_a_pipe(lambda fd: write_batch(fd, items)) == b"".join(items)
 
 
 def test_write_all_writes_one_large_buffer() -> None:
     data = os.urandom(1 << 20)
-    read_fd, write_fd = os.pipe()
-    received = bytearray()
-    thread = _drain(read_fd, received)
-    try:
-        write_all(write_fd, data)
-    finally:
-        os.close(write_fd)
-        thread.join(timeout=10)
-        os.close(read_fd)
-    assert bytes(received) == data
+    assert _through_a_pipe(lambda fd: write_all(fd, data)) == data
 
 
 def test_a_closed_reader_is_stdout_closed() -> None:

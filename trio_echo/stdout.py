@@ -48,8 +48,8 @@ def never_blocks(fd: int) -> bool:
     terminals, sockets and files (disk writeback can stall a write) keep the thread.
     """
     try:
-        mode, rdev = os.fstat(fd).st_mode, os.fstat(fd).st_rdev
-        return stat.S_ISCHR(mode) and rdev == os.stat(os.devnull).st_rdev
+        st = os.fstat(fd)
+        return stat.S_ISCHR(st.st_mode) and st.st_rdev == os.stat(os.devnull).st_rdev
     except OSError:
         return False
 

@@ -14,7 +14,9 @@ watcher -- and decides the exit status:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 
 import attrs
 import trio
@@ -28,6 +30,7 @@ from .lifecycle import (
     log_listening,
     log_stopping,
 )
+from .logs import LOGGER
 from .server import ServerHandle, serve
 from .stats import ServerStats
 from .writer import open_output_queue, write_stdout
@@ -54,24 +57,54 @@ class _SignalWatcher:
             self.handle.shutdown()
             log_stopping(signum, self.handle.grace, self.handle.stats.active)
 
+    async def stop_when(self, trigger: Callable[[], Awaitable[str]]) -> None:
+        """Shut down gracefully, as on a first signal, once ``trigger`` returns (why, for the
+        log); before the server is up, stop at once."""
+        why = await trigger()
+        if self.handle is None:
+            LOGGER.warning("%s: stopping", why)
+            self.everything.cancel()
+        elif not self.handle.shutting_down:
+            LOGGER.warning("%s: stopped accepting; waiting up to %g s", why, self.handle.grace)
+            self.handle.shutdown()
 
-async def run(config: Config, stdout_fd: int = 1) -> Outcome:
+
+async def run(
+    config: Config,
+    stdout_fd: int = 1,
+    *,
+    sockets: list[socket.socket] | None = None,
+    framed: bool = False,
+    announce: Callable[[ServerHandle], None] | None = None,
+    stop_when: Callable[[], Awaitable[str]] | None = None,
+) -> Outcome:
     """Serve until a signal stops us; see the module docstring for the exit statuses.
 
-    Errors (cannot listen, stdout closed) propagate out, inside an exception group.
+    Errors (cannot listen, stdout closed) propagate out, inside an exception group.  A
+    ``--workers`` worker (:mod:`trio_echo.worker`) passes its listening ``sockets``, writes
+    ``framed`` output, announces itself to its supervisor (``announce``) instead of the
+    start-up line, and stops gracefully when ``stop_when`` returns (its supervisor is gone).
     """
+
     # Listen for signals before anything else, so that a signal during start-up is not lost.
     with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
         queue, reader = open_output_queue(config.queue_bytes)
         async with trio.open_nursery() as nursery:
             watcher = _SignalWatcher(nursery.cancel_scope)
             nursery.start_soon(watcher.watch, signals)
+            if stop_when is not None:
+                nursery.start_soon(watcher.stop_when, stop_when)
             async with trio.open_nursery() as work:
-                work.start_soon(write_stdout, queue, reader, stdout_fd)
+                work.start_soon(partial(write_stdout, queue, reader, stdout_fd, framed=framed))
                 try:
-                    handle = await work.start(serve, config, None if config.quiet else queue)
+                    handle = await work.start(
+                        partial(serve, sockets=sockets), config, None if config.quiet else queue
+                    )
                     watcher.handle = handle
-                    log_listening(handle.addresses, config)
+                    if announce is None:
+                        log_listening(handle.addresses, config)
+                    else:
+                        announce(handle)
                     await handle.stopped.wait()
                     # Every client is gone; stdout gets as long to take the rest as they got.
                     drain_timeout = max(config.grace, MIN_DRAIN_TIMEOUT)

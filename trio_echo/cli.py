@@ -25,6 +25,7 @@ if sys.version_info < (3, 11):
 from . import __version__
 from .access import Network, parse_network
 from .config import DEFAULT_HOSTS, DEFAULT_PORT, Config
+from .lifecycle import WorkerError
 from .listen import ListenError, inherited_problem, systemd_fds
 from .logs import LEVELS, LOGGER, NOTICE, setup_logging
 from .models import HARDENING_FLAGS, MODELS, SCALE_OUT_FLAGS
@@ -91,6 +92,28 @@ def _fd(text: str) -> int:
         ) from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be at least 0, got {text!r}")
+    return value
+
+
+# More workers than this is a typo, not a machine: each one is a process with its own memory.
+MAX_WORKERS = 1024
+
+
+def _workers(text: str) -> int:
+    """``--workers``: a count, or ``auto`` for the cores this process may run on."""
+    if text == "auto":
+        try:
+            return len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            return os.cpu_count() or 1
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of processes or 'auto', got {text!r}"
+        ) from None
+    if not 1 <= value <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"must be 1-{MAX_WORKERS} or 'auto', got {text!r}")
     return value
 
 
@@ -162,6 +185,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve the listening TCP socket inherited as file descriptor N instead of "
         "opening one; repeatable; not with --host/--port (default: systemd's LISTEN_FDS when "
         "LISTEN_PID is ours and neither --host nor --port is given; trio model only)",
+    )
+    net.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        metavar="N",
+        help="serve with N worker processes sharing the port (SO_REUSEPORT), one per core "
+        "with 'auto'; a supervisor restarts a worker that dies and stops them all on "
+        "SIGINT/SIGTERM (default: %(default)s, this process serves; trio model only)",
     )
     net.add_argument(
         "--proxy-protocol",
@@ -309,6 +341,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, str, str]:
         tls_handshake_timeout=args.tls_handshake_timeout,
         proxy_protocol=args.proxy_protocol,
         fds=fds,
+        workers=args.workers,
     )
     return config, args.model, args.log_level
 
@@ -402,19 +435,26 @@ def _fail(message: str, status: int = EXIT_ERROR) -> int:
     return status
 
 
-def _explain(exc: BaseException) -> int:
-    """One line on stderr for whatever stopped the server, and the exit status."""
+def describe_failure(exc: BaseException) -> tuple[int, str | None]:
+    """The exit status for whatever stopped the server, and the one line that says why
+    (``None``: nothing to say, Ctrl-C before the signal handlers were in place)."""
     leaves = list(_leaves(exc))
-    for kind in (ListenError, StdoutClosed, StdoutError, TLSSetupError):
+    for kind in (ListenError, StdoutClosed, StdoutError, TLSSetupError, WorkerError):
         for leaf in leaves:
             if isinstance(leaf, kind):
-                return _fail(str(leaf))
+                return EXIT_ERROR, str(leaf)
     if any(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):
         # Ctrl-C before the signal handlers were in place: nothing to drain yet.
-        return 128 + 2
+        return 128 + 2, None
     LOGGER.debug("unexpected error", exc_info=exc)
     first = leaves[0] if leaves else exc
-    return _fail(f"unexpected {type(first).__name__}: {first} (run with --log-level debug)")
+    return EXIT_ERROR, f"unexpected {type(first).__name__}: {first} (run with --log-level debug)"
+
+
+def _explain(exc: BaseException) -> int:
+    """One line on stderr for whatever stopped the server, and the exit status."""
+    status, message = describe_failure(exc)
+    return status if message is None else _fail(message, status)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -432,7 +472,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail("stdout is closed; redirect it, e.g. >/dev/null")
     raise_fd_limit()
     try:
-        outcome = MODELS[model].load()(config)
+        if config.workers > 1:
+            from .supervisor import run_supervisor
+
+            outcome = run_supervisor(config, log_level)
+        else:
+            outcome = MODELS[model].load()(config)
     except BaseException as exc:
         if isinstance(exc, SystemExit):
             raise

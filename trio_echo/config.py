@@ -97,6 +97,11 @@ class Config:
     # Inherited listening sockets (--fd, systemd's LISTEN_FDS) served instead of binding
     # hosts/port, which are then ignored.
     fds: tuple[int, ...] = attrs.field(default=(), converter=_to_fds)
+    # Worker processes sharing the port (--workers; trio_echo.supervisor); 1 serves here.
+    workers: int = attrs.field(default=1, validator=_positive)
+    # Set in a worker process: its number, on its log lines and its jsonl records, so that
+    # (worker, conn) names a connection across the workers.
+    worker_id: int | None = attrs.field(default=None, validator=_optional_positive)
 
     @max_line.validator
     def _check_max_line(self, attribute: attrs.Attribute[int], value: int) -> None:
@@ -127,4 +132,6 @@ class Config:
         mode = f"{what}, quiet" if self.quiet else f"{what}, {self.output_format.value}"
         if self.tls_cert is not None:
             mode += ", tls"
-        return f"{mode}, proxy protocol" if self.proxy_protocol else mode
+        if self.proxy_protocol:
+            mode += ", proxy protocol"
+        return f"{mode}, {self.workers} workers" if self.workers > 1 else mode

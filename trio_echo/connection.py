@@ -69,7 +69,7 @@ class Connection:
         config = self.config
         if config.output_format is not OutputFormat.RAW and self.printing:
             formatter = (
-                JsonlFormatter(self.conn_id, self.peer)
+                JsonlFormatter(self.conn_id, self.peer, worker=config.worker_id)
                 if config.output_format is OutputFormat.JSONL
                 else TextFormatter(self.peer)
             )

@@ -19,6 +19,7 @@ __all__ = [
     "MIN_DRAIN_TIMEOUT",
     "STOP_SIGNALS",
     "Outcome",
+    "WorkerError",
     "log_forced",
     "log_listening",
     "log_stopping",
@@ -33,22 +34,27 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 MIN_DRAIN_TIMEOUT = 1.0
 
 
+class WorkerError(Exception):
+    """A ``--workers`` worker could not start (its own error is on stderr above)."""
+
+
 @attrs.frozen
 class Outcome:
-    """How a run ended: the exit status and the one-line summary for stderr."""
+    """How a run ended: the exit status, the one-line summary for stderr, and the counts."""
 
     exit_status: int
     summary: str
+    stats: ServerStats | None = attrs.field(default=None, eq=False)
 
     @classmethod
     def stopped(cls, stats: ServerStats) -> Outcome:
         """A graceful shutdown: exit status 0."""
-        return cls(0, f"stopped: {stats.summary()}")
+        return cls(0, f"stopped: {stats.summary()}", stats)
 
     @classmethod
     def forced(cls, signum: int, stats: ServerStats) -> Outcome:
         """A second signal cut the shutdown short: 128 + N, as a shell shows a signal death."""
-        return cls(128 + signum, f"forced exit: {stats.summary()}")
+        return cls(128 + signum, f"forced exit: {stats.summary()}", stats)
 
     @classmethod
     def drain_failed(cls, drain_timeout: float, stats: ServerStats) -> Outcome:
@@ -57,6 +63,7 @@ class Outcome:
             1,
             f"stdout did not take the last output within {drain_timeout:g} s after the last "
             f"client left; the rest was dropped: {stats.summary()}",
+            stats,
         )
 
 

@@ -23,6 +23,7 @@ __all__ = [
     "SD_LISTEN_FDS_START",
     "ListenError",
     "adopt_sockets",
+    "bind_reuseport",
     "bind_sockets",
     "describe_addresses",
     "inherited_problem",
@@ -101,14 +102,8 @@ def _bind_once(hosts: tuple[str, ...], port: int) -> list[socket.socket]:
     try:
         for host in hosts:
             for family, address in _addresses_of(host, chosen):
-                sock = socket.socket(family, socket.SOCK_STREAM)
+                sock = _new_socket(family)
                 sockets.append(sock)
-                # Restart on the same port right away, despite connections in TIME_WAIT.
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if family == socket.AF_INET6:
-                    # "::" means IPv6 only, as "0.0.0.0" means IPv4 only: explicit, not
-                    # dependent on the net.ipv6.bindv6only sysctl.
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 try:
                     sock.bind(address)
                     sock.listen(BACKLOG)
@@ -118,6 +113,47 @@ def _bind_once(hosts: tuple[str, ...], port: int) -> list[socket.socket]:
                     raise ListenError(_error_text(host, chosen, exc)) from exc
                 if chosen == 0:
                     chosen = sock.getsockname()[1]
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def _new_socket(family: int, *, reuse_port: bool = False) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    # Restart on the same port right away, despite connections in TIME_WAIT.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if family == socket.AF_INET6:
+        # "::" means IPv6 only, as "0.0.0.0" means IPv4 only: explicit, not
+        # dependent on the net.ipv6.bindv6only sysctl.
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    return sock
+
+
+def bind_reuseport(addresses: list[tuple[object, ...]]) -> list[socket.socket]:
+    """One more listening socket on each of ``addresses`` (as ``getsockname`` gave them, the
+    port included), with ``SO_REUSEPORT``: the sockets of ``--workers``, one set per worker,
+    among which the kernel spreads new connections.
+
+    The caller first binds the addresses *without* ``SO_REUSEPORT`` (:func:`bind_sockets`) and
+    closes them: that is what turns "port in use" into a clear error, even against another
+    server that uses ``SO_REUSEPORT`` and that these sockets would otherwise silently join.
+    """
+    sockets: list[socket.socket] = []
+    try:
+        for address in addresses:
+            host, port = str(address[0]), int(str(address[1]))
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            sock = _new_socket(family, reuse_port=True)
+            sockets.append(sock)
+            try:
+                sock.bind(address)
+                sock.listen(BACKLOG)
+            except OSError as exc:
+                raise ListenError(_error_text(host, port, exc)) from exc
     except BaseException:
         for sock in sockets:
             sock.close()

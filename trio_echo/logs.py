@@ -32,11 +32,16 @@ LEVELS = {
 LOGGER = logging.getLogger("trio_echo")
 
 
-def setup_logging(level: str) -> None:
-    """Send the ``trio_echo`` logger (and Trio's) to stderr at ``level``."""
+def setup_logging(level: str, tag: str | None = None) -> None:
+    """Send the ``trio_echo`` logger (and Trio's) to stderr at ``level``; ``tag`` (``worker 3``)
+    goes before every message, so the lines of ``--workers`` say whose they are.
+
+    Each record is one ``write`` of one line, well under the 4 KiB that a pipe writes in one
+    piece, so the workers' lines on a shared stderr do not mix inside a line either."""
+    prefix = f"{tag}: " if tag else ""
     handler = logging.StreamHandler()
     handler.setFormatter(
-        logging.Formatter("%(asctime)s.%(msecs)03d %(levelname)s %(message)s", "%H:%M:%S")
+        logging.Formatter(f"%(asctime)s.%(msecs)03d %(levelname)s {prefix}%(message)s", "%H:%M:%S")
     )
     for name in ("trio_echo", "trio"):
         logger = logging.getLogger(name)

@@ -315,8 +315,18 @@ class JsonlFormatter(Formatter):
     valid UTF-8 has ``data`` with U+FFFD replacements, plus ``data_b64`` with the exact bytes.
     """
 
-    def __init__(self, conn_id: int, peer: str, now: Callable[[], str] = _utc_now) -> None:
+    def __init__(
+        self,
+        conn_id: int,
+        peer: str,
+        now: Callable[[], str] = _utc_now,
+        *,
+        worker: int | None = None,
+    ) -> None:
+        # With --workers every worker numbers its own connections: "worker" makes the pair unique.
         self._base: dict[str, object] = {"conn": conn_id, "peer": peer}
+        if worker is not None:
+            self._base = {"worker": worker, **self._base}
         self._now = now
 
     def _event(self, event: str, **fields: object) -> bytes:

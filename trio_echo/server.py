@@ -590,31 +590,36 @@ async def serve(
     output: OutputQueue | None = None,
     *,
     listeners: list[trio.abc.Listener[trio.abc.Stream]] | None = None,
+    sockets: list[socket.socket] | None = None,
     task_status: trio.TaskStatus[ServerHandle] = trio.TASK_STATUS_IGNORED,
 ) -> ServerStats:
     """Serve until shut down; use as ``handle = await nursery.start(serve, config, output)``.
 
     ``output`` is the queue of the stdout writer (``None`` prints nothing, e.g. an echo-only
     embedding).  ``listeners`` replaces the TCP listeners of ``config.hosts``/``config.port``
-    (tests pass in-memory ones).  Reports a :class:`ServerHandle` once listening; returns the
-    statistics once every connection is closed after ``handle.shutdown()``.
+    (tests pass in-memory ones); ``sockets``, listening sockets opened by the caller (a
+    ``--workers`` worker's), are served and closed at shutdown like our own.  Reports a
+    :class:`ServerHandle` once listening; returns the statistics once every connection is
+    closed after ``handle.shutdown()``.
     """
     tls = None
     if config.tls_cert is not None:
         # Loaded (again: the CLI checked it) before anything listens; a TLSSetupError is one
         # line from the CLI.
         tls = await trio.to_thread.run_sync(server_context, config.tls_cert, config.tls_key)
-    sockets: list[socket.socket] = []
     if listeners is None:
         # Our own listening sockets are served on the lean path (batched accept(), plain
         # sockets read by SocketTransport); a caller's Trio listeners are used as they are.
-        if config.fds:
+        if sockets:
+            sockets = list(sockets)
+        elif config.fds:
             # Inherited (--fd, systemd): served and closed at shutdown like our own.
             sockets = adopt_sockets(config.fds)
         else:
             sockets = await trio.to_thread.run_sync(bind_sockets, config.hosts, config.port)
         addresses = [sock.getsockname() for sock in sockets]
     else:
+        sockets = []
         addresses = [
             listener.socket.getsockname()
             for listener in listeners

@@ -24,6 +24,7 @@ import collections
 import trio
 
 from .config import DEFAULT_QUEUE_BYTES
+from .frames import frame_header
 from .stdout import WRITE_BATCH_BYTES, never_blocks, write_batch
 
 __all__ = ["OutputQueue", "OutputReader", "open_output_queue", "write_stdout"]
@@ -180,20 +181,25 @@ def open_output_queue(limit: int = DEFAULT_QUEUE_BYTES) -> tuple[OutputQueue, Ou
     return queue, OutputReader(queue)
 
 
-async def write_stdout(queue: OutputQueue, reader: OutputReader, fd: int = 1) -> None:
+async def write_stdout(
+    queue: OutputQueue, reader: OutputReader, fd: int = 1, *, framed: bool = False
+) -> None:
     """Drain the queue into ``fd`` until it is closed and empty.
 
     Takes everything that is waiting (up to ``WRITE_BATCH_BYTES``) and writes it with one
     ``writev`` in a worker thread (inline when ``fd`` is ``/dev/null``, which never blocks).
     Cancellation abandons a write that is stuck (a stalled pipe during a forced shutdown); the
-    worker threads are daemons, so the process can still exit.
+    worker threads are daemons, so the process can still exit.  ``framed``: each batch goes as
+    one frame (:mod:`trio_echo.frames`), for the supervisor of a ``--workers`` worker.
     """
-    inline = never_blocks(fd)
+    inline = never_blocks(fd) and not framed
     if inline:
         queue._write_through = fd
     async with reader:
         while await queue.wait_for_items():
             batch, cost = queue.take(WRITE_BATCH_BYTES)
+            if framed:
+                batch.insert(0, frame_header(cost - len(batch) * _ITEM_OVERHEAD))
             if inline:
                 # No checkpoint needed: only handlers add items, so this loop drains at most
                 # the budget (8 MiB, a millisecond into /dev/null) before it parks and yields.

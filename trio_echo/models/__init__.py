@@ -27,9 +27,9 @@ HARDENING_FLAGS = frozenset(
     {"--tls-cert", "--tls-key", "--tls-handshake-timeout", "--allow", "--deny", "--max-bytes"}
 )
 
-# Serving behind a load balancer (--proxy-protocol) and inherited listening sockets (--fd,
-# systemd socket activation): the trio model's too.
-SCALE_OUT_FLAGS = frozenset({"--proxy-protocol", "--fd"})
+# Serving behind a load balancer (--proxy-protocol), inherited listening sockets (--fd,
+# systemd socket activation) and worker processes (--workers): the trio model's too.
+SCALE_OUT_FLAGS = frozenset({"--proxy-protocol", "--fd", "--workers"})
 
 TRIO_ONLY = HARDENING_FLAGS | SCALE_OUT_FLAGS
 

@@ -1,0 +1,357 @@
+"""``--workers N``: a supervisor process and N Trio worker processes that share the port.
+
+One Trio process uses one core.  With ``--workers N`` the process started from the command line
+becomes a small supervisor (this module, Trio too) and N workers (:mod:`trio_echo.worker`) do
+the serving, each the ordinary server on its own core:
+
+* **Sharing the port.**  The supervisor first binds the addresses the ordinary way, without
+  ``SO_REUSEPORT``, and closes them again: a port in use is then the usual one-line error, and
+  ``--port 0`` picks the port once for everybody.  Then every worker gets a set of listening
+  sockets of its own, bound with ``SO_REUSEPORT`` to those addresses; the kernel spreads new
+  connections over them by a hash of the client's address and port.  The supervisor keeps no
+  copy: when a worker dies, its sockets close with it and the kernel sends new clients to the
+  others (the few that were waiting in the dead worker's accept queue are reset -- a worker
+  dies only by a crash or a kill).  Its replacement gets a new set.  Inherited sockets (``--fd``,
+  systemd) are one socket that every worker accepts from.
+* **Restarts.**  A worker that exits while nobody asked it to is started again after a
+  back-off (``RESTART_FIRST_DELAY``, doubling up to ``RESTART_MAX_DELAY``, back to the first
+  after ``HEALTHY_AFTER`` of good service), with a warning line each time.  A worker of the
+  first start that ends before it is ready is not restarted: the server cannot start (the
+  worker said why on stderr), and the supervisor exits with status 1.
+* **Signals.**  Workers run in a session of their own, so a Ctrl-C on the terminal reaches
+  the supervisor only (and a worker writing to the terminal is never stopped as a background
+  job), which forwards one SIGTERM to each worker: they all stop
+  accepting at once and drain within the same ``--grace``.  The supervisor exits 0 once they
+  all have.  A second signal is forwarded too (the workers close everything); workers still
+  alive ``KILL_AFTER_FORCE`` later are killed.
+* **Output.**  Each worker's stdout is a pipe to the supervisor, written in frames of whole
+  batches (:mod:`trio_echo.frames`).  The supervisor reads every pipe and puts each complete
+  frame into one bounded output queue (:mod:`trio_echo.writer`), whose single writer owns the
+  real stdout: lines of different workers never mix inside a line, whatever their size, and
+  the backpressure chain stays whole (slow stdout -> full queue -> supervisor stops reading a
+  pipe -> the worker's writer blocks -> its queue fills -> its clients wait).  The cost is one
+  more copy of the output through the supervisor (docs/performance.md measures it).
+* **Diagnostics.**  Workers write stderr themselves: each line is one short ``write``, whole on
+  a pipe or terminal, tagged ``worker N:``.  Workers are numbered 1, 2, ... in the order they
+  are started (a replacement gets a new number); jsonl records carry ``"worker"``, so
+  ``(worker, conn)`` names a connection.  The supervisor sums the workers' counts into the
+  usual summary line.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+
+import attrs
+import trio
+
+from .config import Config
+from .frames import FrameDecoder
+from .lifecycle import MIN_DRAIN_TIMEOUT, STOP_SIGNALS, Outcome, WorkerError, log_listening
+from .listen import ListenError, adopt_sockets, bind_reuseport, bind_sockets
+from .logs import LOGGER, NOTICE
+from .stats import ServerStats
+from .worker import WorkerSpec
+from .writer import OutputQueue, open_output_queue, write_stdout
+
+__all__ = [
+    "HEALTHY_AFTER",
+    "KILL_AFTER_FORCE",
+    "RESTART_FIRST_DELAY",
+    "RESTART_MAX_DELAY",
+    "Supervisor",
+    "run_supervisor",
+    "supervise",
+]
+
+# A worker that died is started again after this long at first: long enough not to spin on a
+# worker that dies at once, short enough that a one-off crash costs a fraction of a second.
+RESTART_FIRST_DELAY = 0.1
+
+# Each death in a row doubles the delay, up to this: a worker that keeps crashing costs a
+# start-up every few seconds, not a core.
+RESTART_MAX_DELAY = 10.0
+
+# A worker that served this long before it died was healthy: its replacement starts at the
+# first delay again.
+HEALTHY_AFTER = 30.0
+
+# After the second signal the workers close everything at once; one still alive this much
+# later is stuck, and killed.
+KILL_AFTER_FORCE = 2.0
+
+# Bytes read from a worker's pipe at a time, and the pipe's size (F_SETPIPE_SZ, best effort):
+# a whole batch of the worker's writer (1 MiB) fits, so it seldom waits for the supervisor.
+RELAY_READ_SIZE = 256 * 1024
+PIPE_SIZE = 1024 * 1024
+
+
+def describe_exit(returncode: int | None) -> str:
+    """``exited with status 1`` / ``was killed by SIGKILL``."""
+    if returncode is None:
+        return "could not be started"
+    if returncode < 0:
+        try:
+            return f"was killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"was killed by signal {-returncode}"
+    return f"exited with status {returncode}"
+
+
+def _grow_pipe(fd: int) -> None:
+    try:
+        import fcntl
+
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+    except (ImportError, AttributeError, OSError):
+        pass  # the default (64 KiB on Linux) works too, with more round trips
+
+
+@attrs.define(eq=False)
+class Supervisor:
+    """The workers of one run: starting, restarting, signalling them, and relaying their
+    output into ``queue``."""
+
+    config: Config
+    log_level: str
+    queue: OutputQueue
+    # The addresses every worker listens on (port resolved), and the inherited sockets that
+    # they all share (--fd, systemd), if any.
+    addresses: list[tuple[object, ...]]
+    shared: list[socket.socket] = attrs.field(factory=list)
+    stats: ServerStats = attrs.field(factory=ServerStats)
+    live: dict[int, trio.Process] = attrs.field(factory=dict)
+    stop_requested: trio.Event = attrs.field(factory=trio.Event)
+    forced_by: int | None = None
+    restarts: int = 0
+    # Workers that ended badly while stopping (not forced): the exit status is then 1.
+    failures: list[str] = attrs.field(factory=list)
+    _numbers: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1))
+    _first_ready: int = 0
+
+    # ---- signals ---------------------------------------------------------------------------
+
+    async def watch(self, signals: AsyncIterator[int]) -> None:
+        """First signal: every worker drains (SIGTERM).  Second: every worker closes everything
+        (SIGTERM again); ``KILL_AFTER_FORCE`` later, SIGKILL for any still alive."""
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            if not self.stop_requested.is_set():
+                self.stop_requested.set()
+                # Our copies of inherited sockets: the socket closes when the workers close
+                # theirs, so that a balancer sees refusals, not a queue nobody serves.
+                for sock in self.shared:
+                    sock.close()
+                LOGGER.log(
+                    NOTICE,
+                    "%s: stopping %d worker%s: they stop accepting and give their clients up "
+                    "to %g s (%s again to force)",
+                    *(name, len(self.live), "" if len(self.live) == 1 else "s"),
+                    *(self.config.grace, name),
+                )
+                self._signal_all(signal.SIGTERM)
+            else:
+                LOGGER.warning("%s again: closing every connection now", name)
+                self.forced_by = signum
+                self._signal_all(signal.SIGTERM)
+                await trio.sleep(KILL_AFTER_FORCE)
+                self._signal_all(signal.SIGKILL)
+                return
+
+    def _signal_all(self, signum: int) -> None:
+        for process in list(self.live.values()):
+            if process.returncode is None:
+                process.send_signal(signum)
+
+    # ---- one worker slot -------------------------------------------------------------------
+
+    async def run_slot(self) -> None:
+        """Keep one worker running until the stop: start it, wait for it, restart it."""
+        delay = RESTART_FIRST_DELAY
+        first = True
+        while not self.stop_requested.is_set():
+            number = next(self._numbers)
+            began = trio.current_time()
+            ready = trio.Event()
+            try:
+                returncode = await self._run_worker(number, ready, first)
+            except ListenError as exc:
+                if first:
+                    raise
+                # Every worker gone and the port taken meanwhile: try again after the back-off.
+                LOGGER.error("worker %d: %s", number, exc)
+                returncode = None
+            if self.stop_requested.is_set():
+                if self.forced_by is None and returncode not in (0, -signal.SIGTERM):
+                    self.failures.append(f"worker {number} {describe_exit(returncode)}")
+                return
+            if first and not ready.is_set():
+                raise WorkerError(
+                    f"worker {number} {describe_exit(returncode)} before it was ready "
+                    "(see its error above)"
+                )
+            first = False
+            if trio.current_time() - began >= HEALTHY_AFTER:
+                delay = RESTART_FIRST_DELAY
+            self.restarts += 1
+            LOGGER.warning(
+                "worker %d %s; starting a new worker in %g s",
+                *(number, describe_exit(returncode), delay),
+            )
+            with trio.move_on_after(delay):
+                await self.stop_requested.wait()
+            delay = min(delay * 2, RESTART_MAX_DELAY)
+
+    async def _run_worker(self, number: int, ready: trio.Event, first: bool) -> int | None:
+        """Start worker ``number``, relay its output and messages until it exits; its exit
+        status (negative: killed by that signal)."""
+        if self.shared:
+            sockets = self.shared
+        else:
+            sockets = await trio.to_thread.run_sync(bind_reuseport, self.addresses)
+        fds = tuple(sock.fileno() for sock in sockets)
+        spec = WorkerSpec(
+            attrs.evolve(self.config, fds=fds, workers=1, worker_id=number), self.log_level
+        )
+        ours, theirs = socket.socketpair()
+        read_fd, write_fd = os.pipe()
+        try:
+            _grow_pipe(write_fd)
+            ours.sendall(pickle.dumps(spec))
+            process = await trio.lowlevel.open_process(
+                [sys.executable, "-m", "trio_echo.worker", str(theirs.fileno())],
+                stdin=subprocess.DEVNULL,
+                stdout=write_fd,
+                pass_fds=(*fds, theirs.fileno()),
+                start_new_session=True,
+            )
+        except BaseException:
+            os.close(read_fd)
+            ours.close()
+            raise
+        finally:
+            # The worker has its copies now; its listening sockets live and die with it.
+            os.close(write_fd)
+            theirs.close()
+            if not self.shared:
+                for sock in sockets:
+                    sock.close()
+        self.live[number] = process
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._relay, read_fd, number)
+                nursery.start_soon(self._messages, ours, number, ready, first)
+                await process.wait()
+                # The relay still empties the pipe; if stdout is stalled, not for ever.
+                nursery.cancel_scope.deadline = trio.current_time() + max(
+                    self.config.grace, MIN_DRAIN_TIMEOUT
+                )
+        finally:
+            del self.live[number]
+            if process.returncode is None:
+                process.kill()
+                with trio.CancelScope(shield=True):
+                    await process.wait()
+            ours.close()
+        returncode: int | None = process.returncode
+        return returncode
+
+    async def _relay(self, read_fd: int, number: int) -> None:
+        """Worker ``number``'s frames into the output queue, each whole, until its pipe ends."""
+        decoder = FrameDecoder()
+        async with trio.lowlevel.FdStream(read_fd) as pipe:
+            while chunk := await pipe.receive_some(RELAY_READ_SIZE):
+                for payload in decoder.feed(chunk):
+                    # Waiting here is the backpressure: the worker's writer waits on the pipe.
+                    await self.queue.put(payload)
+        if decoder.pending:
+            LOGGER.warning(
+                "worker %d ended in the middle of an output batch: %d bytes dropped",
+                *(number, decoder.pending),
+            )
+
+    async def _messages(
+        self, control: socket.socket, number: int, ready: trio.Event, first: bool
+    ) -> None:
+        """Worker ``number``'s JSON lines on the control socket: ``ready``, then its counts."""
+        sock = trio.socket.from_stdlib_socket(control)
+        pending = b""
+        while data := await sock.recv(4096):
+            *lines, pending = (pending + data).split(b"\n")
+            for line in lines:
+                message = json.loads(line)
+                if "ready" in message:
+                    ready.set()
+                    self._ready(number, int(message["ready"]), first)
+                if "status" in message:
+                    self.stats.connections += int(message.get("connections", 0))
+                    self.stats.bytes_received += int(message.get("bytes", 0))
+
+    def _ready(self, number: int, pid: int, first: bool) -> None:
+        LOGGER.info("worker %d (pid %d) is serving", number, pid)
+        if first:
+            self._first_ready += 1
+            if self._first_ready == self.config.workers and not self.stop_requested.is_set():
+                log_listening(self.addresses, self.config)
+
+
+async def supervise(config: Config, log_level: str) -> Outcome:
+    """Run ``config.workers`` workers until a signal stops them; the exit status as for one
+    process (see :mod:`trio_echo.app`)."""
+    with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+        shared: list[socket.socket] = []
+        if config.fds:
+            shared = adopt_sockets(config.fds)
+            addresses = [sock.getsockname() for sock in shared]
+        else:
+            # Bound without SO_REUSEPORT, then closed: see the module docstring.
+            probe = await trio.to_thread.run_sync(bind_sockets, config.hosts, config.port)
+            addresses = [sock.getsockname() for sock in probe]
+            for sock in probe:
+                sock.close()
+        queue, reader = open_output_queue(config.queue_bytes)
+        supervisor = Supervisor(config, log_level, queue, addresses, shared)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(supervisor.watch, signals)
+                async with trio.open_nursery() as output:
+                    output.start_soon(write_stdout, queue, reader)
+                    try:
+                        async with trio.open_nursery() as workers:
+                            for _ in range(config.workers):
+                                workers.start_soon(supervisor.run_slot)
+                        # Every worker is gone: stdout gets as long to take the rest as the
+                        # clients got (nothing, after a forced stop).
+                        if supervisor.forced_by is not None:
+                            output.cancel_scope.cancel()
+                        drain_timeout = max(config.grace, MIN_DRAIN_TIMEOUT)
+                        output.cancel_scope.deadline = trio.current_time() + drain_timeout
+                    finally:
+                        await queue.aclose()
+                nursery.cancel_scope.cancel()  # stop the signal watcher
+        finally:
+            for sock in shared:
+                sock.close()
+    stats = supervisor.stats
+    if supervisor.restarts:
+        LOGGER.log(NOTICE, "workers restarted: %d", supervisor.restarts)
+    if supervisor.forced_by is not None:
+        return Outcome.forced(supervisor.forced_by, stats)
+    if output.cancel_scope.cancelled_caught:
+        return Outcome.drain_failed(drain_timeout, stats)
+    if supervisor.failures:
+        return Outcome(1, f"{supervisor.failures[0]} while stopping: {stats.summary()}", stats)
+    return Outcome.stopped(stats)
+
+
+def run_supervisor(config: Config, log_level: str) -> Outcome:
+    """``trio-echo --workers N`` (N > 1): see the module docstring."""
+    return trio.run(supervise, config, log_level)

@@ -1,0 +1,128 @@
+"""One ``--workers`` worker: ``python -m trio_echo.worker CONTROL_FD``, started by the supervisor
+(:mod:`trio_echo.supervisor`), never by hand.
+
+A worker is the ordinary Trio server (:func:`trio_echo.app.run`) with three differences:
+
+* it serves the listening sockets its supervisor opened for it (``SO_REUSEPORT``, or the one
+  inherited socket every worker shares) and does not bind anything itself;
+* its stdout is a pipe to the supervisor, written in frames (:mod:`trio_echo.frames`): the
+  supervisor alone writes the real stdout, whole batches at a time;
+* it talks to the supervisor over the control socket ``CONTROL_FD``: the :class:`WorkerSpec`
+  comes in first; ``ready`` goes out once it listens, its counts when it ends; end of stream
+  from the supervisor means it is gone (killed), and the worker shuts down gracefully rather
+  than serve on unsupervised.
+
+Signals come from the supervisor only: the worker runs in a session of its own, so a
+Ctrl-C on the terminal reaches the supervisor, which forwards one SIGTERM (a second to force).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import socket
+import sys
+from collections.abc import Sequence
+from functools import partial
+
+import attrs
+import trio
+
+from .app import run
+from .config import Config
+from .logs import LOGGER, setup_logging
+from .server import ServerHandle
+
+__all__ = ["WorkerSpec", "main", "send_message"]
+
+
+@attrs.frozen
+class WorkerSpec:
+    """What a worker serves: the configuration (``fds``: its listening sockets, ``worker_id``:
+    its number) and the stderr detail."""
+
+    config: Config
+    log_level: str
+
+
+def send_message(control: socket.socket, **fields: object) -> None:
+    """One JSON line on the control socket (a few dozen bytes: the socket buffer takes it at
+    once, so this does not block)."""
+    control.sendall(json.dumps(fields).encode() + b"\n")
+
+
+async def _supervisor_gone(control: socket.socket) -> str:
+    """Return once the supervisor's end of the control socket closes (it sends nothing after
+    the spec, so anything readable is the end)."""
+    while True:
+        await trio.lowlevel.wait_readable(control)
+        try:
+            if not control.recv(4096):
+                return "the supervisor is gone"
+        except BlockingIOError:
+            continue
+        except OSError:
+            return "the supervisor is gone"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Serve as the supervisor asks; the exit status as ``trio-echo`` would give it."""
+    # Imported here: cli imports the models, which a worker only needs for its error messages.
+    from .cli import describe_failure, raise_fd_limit
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    control = socket.socket(fileno=int(args[0]))
+    with control.makefile("rb") as stream:
+        spec: WorkerSpec = pickle.load(stream)
+    config = spec.config
+    setup_logging(spec.log_level, tag=f"worker {config.worker_id}")
+    raise_fd_limit()
+    sockets = [socket.socket(fileno=fd) for fd in config.fds]
+    control.setblocking(False)
+
+    def announce(handle: ServerHandle) -> None:
+        # The supervisor logs it, and the start-up line once every worker is ready.
+        send_message(control, ready=os.getpid())
+
+    try:
+        outcome = trio.run(
+            partial(
+                run,
+                config,
+                sockets=sockets,
+                framed=True,
+                announce=announce,
+                stop_when=partial(_supervisor_gone, control),
+            )
+        )
+    except BaseException as exc:
+        if isinstance(exc, SystemExit):
+            raise
+        status, message = describe_failure(exc)
+        if message is not None:
+            LOGGER.error("%s", message)
+        _report(control, status=status)
+        return status
+    stats = outcome.stats
+    _report(
+        control,
+        status=outcome.exit_status,
+        connections=stats.connections if stats else 0,
+        bytes=stats.bytes_received if stats else 0,
+    )
+    LOGGER.info("%s", outcome.summary)
+    return outcome.exit_status
+
+
+def _report(control: socket.socket, **fields: object) -> None:
+    """The worker's last message; nobody to tell if the supervisor is gone."""
+    try:
+        control.setblocking(True)
+        send_message(control, **fields)
+    except OSError:
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -267,6 +267,43 @@ def start_server() -> Iterator[Callable[..., ServerProcess]]:
         yield start
 
 
+class InheritingServer(ServerProcess):
+    """``python -m trio_echo`` started with inherited descriptors (``pass_fds``); the rest as
+    :class:`conftest.ServerProcess` (stdout and stderr read by threads, killed at close)."""
+
+    def __init__(
+        self, command: Sequence[str], pass_fds: Sequence[int], env: dict[str, str] | None = None
+    ) -> None:
+        self.proc = subprocess.Popen(
+            list(command),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            pass_fds=tuple(pass_fds),
+            env=env,
+        )
+        assert self.proc.stdout is not None
+        assert self.proc.stderr is not None
+        self._stderr = _PipeReader(self.proc.stderr, "server stderr")
+        self._stdout = _PipeReader(self.proc.stdout, "server stdout")
+        self.port = 0
+        self.addresses = []
+
+
+@pytest.fixture
+def spawn() -> Iterator[Callable[..., InheritingServer]]:
+    with contextlib.ExitStack() as cleanup:
+
+        def start(
+            command: Sequence[str], pass_fds: Sequence[int], env: dict[str, str] | None = None
+        ) -> InheritingServer:
+            server = InheritingServer(command, pass_fds, env)
+            cleanup.callback(server.close)
+            return server
+
+        yield start
+
+
 def fd_limit(limit: int) -> Callable[[], None]:
     """A ``preexec_fn`` that sets the child's RLIMIT_NOFILE to ``limit``, soft *and* hard: the
     server raises its soft limit to the hard one at start-up, so only the hard limit sticks."""

@@ -34,7 +34,6 @@ from conftest import (
     SERVER_COMMAND,
     STARTUP_TIMEOUT,
     ServerProcess,
-    _PipeReader,
     assert_no_traceback,
     assert_refused,
     peer_name,
@@ -379,43 +378,6 @@ async def test_header_timeout_and_grace_period(monkeypatch, caplog):
 
 
 # ---- inherited listening sockets: --fd, LISTEN_FDS ---------------------------------------------
-
-
-class InheritingServer(ServerProcess):
-    """``python -m trio_echo`` started with inherited descriptors (``pass_fds``); the rest as
-    :class:`conftest.ServerProcess` (stdout and stderr read by threads, killed at close)."""
-
-    def __init__(
-        self, command: Sequence[str], pass_fds: Sequence[int], env: dict[str, str] | None = None
-    ) -> None:
-        self.proc = subprocess.Popen(
-            list(command),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            pass_fds=tuple(pass_fds),
-            env=env,
-        )
-        assert self.proc.stdout is not None
-        assert self.proc.stderr is not None
-        self._stderr = _PipeReader(self.proc.stderr, "server stderr")
-        self._stdout = _PipeReader(self.proc.stdout, "server stdout")
-        self.port = 0
-        self.addresses = []
-
-
-@pytest.fixture
-def spawn() -> Iterator[Callable[..., InheritingServer]]:
-    with contextlib.ExitStack() as cleanup:
-
-        def start(
-            command: Sequence[str], pass_fds: Sequence[int], env: dict[str, str] | None = None
-        ) -> InheritingServer:
-            server = InheritingServer(command, pass_fds, env)
-            cleanup.callback(server.close)
-            return server
-
-        yield start
 
 
 @pytest.fixture

@@ -58,15 +58,11 @@ class _SignalWatcher:
             log_stopping(signum, self.handle.grace, self.handle.stats.active)
 
     async def stop_when(self, trigger: Callable[[], Awaitable[str]]) -> None:
-        """Shut down gracefully, as on a first signal, once ``trigger`` returns (why, for the
-        log); before the server is up, stop at once."""
+        """Close everything at once when ``trigger`` returns (why, for the log): a worker's
+        supervisor is gone, and with it the reader of its output."""
         why = await trigger()
-        if self.handle is None:
-            LOGGER.warning("%s: stopping", why)
-            self.everything.cancel()
-        elif not self.handle.shutting_down:
-            LOGGER.warning("%s: stopped accepting; waiting up to %g s", why, self.handle.grace)
-            self.handle.shutdown()
+        LOGGER.warning("%s: closing every connection now", why)
+        self.everything.cancel()
 
 
 async def run(
@@ -83,7 +79,7 @@ async def run(
     Errors (cannot listen, stdout closed) propagate out, inside an exception group.  A
     ``--workers`` worker (:mod:`trio_echo.worker`) passes its listening ``sockets``, writes
     ``framed`` output, announces itself to its supervisor (``announce``) instead of the
-    start-up line, and stops gracefully when ``stop_when`` returns (its supervisor is gone).
+    start-up line, and stops at once when ``stop_when`` returns (its supervisor is gone).
     """
 
     # Listen for signals before anything else, so that a signal during start-up is not lost.

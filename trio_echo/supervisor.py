@@ -284,7 +284,15 @@ class Supervisor:
         """Worker ``number``'s JSON lines on the control socket: ``ready``, then its counts."""
         sock = trio.socket.from_stdlib_socket(control)
         pending = b""
-        while data := await sock.recv(4096):
+        while True:
+            try:
+                data = await sock.recv(4096)
+            except ConnectionResetError:
+                # It ended without reading all its spec (it died at start-up): the kernel
+                # resets a socket closed with unread data.  Its exit status says the rest.
+                return
+            if not data:
+                return
             *lines, pending = (pending + data).split(b"\n")
             for line in lines:
                 message = json.loads(line)

@@ -9,8 +9,8 @@ A worker is the ordinary Trio server (:func:`trio_echo.app.run`) with three diff
   supervisor alone writes the real stdout, whole batches at a time;
 * it talks to the supervisor over the control socket ``CONTROL_FD``: the :class:`WorkerSpec`
   comes in first; ``ready`` goes out once it listens, its counts when it ends; end of stream
-  from the supervisor means it is gone (killed), and the worker shuts down gracefully rather
-  than serve on unsupervised.
+  from the supervisor means it is gone (killed), and with it the only reader of the worker's
+  output: the worker closes every connection and exits rather than serve on unsupervised.
 
 Signals come from the supervisor only: the worker runs in a session of its own, so a
 Ctrl-C on the terminal reaches the supervisor, which forwards one SIGTERM (a second to force).

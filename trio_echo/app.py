@@ -45,6 +45,8 @@ class _SignalWatcher:
     everything: trio.CancelScope
     handle: ServerHandle | None = None
     forced_by: int | None = None
+    # In a --workers worker: the user signals the supervisor, not us.
+    worker: bool = False
 
     async def watch(self, signals: AsyncIterator[int]) -> None:
         async for signum in signals:
@@ -55,7 +57,7 @@ class _SignalWatcher:
                 self.everything.cancel()
                 return
             self.handle.shutdown()
-            log_stopping(signum, self.handle.grace, self.handle.stats.active)
+            log_stopping(signum, self.handle.grace, self.handle.stats.active, hint=not self.worker)
 
     async def stop_when(self, trigger: Callable[[], Awaitable[str]]) -> None:
         """Close everything at once when ``trigger`` returns (why, for the log): a worker's
@@ -86,7 +88,7 @@ async def run(
     with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
         queue, reader = open_output_queue(config.queue_bytes)
         async with trio.open_nursery() as nursery:
-            watcher = _SignalWatcher(nursery.cancel_scope)
+            watcher = _SignalWatcher(nursery.cancel_scope, worker=config.worker_id is not None)
             nursery.start_soon(watcher.watch, signals)
             if stop_when is not None:
                 nursery.start_soon(watcher.stop_when, stop_when)

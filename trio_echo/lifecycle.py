@@ -74,13 +74,15 @@ def log_listening(addresses: list[tuple[object, ...]], config: Config) -> None:
     )
 
 
-def log_stopping(signum: int, grace: float, active: int) -> None:
-    """The first signal's line."""
+def log_stopping(signum: int, grace: float, active: int, *, hint: bool = True) -> None:
+    """The first signal's line (``hint``: how to force; not in a ``--workers`` worker, whose
+    user signals the supervisor)."""
     name = signal.Signals(signum).name
     LOGGER.log(
         NOTICE,
-        "%s: stopped accepting; waiting up to %g s for %d client%s (%s again to force)",
-        *(name, grace, active, "" if active == 1 else "s", name),
+        "%s: stopped accepting; waiting up to %g s for %d client%s%s",
+        *(name, grace, active, "" if active == 1 else "s"),
+        f" ({name} again to force)" if hint else "",
     )
 
 

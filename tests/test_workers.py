@@ -293,6 +293,29 @@ def test_a_signal_drains_every_worker_within_one_grace_period(start_server, conn
     assert_no_traceback(stderr)
 
 
+def test_sigterm_to_every_process_is_still_one_graceful_shutdown(start_server, connect):
+    """As systemd's default KillMode (and pkill) do: the supervisor and every worker get
+    SIGTERM; a worker gets it twice (forwarded too), and still drains."""
+    server = start_server("--workers", "2", "--grace", "1")
+    pids = worker_pids(server)
+    client = connect(server.port)
+    client.sendall(b"before\n")
+    server.wait_stdout(b"] before\n")
+    sent = server.send_signal(signal.SIGTERM)
+    for pid in pids.values():
+        os.kill(pid, signal.SIGTERM)
+    server.wait_stderr("NOTICE SIGTERM: stopping 2 workers")
+    client.sendall(b"during\n")
+    server.wait_stdout(b"] during\n")
+    assert server.wait() == 0
+    assert time.monotonic() - sent >= 1.0
+    client.close()
+    stderr = server.all_stderr()
+    assert "forced" not in stderr
+    assert "closing every connection now" not in stderr
+    assert_no_traceback(stderr)
+
+
 def test_a_second_signal_forces_every_worker(start_server, connect):
     server = start_server("--workers", "2", "--grace", "30")
     pids = worker_pids(server)
@@ -308,6 +331,10 @@ def test_a_second_signal_forces_every_worker(start_server, connect):
     client.close()
     stderr = server.all_stderr()
     assert "forced exit: " in stderr
+    # Each worker closed its connections when told to, rather than being killed.
+    for number in pids:
+        assert f"worker {number}: forced by the supervisor: closing every connection now" in stderr
+    assert "killed" not in stderr
     assert_no_traceback(stderr)
 
 

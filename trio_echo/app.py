@@ -50,6 +50,10 @@ class _SignalWatcher:
 
     async def watch(self, signals: AsyncIterator[int]) -> None:
         async for signum in signals:
+            if self.worker and self.handle is not None and self.handle.shutting_down:
+                # A worker is forced by its supervisor (stop_when), not by a second signal:
+                # under systemd or pkill a signal may reach it twice, directly and forwarded.
+                continue
             if self.handle is None or self.handle.shutting_down:
                 if self.handle is not None:
                     log_forced(signum)
@@ -61,7 +65,7 @@ class _SignalWatcher:
 
     async def stop_when(self, trigger: Callable[[], Awaitable[str]]) -> None:
         """Close everything at once when ``trigger`` returns (why, for the log): a worker's
-        supervisor is gone, and with it the reader of its output."""
+        supervisor forces the exit, or is gone, and with it the reader of its output."""
         why = await trigger()
         LOGGER.warning("%s: closing every connection now", why)
         self.everything.cancel()
@@ -81,7 +85,8 @@ async def run(
     Errors (cannot listen, stdout closed) propagate out, inside an exception group.  A
     ``--workers`` worker (:mod:`trio_echo.worker`) passes its listening ``sockets``, writes
     ``framed`` output, announces itself to its supervisor (``announce``) instead of the
-    start-up line, and stops at once when ``stop_when`` returns (its supervisor is gone).
+    start-up line, and closes everything when ``stop_when`` returns (its supervisor says so, or
+    is gone).
     """
 
     # Listen for signals before anything else, so that a signal during start-up is not lost.

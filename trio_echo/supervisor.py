@@ -22,8 +22,10 @@ the serving, each the ordinary server on its own core:
   the supervisor only (and a worker writing to the terminal is never stopped as a background
   job), which forwards one SIGTERM to each worker: they all stop
   accepting at once and drain within the same ``--grace``.  The supervisor exits 0 once they
-  all have.  A second signal is forwarded too (the workers close everything); workers still
-  alive ``KILL_AFTER_FORCE`` later are killed.
+  all have.  On a second signal it tells them over their control sockets to close everything
+  (a worker ignores signals after its first: under systemd's default ``KillMode`` or ``pkill``
+  the first one may reach it twice, directly and forwarded); workers still alive
+  ``KILL_AFTER_FORCE`` later are killed.
 * **Output.**  Each worker's stdout is a pipe to the supervisor, written in frames of whole
   batches (:mod:`trio_echo.frames`).  The supervisor reads every pipe and puts each complete
   frame into one bounded output queue (:mod:`trio_echo.writer`), whose single writer owns the
@@ -40,6 +42,7 @@ the serving, each the ordinary server on its own core:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -59,7 +62,7 @@ from .lifecycle import MIN_DRAIN_TIMEOUT, STOP_SIGNALS, Outcome, WorkerError, lo
 from .listen import ListenError, adopt_sockets, bind_reuseport, bind_sockets
 from .logs import LOGGER, NOTICE
 from .stats import ServerStats
-from .worker import WorkerSpec
+from .worker import FORCE, WorkerSpec
 from .writer import OutputQueue, open_output_queue, write_stdout
 
 __all__ = [
@@ -129,6 +132,7 @@ class Supervisor:
     shared: list[socket.socket] = attrs.field(factory=list)
     stats: ServerStats = attrs.field(factory=ServerStats)
     live: dict[int, trio.Process] = attrs.field(factory=dict)
+    controls: dict[int, socket.socket] = attrs.field(factory=dict)
     stop_requested: trio.Event = attrs.field(factory=trio.Event)
     forced_by: int | None = None
     restarts: int = 0
@@ -141,7 +145,8 @@ class Supervisor:
 
     async def watch(self, signals: AsyncIterator[int]) -> None:
         """First signal: every worker drains (SIGTERM).  Second: every worker closes everything
-        (SIGTERM again); ``KILL_AFTER_FORCE`` later, SIGKILL for any still alive."""
+        (``FORCE`` on its control socket); ``KILL_AFTER_FORCE`` later, SIGKILL for any still
+        alive."""
         async for signum in signals:
             name = signal.Signals(signum).name
             if not self.stop_requested.is_set():
@@ -161,7 +166,9 @@ class Supervisor:
             else:
                 LOGGER.warning("%s again: closing every connection now", name)
                 self.forced_by = signum
-                self._signal_all(signal.SIGTERM)
+                for control in list(self.controls.values()):
+                    with contextlib.suppress(OSError):
+                        control.send(FORCE)
                 await trio.sleep(KILL_AFTER_FORCE)
                 self._signal_all(signal.SIGKILL)
                 return
@@ -245,6 +252,7 @@ class Supervisor:
                 for sock in sockets:
                     sock.close()
         self.live[number] = process
+        self.controls[number] = ours
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._relay, read_fd, number)
@@ -256,6 +264,7 @@ class Supervisor:
                 )
         finally:
             del self.live[number]
+            del self.controls[number]
             if process.returncode is None:
                 process.kill()
                 with trio.CancelScope(shield=True):

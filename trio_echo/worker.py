@@ -8,12 +8,14 @@ A worker is the ordinary Trio server (:func:`trio_echo.app.run`) with three diff
 * its stdout is a pipe to the supervisor, written in frames (:mod:`trio_echo.frames`): the
   supervisor alone writes the real stdout, whole batches at a time;
 * it talks to the supervisor over the control socket ``CONTROL_FD``: the :class:`WorkerSpec`
-  comes in first; ``ready`` goes out once it listens, its counts when it ends; end of stream
-  from the supervisor means it is gone (killed), and with it the only reader of the worker's
-  output: the worker closes every connection and exits rather than serve on unsupervised.
+  comes in first, ``FORCE`` on the second signal; ``ready`` goes out once it listens, its
+  counts when it ends.  End of stream from the supervisor means it is gone (killed), and with
+  it the only reader of the worker's output: the worker closes every connection and exits
+  rather than serve on unsupervised.
 
-Signals come from the supervisor only: the worker runs in a session of its own, so a
-Ctrl-C on the terminal reaches the supervisor, which forwards one SIGTERM (a second to force).
+Signals come from the supervisor: the worker runs in a session of its own, so a Ctrl-C on the
+terminal reaches the supervisor, which forwards a SIGTERM (the graceful shutdown), and forces
+the exit over the control socket on a second signal.
 """
 
 from __future__ import annotations
@@ -34,7 +36,12 @@ from .config import Config
 from .logs import LOGGER, setup_logging
 from .server import ServerHandle
 
-__all__ = ["WorkerSpec", "main", "send_message"]
+__all__ = ["FORCE", "WorkerSpec", "main", "send_message"]
+
+# What the supervisor sends a worker on the second signal: close every connection now.  The
+# worker ignores further signals of its own, which may be the first one reaching it twice
+# (systemd's default KillMode signals every process of the service; so does pkill).
+FORCE = b"force\n"
 
 
 @attrs.frozen
@@ -52,18 +59,21 @@ def send_message(control: socket.socket, **fields: object) -> None:
     control.sendall(json.dumps(fields).encode() + b"\n")
 
 
-async def _supervisor_gone(control: socket.socket) -> str:
-    """Return once the supervisor's end of the control socket closes (it sends nothing after
-    the spec, so anything readable is the end)."""
+async def _until_forced(control: socket.socket) -> str:
+    """Return (why) once the supervisor forces the exit (``FORCE`` on the control socket) or
+    its end of the control socket closes."""
     while True:
         await trio.lowlevel.wait_readable(control)
         try:
-            if not control.recv(4096):
-                return "the supervisor is gone"
+            data = control.recv(4096)
         except BlockingIOError:
             continue
         except OSError:
+            data = b""
+        if not data:
             return "the supervisor is gone"
+        if FORCE in data:
+            return "forced by the supervisor"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -93,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 sockets=sockets,
                 framed=True,
                 announce=announce,
-                stop_when=partial(_supervisor_gone, control),
+                stop_when=partial(_until_forced, control),
             )
         )
     except BaseException as exc:

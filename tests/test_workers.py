@@ -163,6 +163,25 @@ def test_both_workers_serve_and_jsonl_names_the_worker(start_server, connect):
     assert f"stopped: served {clients} connections, " in server.all_stderr()
 
 
+def test_workers_behind_a_balancer_name_the_real_clients(start_server, connect):
+    """--workers with --proxy-protocol: every worker reads the PROXY header and names the
+    client it gives."""
+    server = start_server("--workers", "2", "--proxy-protocol", "--format", "jsonl")
+    assert server.wait_stderr(LISTENING_RE)["mode"] == "print, jsonl, proxy protocol, 2 workers"
+    clients = 30
+    for i in range(clients):
+        client = connect(server.port)
+        client.sendall(b"PROXY TCP4 203.0.113.%d 10.0.0.1 4%04d 8888\r\nhi\n" % (i, i))
+        client.close()
+    server.wait_stdout(lambda data: data.count(b'"event": "close"') == clients)
+    data = [r for r in jsonl_records(server.stdout) if r["event"] == "data"]
+    assert sorted(str(r["peer"]) for r in data) == sorted(
+        f"203.0.113.{i}:4{i:04d}" for i in range(clients)
+    )
+    assert {r["worker"] for r in data} == {1, 2}
+    assert server.stop() == 0
+
+
 def test_lines_from_different_workers_never_mix(start_server, connect):
     """Long lines (well over the 4 KiB a pipe writes in one piece) from clients on both
     workers at once: every printed line is one whole line of one client, in its order."""

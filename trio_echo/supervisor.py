@@ -91,9 +91,10 @@ HEALTHY_AFTER = 30.0
 # later is stuck, and killed.
 KILL_AFTER_FORCE = 2.0
 
-# Bytes read from a worker's pipe at a time, and the pipe's size (F_SETPIPE_SZ, best effort):
-# a whole batch of the worker's writer (1 MiB) fits, so it seldom waits for the supervisor.
-RELAY_READ_SIZE = 256 * 1024
+# The most read from a worker's pipe at a time, and the pipe's size (F_SETPIPE_SZ, best
+# effort): a whole batch of the worker's writer (up to 1 MiB, and a frame is read in one piece
+# up to this size) fits, so the worker seldom waits for the supervisor.
+RELAY_READ_SIZE = 2 * 1024 * 1024
 PIPE_SIZE = 1024 * 1024
 
 
@@ -277,7 +278,9 @@ class Supervisor:
         """Worker ``number``'s frames into the output queue, each whole, until its pipe ends."""
         decoder = FrameDecoder()
         async with trio.lowlevel.FdStream(read_fd) as pipe:
-            while chunk := await pipe.receive_some(RELAY_READ_SIZE):
+            # A read per header and a read per payload: a payload then usually arrives in one
+            # piece, and goes on to stdout without being copied again (frames.py).
+            while chunk := await pipe.receive_some(min(decoder.wanted(), RELAY_READ_SIZE)):
                 for payload in decoder.feed(chunk):
                     # Waiting here is the backpressure: the worker's writer waits on the pipe.
                     await self.queue.put(payload)

@@ -17,16 +17,19 @@ import signal
 import socket
 import subprocess
 import sys
+import time
+from pathlib import Path
 from typing import Any
 
 import attrs
 import pytest
 
 from trio_echo.bench import loadgen
-from trio_echo.bench.cli import bench_models
-from trio_echo.bench.report import headroom, render_table, render_targets
-from trio_echo.bench.scenarios import Sizes, _median_index, scenarios_for
-from trio_echo.bench.server import ServerProcess
+from trio_echo.bench import server as bench_server
+from trio_echo.bench.cli import W2_MODEL, bench_models
+from trio_echo.bench.report import headroom, render_table, render_targets, workers_gain
+from trio_echo.bench.scenarios import Context, Sizes, _median_index, scenarios_for
+from trio_echo.bench.server import CLOCK_TICKS, ServerProcess, process_tree, server_command
 from trio_echo.bench.stats import merge_histograms, percentile
 from trio_echo.bench.targets import TARGETS, Figure, Target, evaluate
 from trio_echo.models import MODELS
@@ -114,6 +117,30 @@ def test_table_has_a_column_per_model_and_notes_for_skips():
     assert "load generator headroom" in table
 
 
+def test_the_table_gives_the_2_worker_gain_over_trio():
+    report = _report()
+    trio_echo = report["models"]["trio"]["scenarios"]["echo_100x64"]  # type: ignore[index]
+    report["models"]["trio-w2"] = {  # type: ignore[index]
+        "summary": "the trio model with --workers 2",
+        "variant": {"model": "trio", "flags": ["--workers", "2"]},
+        "cpus": [0, 1],
+        "scenarios": {
+            "echo_100x64": {**trio_echo, "requests_per_s": 97685.1},
+            "idle_memory": {"kb_per_connection": 5.0},
+        },
+    }
+    gain = workers_gain(report)
+    assert gain is not None
+    assert gain["ratios"] == {"echo_100x64": 1.5}  # idle_memory has no gain figure
+    table = render_table(report)
+    assert "trio-w2 ÷ trio (echo: requests/s, streams: MB/s): echo 100 conn × 64 B 1.50×" in table
+    assert "trio-w2: the trio model with --workers 2 (CPUs 0,1)" in table
+    # Without trio-w2 (or trio) there is no such line.
+    del report["models"]["trio-w2"]  # type: ignore[attr-defined]
+    assert workers_gain(report) is None
+    assert "÷" not in render_table(report)
+
+
 def test_saturated_load_generator_is_marked_and_named():
     report = _report()
     figures = report["models"]["trio"]["scenarios"]["echo_100x64"]  # type: ignore[index]
@@ -156,12 +183,30 @@ def test_the_median_run_is_the_middle_one():
     assert _median_index([4.0, 1.0, 3.0, 2.0]) == 3  # the lower of the middle two
 
 
-def test_bench_models_put_the_reference_after_trio():
+def test_bench_models_put_the_reference_and_the_2_worker_trio_after_trio():
     names = list(bench_models())
-    assert names[:2] == ["trio", "trio-bare"]
-    assert set(names) == {*MODELS, "trio-bare"}
-    # The reference is the bench's: the CLI's --model does not know it.
+    assert names[:3] == ["trio", "trio-bare", "trio-w2"]
+    assert set(names) == {*MODELS, "trio-bare", "trio-w2"}
+    # Both are the bench's: the CLI's --model does not know them.
     assert "trio-bare" not in MODELS
+    assert "trio-w2" not in MODELS
+    # trio-w2 is the trio model (it can do whatever trio can), run with --workers 2.
+    assert W2_MODEL.entry == MODELS["trio"].entry
+    assert W2_MODEL.unsupported == MODELS["trio"].unsupported
+    assert server_command("trio-w2", ["--echo"])[1:] == [
+        *("-m", "trio_echo", "--model", "trio", "--workers", "2"),
+        *("--port", "0", "--log-level", "notice", "--echo"),
+    ]
+    assert "--workers" not in server_command("trio", ["--echo"])
+
+
+def test_the_2_worker_trio_runs_on_every_cpu_the_others_on_the_servers_cpus():
+    ctx = Context(binary=Path("loadgen"), sizes=Sizes.quick(), server_cpus=(0,), all_cpus=(0, 1))
+    assert ctx.cpus_for(W2_MODEL) == (0, 1)
+    assert ctx.cpus_for(MODELS["trio"]) == (0,)
+    assert ctx.cpus_for(bench_models()["trio-bare"]) == (0,)
+    unpinned = Context(binary=Path("loadgen"), sizes=Sizes.quick())
+    assert unpinned.cpus_for(W2_MODEL) is None
 
 
 # ---- the targets ------------------------------------------------------------------------------
@@ -331,6 +376,89 @@ def test_the_bare_reference_echoes_and_exits_0_on_sigterm():
     assert seconds < 5
 
 
+# ---- the process tree (trio-w2) ---------------------------------------------------------------
+
+
+def _own_cpu_seconds(pid: int) -> float:
+    """One process's user + system time, without its children."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def _own_rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+
+
+def _gone(pid: int) -> bool:
+    """Exited (a zombie nobody reaped counts: it runs no more)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except OSError:
+        return True
+
+
+def test_a_2_worker_server_is_measured_over_its_process_tree_on_every_cpu(monkeypatch):
+    """CPU time, memory and threads of trio-w2 are the supervisor's plus its workers'; it runs
+    on every CPU even when the bench itself is pinned to one; killing it kills the workers."""
+    cpus = sorted(os.sched_getaffinity(0))
+    ctx = Context(
+        binary=Path("loadgen"),
+        sizes=Sizes.quick(),
+        server_cpus=tuple(cpus[:1]),
+        all_cpus=tuple(cpus),
+    )
+    # Like the bench: this process on the load generator's CPU, which a child inherits.
+    os.sched_setaffinity(0, cpus[-1:])
+    try:
+        server = ctx.server(W2_MODEL, ["--echo", "--quiet"])
+    finally:
+        os.sched_setaffinity(0, cpus)
+    with server:
+        supervisor = server.proc.pid
+        tree = server.processes()
+        assert tree[0] == supervisor
+        assert len(tree) == 3  # the supervisor and its 2 workers
+        # Without /proc/PID/task/TID/children, the parent pids of /proc/*/stat give the same.
+        monkeypatch.setattr(bench_server, "HAVE_CHILDREN_FILES", False)
+        assert sorted(process_tree(supervisor)) == sorted(tree)
+        monkeypatch.undo()
+        for pid in tree:
+            assert os.sched_getaffinity(pid) == set(cpus)
+
+        cpu_before, own_before = server.cpu_seconds(), _own_cpu_seconds(supervisor)
+        # Echo traffic on a few connections (spread over both workers by the kernel's hash).
+        clients = [
+            socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(8)
+        ]
+        try:
+            for _ in range(600):
+                for sock in clients:
+                    sock.sendall(b"x" * 63 + b"\n")
+                for sock in clients:
+                    got = b""
+                    while len(got) < 64:
+                        got += sock.recv(64 - len(got))
+        finally:
+            for sock in clients:
+                sock.close()
+        separately = sum(_own_cpu_seconds(pid) for pid in tree)
+        cpu_after, own_after = server.cpu_seconds(), _own_cpu_seconds(supervisor)
+        # The workers did the work: the tree's time grew more than the supervisor's own.
+        assert cpu_after - cpu_before > own_after - own_before
+        assert cpu_after >= separately > _own_cpu_seconds(supervisor)
+        assert server.rss_bytes() > 2 * _own_rss(supervisor)
+        assert server.threads() >= 3
+
+        server.kill()
+        deadline = time.monotonic() + 5
+        while not all(_gone(pid) for pid in tree) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert all(_gone(pid) for pid in tree)
+
+
 # ---- the load generator -----------------------------------------------------------------------
 
 
@@ -450,6 +578,29 @@ def test_quick_run_compares_every_model_in_every_scenario(tmp_path):
     assert many["served_connections"] == many["connections"]
     assert many["exit_status"] == 0
     assert many["bytes_per_connection"] > 0
+    # The 2-worker trio does everything trio does, measured over its process tree, on every CPU.
+    w2_entry = report["models"]["trio-w2"]
+    assert w2_entry["variant"] == {"model": "trio", "flags": ["--workers", "2"]}
+    w2 = w2_entry["scenarios"]
+    assert not {key: f["skipped"] for key, f in w2.items() if "skipped" in f}
+    assert w2["article"]["clients_fully_served"] == 4
+    assert w2["echo_100x64"]["requests_per_s"] > 0
+    assert w2["echo_100x64"]["server_cpu"] > 0
+    assert w2["stream_text_64"]["lines_per_s"] > 0
+    assert w2["storm_busy"]["served"] == w2["storm_busy"]["clients"]
+    assert w2["c10k"]["served_connections"] == w2["c10k"]["connections"]
+    assert w2["c10k"]["exit_status"] == w2["shutdown"]["exit_status"] == 0
+    assert w2["c10k"]["server_processes"] == 3
+    assert trio["c10k"]["server_processes"] == 1
+    if report["pinning"] is not None:
+        every_cpu = sorted({*report["pinning"]["server_cpus"], *report["pinning"]["loadgen_cpus"]})
+        assert w2_entry["cpus"] == every_cpu
+        assert report["pinning"]["model_cpus"] == {"trio-w2": every_cpu}
+        assert report["models"]["trio"]["cpus"] == report["pinning"]["server_cpus"]
+    assert set(report["workers_gain"]["ratios"]) == {
+        k for k in keys if k.startswith(("echo_", "stream_"))
+    }
+    assert "trio-w2 ÷ trio" in result.stdout
     # The reference: everything but the text scenarios, which it cannot do.
     bare = report["models"]["trio-bare"]
     assert bare["reference"] is True

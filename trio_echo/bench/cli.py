@@ -6,10 +6,12 @@ table on stdout and writes ``--json`` and ``--plot``.  A model that is not insta
 scenario it cannot do, is recorded with the reason, so every model appears in the JSON with
 every scenario.
 
-The models are the CLI's (``--model``) plus ``trio-bare``, the reference: a bare
-``trio.serve_tcp`` handler (:mod:`.bare`) the trio model's figures are compared with.  After the
-run the performance targets (:mod:`.targets`) are evaluated on the figures of this run and
-printed under the table.
+The models are the CLI's (``--model``) plus two of the bench's own: ``trio-bare``, the reference,
+a bare ``trio.serve_tcp`` handler (:mod:`.bare`) the trio model's figures are compared with; and
+``trio-w2``, the trio model with ``--workers 2`` (a supervisor and two worker processes), which
+shows what a second core gains (the table adds ``trio-w2 ÷ trio``).  After the run the
+performance targets (:mod:`.targets`) are evaluated on the figures of this run and printed under
+the table.
 
 Exit status: 0 when the run completed (even with skipped scenarios: a skip is a result), 1 when
 it could not run at all (no C compiler, matplotlib missing for ``--plot``) or, with ``--check``,
@@ -37,8 +39,9 @@ from ..cli import OneLineParser, number_type, raise_fd_limit
 from ..models import MODELS, Model
 from . import bare, loadgen
 from .machine import machine_info
-from .report import PlotUnavailable, headroom, render_table, write_json, write_plot
+from .report import PlotUnavailable, headroom, render_table, workers_gain, write_json, write_plot
 from .scenarios import Context, Result, Scenario, Sizes, scenarios_for
+from .server import VARIANTS, W2
 from .targets import evaluate, failures
 
 __all__ = ["main"]
@@ -57,15 +60,28 @@ BARE_MODEL = Model(
 # Why each reference cannot run a scenario, after "does not support --flag".
 REFERENCES = {bare.BARE: bare.WHY_UNSUPPORTED}
 
+# The trio model with two worker processes: the trio model (same entry, same flags supported),
+# started as ``python -m trio_echo --model trio --workers 2`` (:func:`.server.server_command`).
+W2_MODEL = attrs.evolve(
+    MODELS[VARIANTS[W2].model],
+    name=W2,
+    summary="the trio model with --workers 2: a supervisor and 2 worker processes sharing the "
+    "port (SO_REUSEPORT); figures are the whole process tree's, and it runs on every CPU, the "
+    "load generator's included",
+)
+
 
 def bench_models() -> dict[str, Model]:
-    """Every model the bench knows, in report order: the CLI's, with the reference after trio."""
+    """Every model the bench knows, in report order: the CLI's, with the reference and the
+    2-worker trio right after trio."""
     found: dict[str, Model] = {}
     for name, model in MODELS.items():
         found[name] = model
         if name == "trio":
             found[BARE_MODEL.name] = BARE_MODEL
+            found[W2_MODEL.name] = W2_MODEL
     found.setdefault(BARE_MODEL.name, BARE_MODEL)
+    found.setdefault(W2_MODEL.name, W2_MODEL)
     return found
 
 
@@ -82,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--models",
         default=",".join(bench_models()),
         help="comma-separated models to compare (default: all: %(default)s; trio-bare is the "
-        "reference, a bare trio.serve_tcp handler)",
+        "reference, a bare trio.serve_tcp handler; trio-w2 is trio with --workers 2)",
     )
     parser.add_argument(
         "--scenarios",
@@ -171,6 +187,9 @@ def pin_cpus() -> tuple[tuple[int, ...] | None, tuple[int, ...] | None]:
     generator can never take the server's.  The price: a multi-threaded server (the threads
     model) cannot spill onto the load generator's core -- on a 2-core machine it would only
     have been stealing it.  ``None, None`` with fewer than two CPUs (or no affinity support).
+
+    The exception is a server of several worker processes (trio-w2): it gets every CPU, the load
+    generator's included (:meth:`.scenarios.Context.cpus_for`).
     """
     if not hasattr(os, "sched_getaffinity"):
         return None, None
@@ -189,11 +208,17 @@ def _selected(all_scenarios: list[Scenario], wanted: str | None) -> list[Scenari
     return [s for s in all_scenarios if any(s.key.startswith(p) for p in parts)]
 
 
-def model_entry(model: Model) -> dict[str, Any]:
-    """A model's entry in the report, before its scenarios: summary, reference, why not."""
+def model_entry(model: Model, context: Context | None = None) -> dict[str, Any]:
+    """A model's entry in the report, before its scenarios: summary, reference or variant (the
+    CLI's model and flags it runs), the CPUs its servers were pinned to, why not."""
     entry: dict[str, Any] = {"summary": model.summary, "scenarios": {}}
     if model.name in REFERENCES:
         entry["reference"] = True
+    if (variant := VARIANTS.get(model.name)) is not None:
+        entry["variant"] = {"model": variant.model, "flags": list(variant.flags)}
+    if context is not None:
+        cpus = context.cpus_for(model)
+        entry["cpus"] = None if cpus is None else list(cpus)
     why_not = model.available()
     if why_not is not None:
         entry["skipped"] = why_not
@@ -255,7 +280,7 @@ def run_all(
     and its reference above all) are measured close together in time, so that a passing
     disturbance on a shared machine is less likely to fall on one of them only.
     """
-    entries = {model.name: model_entry(model) for model in models}
+    entries = {model.name: model_entry(model, context) for model in models}
     for scenario in scenarios:
         if scenario.session is not None:
             results = run_in_turns(models, scenario, context, progress)
@@ -336,8 +361,14 @@ def main(argv: Sequence[str]) -> int:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1
     machine = machine_info()  # before pinning narrows this process to one CPU
+    every_cpu = tuple(sorted(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else ()
     server_cpus, loadgen_cpus = (None, None) if args.no_pin else pin_cpus()
-    context = Context(binary=binary, sizes=sizes, server_cpus=server_cpus)
+    context = Context(
+        binary=binary,
+        sizes=sizes,
+        server_cpus=server_cpus,
+        all_cpus=None if server_cpus is None else every_cpu,
+    )
 
     started = time.monotonic()
     report: dict[str, Any] = {
@@ -351,7 +382,16 @@ def main(argv: Sequence[str]) -> int:
         "loadgen": {"tool": loadgen.version_line(binary)},
         "pinning": None
         if server_cpus is None
-        else {"server_cpus": list(server_cpus), "loadgen_cpus": list(loadgen_cpus or ())},
+        else {
+            "server_cpus": list(server_cpus),
+            "loadgen_cpus": list(loadgen_cpus or ()),
+            # The models whose servers run on other CPUs (several worker processes: all).
+            "model_cpus": {
+                n: list(cpus)
+                for n in names
+                if (cpus := context.cpus_for(models[n])) != server_cpus and cpus is not None
+            },
+        },
         "scenario_titles": {s.key: s.title for s in scenarios},
         "models": {},
     }
@@ -366,6 +406,7 @@ def main(argv: Sequence[str]) -> int:
     report["elapsed_s"] = round(time.monotonic() - started, 1)
     report["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     report["loadgen"]["headroom"] = headroom(report)
+    report["workers_gain"] = workers_gain(report)
     report["targets"] = _targets(report)
 
     sys.stdout.write(render_table(report))

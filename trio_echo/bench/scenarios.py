@@ -33,7 +33,7 @@ import attrs
 
 from ..models import Model
 from . import loadgen
-from .server import CLOCK_TICKS, ServerError, ServerProcess
+from .server import CLOCK_TICKS, VARIANTS, ServerError, ServerProcess
 from .stats import merge_histograms, percentile
 
 __all__ = ["Context", "EchoSession", "Result", "Scenario", "Sizes", "scenarios_for"]
@@ -123,10 +123,25 @@ class Context:
     sizes: Sizes
     # The CPUs the servers run on (see cli.pin_cpus); None: wherever the kernel likes.
     server_cpus: tuple[int, ...] | None = None
+    # The CPUs of the servers with several worker processes (trio-w2): every CPU the bench may
+    # use, the load generator's included (set whenever ``server_cpus`` is: the bench itself is
+    # pinned to the load generator's CPU, which a server left unpinned would inherit).
+    all_cpus: tuple[int, ...] | None = None
+
+    def cpus_for(self, model: Model) -> tuple[int, ...] | None:
+        """The CPUs a server of ``model`` is pinned to.  A server of several processes gets
+        every CPU: pinned to the servers' CPUs (one, on a 2-core machine) its workers could only
+        take turns, and the run would measure nothing but the supervisor's overhead.  So it
+        shares a core with the load generator, as the kernel sees fit: on a small machine that
+        is what a second worker gets in real life too (the report says so)."""
+        variant = VARIANTS.get(model.name)
+        if variant is not None and variant.workers > 1:
+            return self.all_cpus
+        return self.server_cpus
 
     def server(self, model: Model, flags: list[str], **kwargs: Any) -> ServerProcess:
-        """A fresh server of ``model`` with ``flags``, on the servers' CPUs."""
-        return ServerProcess(model.name, flags, cpus=self.server_cpus, **kwargs)
+        """A fresh server of ``model`` with ``flags``, on its CPUs (:meth:`cpus_for`)."""
+        return ServerProcess(model.name, flags, cpus=self.cpus_for(model), **kwargs)
 
 
 @attrs.frozen
@@ -537,8 +552,9 @@ def stream(fmt: str, line: int) -> Callable[[Context, Model], Result]:
 
 
 def idle_memory(ctx: Context, model: Model) -> Result:
-    """Server RSS before and after ``idle_connections`` clients connected, each served one echo
-    (so the server really holds a handler for it) and then idle: the delta per connection."""
+    """Server RSS (summed over its processes) before and after ``idle_connections`` clients
+    connected, each served one echo (so the server really holds a handler for it) and then idle:
+    the delta per connection."""
     count = ctx.sizes.idle_connections
 
     def run() -> Result:
@@ -550,6 +566,7 @@ def idle_memory(ctx: Context, model: Model) -> Result:
                 time.sleep(0.3)
                 after = server.rss_bytes()
                 threads = server.threads()
+                processes = len(server.processes())
                 hold.finish()
             server.stop()
         figures: Figures = {
@@ -560,6 +577,7 @@ def idle_memory(ctx: Context, model: Model) -> Result:
             "rss_after_mb": round(after / 2**20, 1),
             "kb_per_connection": round((after - before) / count / 1024, 2),
             "server_threads": threads,
+            "server_processes": processes,
         }
         if ready["echoed"] < count:
             return Result(
@@ -752,10 +770,10 @@ def shutdown(ctx: Context, model: Model) -> Result:
 
 def many(ctx: Context, model: Model) -> Result:
     """``many_connections`` clients connected at once, each served one echo, then idle: the
-    server's RSS (``VmRSS``) above its baseline per connection; then SIGTERM with ``--grace
-    many_grace`` while they are all still connected: seconds from the signal to the exit, and
-    the exit status (the clients never leave by themselves, so the grace period runs out and
-    the server must close them all)."""
+    server's RSS (``VmRSS``, summed over its processes) above its baseline per connection; then
+    SIGTERM with ``--grace many_grace`` while they are all still connected: seconds from the
+    signal to the exit, and the exit status (the clients never leave by themselves, so the grace
+    period runs out and the server must close them all)."""
     sizes = ctx.sizes
     count = sizes.many_connections
 
@@ -772,6 +790,7 @@ def many(ctx: Context, model: Model) -> Result:
                 time.sleep(0.3)
                 after = server.rss_bytes()
                 threads = server.threads()
+                processes = len(server.processes())
                 status, seconds = server.stop(timeout=30 + sizes.many_grace)
                 closed = hold.finish()
         grace = sizes.many_grace if graceful else 0.0
@@ -786,6 +805,7 @@ def many(ctx: Context, model: Model) -> Result:
             "bytes_per_connection": round((after - before) / count),
             "kb_per_connection": round((after - before) / count / 1024, 2),
             "server_threads": threads,
+            "server_processes": processes,
             "grace_s": sizes.many_grace if graceful else None,
             "exit_s": round(seconds, 4),
             "exit_after_grace_s": round(seconds - grace, 4),

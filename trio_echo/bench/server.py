@@ -7,8 +7,9 @@ from the ``NOTICE listening on ...`` line on stderr, polled with a deadline; std
 /dev/null or to a pipe the caller reads; stop is SIGTERM and a wait, and anything still running
 when the ``with`` block ends is killed.
 
-CPU time and memory come from ``/proc/PID/stat`` and ``/proc/PID/status``: process-wide (every
-thread of the threads model counts), without touching the server.
+CPU time and memory come from ``/proc/PID/stat`` and ``/proc/PID/status``, summed over the
+server's whole process tree (:func:`process_tree`): every thread of the threads model counts, and
+so does every worker process of ``--workers`` (``trio-w2``), without touching the server.
 """
 
 from __future__ import annotations
@@ -24,9 +25,20 @@ import time
 from collections.abc import Sequence
 from typing import IO
 
+import attrs
+
 from .bare import BARE
 
-__all__ = ["ServerError", "ServerProcess", "server_command"]
+__all__ = [
+    "VARIANTS",
+    "W2",
+    "ServerError",
+    "ServerProcess",
+    "Variant",
+    "descendants",
+    "process_tree",
+    "server_command",
+]
 
 # ``01:04:27.446 NOTICE listening on 127.0.0.1:46253, [::1]:46253 (print, text)``
 LISTENING_RE = re.compile(r"NOTICE listening on (?P<addresses>.+) \((?P<mode>[^()]*)\)\s*$")
@@ -38,16 +50,107 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
+@attrs.frozen
+class Variant:
+    """A bench-only variant of a CLI model: that model, run with more flags."""
+
+    model: str
+    flags: tuple[str, ...]
+    # Processes that serve (``--workers N``): a variant with more than one runs on every CPU the
+    # bench may use, not only the servers' (see ``cli.pin_cpus``).
+    workers: int = 1
+
+
+# The trio model with two worker processes behind a supervisor (``--workers 2``, the port shared
+# with SO_REUSEPORT): what a second core gains.
+W2 = "trio-w2"
+VARIANTS: dict[str, Variant] = {W2: Variant("trio", ("--workers", "2"), workers=2)}
+
+
 def server_command(model: str, flags: Sequence[str]) -> list[str]:
-    """The command line of a server of ``model``: ``python -m trio_echo --model X``, or the
-    bench's bare reference (:mod:`.bare`), which is no model of the CLI."""
+    """The command line of a server of ``model``: ``python -m trio_echo --model X``, a variant
+    (:data:`VARIANTS`: ``--model trio --workers 2`` for ``trio-w2``), or the bench's bare
+    reference (:mod:`.bare`), which is no model of the CLI."""
     if model == BARE:
         return [sys.executable, "-m", "trio_echo.bench.bare", "--port", "0", *flags]
+    variant = VARIANTS.get(model, Variant(model, ()))
     return [
         sys.executable,
-        *("-m", "trio_echo", "--model", model, "--port", "0", "--log-level", "notice"),
+        *("-m", "trio_echo", "--model", variant.model, *variant.flags),
+        *("--port", "0", "--log-level", "notice"),
         *flags,
     ]
+
+
+# ---- the process tree -------------------------------------------------------------------------
+
+# ``/proc/PID/task/TID/children`` (Linux >= 4.2 with CONFIG_PROC_CHILDREN); without it the tree is
+# found from the parent pids of every process in ``/proc/*/stat``.
+HAVE_CHILDREN_FILES = os.path.exists(f"/proc/self/task/{os.getpid()}/children")
+
+
+def _stat(pid: int) -> list[str]:
+    """The fields of ``/proc/PID/stat`` after the command name: [0] is the state (field 3 of
+    proc(5)), [1] the parent pid, [11] utime, [12] stime, [13] cutime, [14] cstime."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
+def _children(pid: int) -> list[int]:
+    """The children of ``pid``: those of each of its threads, since a child is listed under the
+    thread that forked it (Trio starts processes from a worker thread)."""
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found  # gone
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                found += [int(child) for child in f.read().split()]
+        except OSError:
+            continue  # the thread ended meanwhile (its children went to another thread)
+    return found
+
+
+def _children_by_parent() -> dict[int, list[int]]:
+    """Every process's children, from the parent pids in ``/proc/*/stat``."""
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                parent = int(_stat(int(name))[1])
+            except (OSError, IndexError, ValueError):
+                continue  # gone meanwhile
+            children.setdefault(parent, []).append(int(name))
+    return children
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every process below it (children, their children, ...), parents first."""
+    table = None if HAVE_CHILDREN_FILES else _children_by_parent()
+    tree = [pid]
+    index = 0
+    while index < len(tree):
+        parent = tree[index]
+        tree += _children(parent) if table is None else table.get(parent, [])
+        index += 1
+    return tree
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid``."""
+    return process_tree(pid)[1:]
+
+
+def _rss(pid: int) -> int:
+    """``VmRSS`` of ``pid`` in bytes (0 for a zombie, which has none left)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    with open(f"/proc/{pid}/statm") as f:  # no VmRSS line: a zombie, or an odd kernel
+        return int(f.read().split()[1]) * PAGE_SIZE
 
 
 class ServerError(Exception):
@@ -131,27 +234,47 @@ class ServerProcess:
 
     # ---- watching -----------------------------------------------------------------------------
 
+    def processes(self) -> list[int]:
+        """The server's process tree: its process, then every process below it (the workers of
+        ``--workers``)."""
+        return process_tree(self.proc.pid)
+
     def cpu_seconds(self) -> float:
-        """User + system CPU time of the whole process so far (10 ms resolution)."""
-        try:
-            with open(f"/proc/{self.proc.pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            return float("nan")
-        # After the ")" that ends the command name: state is field 3, utime 14, stime 15.
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        """User + system CPU time so far of the whole process tree (10 ms resolution): every
+        thread of every process, and the children that already exited and were waited for (a
+        worker that died: its time moves into its parent's ``cutime``/``cstime``)."""
+        total = 0
+        for pid in self.processes():
+            try:
+                fields = _stat(pid)
+            except OSError:
+                if pid == self.proc.pid:
+                    return float("nan")
+                continue  # a worker that ended meanwhile
+            total += sum(int(field) for field in fields[11:15])
+        return total / CLOCK_TICKS
 
     def rss_bytes(self) -> int:
-        """Resident memory of the process now (``VmRSS`` of ``/proc/PID/status``)."""
-        with open(f"/proc/{self.proc.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-        with open(f"/proc/{self.proc.pid}/statm") as f:  # pragma: no cover - no VmRSS line
-            return int(f.read().split()[1]) * PAGE_SIZE
+        """Resident memory of the whole process tree now: the sum of each process's ``VmRSS``
+        (``/proc/PID/status``).  Pages the processes share (the interpreter's own code) count
+        once per process; the difference between two moments, which the memory scenarios
+        report, is what the connections cost."""
+        total = 0
+        for pid in self.processes():
+            try:
+                total += _rss(pid)
+            except OSError:
+                if pid == self.proc.pid:
+                    raise
+        return total
 
     def threads(self) -> int:
-        return len(os.listdir(f"/proc/{self.proc.pid}/task"))
+        """Threads of the whole process tree."""
+        count = 0
+        for pid in self.processes():
+            with contextlib.suppress(OSError):
+                count += len(os.listdir(f"/proc/{pid}/task"))
+        return count
 
     # ---- stop ---------------------------------------------------------------------------------
 
@@ -176,8 +299,14 @@ class ServerProcess:
         return (int(match["connections"]), int(match["bytes"])) if match else None
 
     def kill(self) -> None:
+        """SIGKILL for the server and every process below it (workers run in sessions of their
+        own: a kill of the supervisor alone would leave them serving until they notice)."""
         if self.proc.poll() is None:
+            below = descendants(self.proc.pid)
             self.proc.kill()
+            for pid in below:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
         self._waiter.join(10)
 
     def __enter__(self) -> ServerProcess:

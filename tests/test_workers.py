@@ -14,6 +14,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 
@@ -372,6 +373,52 @@ def test_workers_leave_when_the_supervisor_is_killed(start_server, connect):
 
 
 # ---- errors ----------------------------------------------------------------------------------
+
+
+def processes_with(tag: str) -> list[int]:
+    """The pids of the processes whose environment holds ``TRIO_ECHO_TEST_TAG=tag``."""
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/environ", "rb") as environ:
+                    if f"TRIO_ECHO_TEST_TAG={tag}".encode() in environ.read().split(b"\0"):
+                        found.append(int(name))
+            except OSError:
+                continue
+    return found
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.05, 0.1, 0.2, 0.4])
+def test_a_signal_during_start_up_leaves_nothing_behind(delay):
+    tag = f"{os.getpid()}-{delay}"
+    proc = subprocess.Popen(
+        [*SERVER_COMMAND, "--workers", "2", "--port", "0"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "TRIO_ECHO_TEST_TAG": tag},
+    )
+    time.sleep(delay)  # not synchronisation: the point is to land anywhere in the start-up
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=STARTUP_TIMEOUT)
+    # Stopped (0), or killed by it before Python set up its handler (-15).
+    assert proc.returncode in (0, -signal.SIGTERM), stderr
+    assert_no_traceback(stderr.decode())
+    deadline = time.monotonic() + EVENT_TIMEOUT
+    while left := [pid for pid in processes_with(tag) if alive(pid)]:
+        assert time.monotonic() < deadline, f"workers left running: {left}"
+        time.sleep(0.01)
+
+
+def test_a_worker_run_by_hand_is_one_line():
+    result = subprocess.run(
+        [sys.executable, "-m", "trio_echo.worker"], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 2
+    assert result.stderr == (
+        "trio-echo worker: error: workers are started by `trio-echo --workers N`, not by hand\n"
+    )
 
 
 def test_port_in_use_is_one_line_even_against_another_reuseport_server(start_server):

@@ -254,6 +254,9 @@ class Supervisor:
                     sock.close()
         self.live[number] = process
         self.controls[number] = ours
+        if self.stop_requested.is_set():
+            # The signal came while it was being started: it missed the forwarded one.
+            process.send_signal(signal.SIGTERM)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._relay, read_fd, number)

@@ -82,9 +82,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .cli import describe_failure, raise_fd_limit
 
     args = list(sys.argv[1:] if argv is None else argv)
-    control = socket.socket(fileno=int(args[0]))
-    with control.makefile("rb") as stream:
-        spec: WorkerSpec = pickle.load(stream)
+    try:
+        control = socket.socket(fileno=int(args[0]))
+        with control.makefile("rb") as stream:
+            spec: WorkerSpec = pickle.load(stream)
+    except (IndexError, ValueError, OSError, EOFError, pickle.UnpicklingError):
+        print(
+            "trio-echo worker: error: workers are started by `trio-echo --workers N`, not by hand",
+            file=sys.stderr,
+        )
+        return 2
     config = spec.config
     setup_logging(spec.log_level, tag=f"worker {config.worker_id}")
     raise_fd_limit()

@@ -127,10 +127,14 @@ def _line(client: socket.socket, text: str) -> str:
     return f"[{host}:{port}] {text}\n"
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 def test_haproxy_in_front_of_two_backends(
-    start_server: Callable[..., ServerProcess], haproxy: Callable[[int, int], int]
+    start_server: Callable[..., ServerProcess],
+    haproxy: Callable[[int, int], int],
+    workers: int,
 ) -> None:
-    one = start_server("--proxy-protocol", "--grace", "5")
+    # Backend one is a single process, then a supervisor with two workers (--workers 2).
+    one = start_server("--proxy-protocol", "--grace", "5", "--workers", str(workers))
     two = start_server("--proxy-protocol", "--grace", "5")
     front = haproxy(one.port, two.port)
 
@@ -152,7 +156,11 @@ def test_haproxy_in_front_of_two_backends(
     # (c): SIGTERM to backend one.  Its clients are still being served during the grace period;
     # new clients go to backend two (HAProxy retries the refused connection there).
     one.send_signal(signal.SIGTERM)
-    one.wait_stderr(r"SIGTERM: stopped accepting")
+    if workers == 1:
+        one.wait_stderr(r"SIGTERM: stopped accepting")
+    else:
+        for number in range(1, workers + 1):
+            one.wait_stderr(rf"worker {number}: SIGTERM: stopped accepting")
     later = []
     for i, client in enumerate(clients):
         client.sendall(f"more from {i}\n".encode())

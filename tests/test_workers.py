@@ -27,6 +27,7 @@ from conftest import (
     ServerProcess,
     assert_no_traceback,
     assert_refused,
+    peer_name,
     run_cli,
 )
 from hypothesis import given
@@ -339,16 +340,22 @@ def test_sigterm_to_every_process_is_still_one_graceful_shutdown(start_server, c
 def test_a_second_signal_forces_every_worker(start_server, connect):
     server = start_server("--workers", "2", "--grace", "30")
     pids = worker_pids(server)
-    client = connect(server.port)
-    client.sendall(b"stay\n")
-    server.wait_stdout(b"] stay\n")
+    # Clients on both workers, so that both are still draining at the second signal.
+    clients: list[socket.socket] = []
+    while len(clients) < 40 and not all(f"worker {n}: open" in server.stderr for n in pids):
+        client = connect(server.port)
+        client.sendall(b"stay\n")
+        clients.append(client)
+        server.wait_stdout(lambda data: data.count(b"] stay\n") == len(clients))
+        server.wait_stderr(rf"worker \d: open #\d+ {peer_name(client)}$")
     server.send_signal(signal.SIGTERM)
     server.wait_stderr("NOTICE SIGTERM: stopping 2 workers")
     server.send_signal(signal.SIGTERM)
     assert server.wait() == 128 + signal.SIGTERM
     for pid in pids.values():
         wait_gone(pid)
-    client.close()
+    for client in clients:
+        client.close()
     stderr = server.all_stderr()
     assert "forced exit: " in stderr
     # Each worker closed its connections when told to, rather than being killed.

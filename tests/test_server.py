@@ -11,7 +11,10 @@ import errno
 import json
 import logging
 import os
+import signal
+import socket
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import attrs
@@ -20,6 +23,8 @@ import trio
 import trio.testing
 
 from trio_echo import Config, OutputFormat, ServerHandle, open_output_queue, serve
+from trio_echo.app import run
+from trio_echo.logs import LOGGER
 from trio_echo.stdout import StdoutClosed
 from trio_echo.writer import OutputQueue, OutputReader, write_stdout
 
@@ -405,6 +410,44 @@ async def test_real_sockets_on_both_loopback_addresses(nursery: trio.Nursery) ->
     assert "[[::1]:" in out.data.decode()
     handle.shutdown()
     await handle.stopped.wait()
+
+
+async def test_stopped_accepting_is_logged_once_the_listening_socket_is_closed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A balancer in front, or a person watching, acts on the line at once: a client sent to
+    # us after it must be refused, not queued in a backlog that the close then resets (a
+    # client lost behind HAProxy).  The socket is checked at the moment the line is logged.
+    caplog.set_level(logging.INFO, "trio_echo")
+    listening = socket.create_server(("127.0.0.1", 0))
+    closed_when_logged: list[bool] = []
+
+    class Probe(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "stopped accepting" in record.getMessage():
+                closed_when_logged.append(listening.fileno() == -1)
+
+    probe = Probe()
+    LOGGER.addHandler(probe)
+    serving = trio.Event()
+    try:
+        with open(os.devnull, "wb") as devnull:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(
+                    partial(
+                        run,
+                        Config(port=0),
+                        devnull.fileno(),
+                        sockets=[listening],
+                        announce=lambda handle: serving.set(),
+                    )
+                )
+                await serving.wait()
+                os.kill(os.getpid(), signal.SIGTERM)  # run() receives it, not pytest
+    finally:
+        LOGGER.removeHandler(probe)
+        listening.close()
+    assert closed_when_logged == [True]
 
 
 async def test_write_through_to_a_never_blocking_stdout_keeps_the_order(

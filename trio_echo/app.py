@@ -61,6 +61,9 @@ class _SignalWatcher:
                 self.everything.cancel()
                 return
             self.handle.shutdown()
+            # The line says the listeners are closed: a balancer in front (or a test) may act on
+            # it at once, so it comes only once that is true.  Closing takes one scheduler turn.
+            await self.handle.accepting_stopped.wait()
             log_stopping(signum, self.handle.grace, self.handle.stats.active, hint=not self.worker)
 
     async def stop_when(self, trigger: Callable[[], Awaitable[str]]) -> None:

@@ -111,6 +111,10 @@ class ServerHandle:
     # The closer task's scope: shutdown() puts the end of the grace period on it as a deadline.
     _grace_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     _shutdown_started: trio.Event = attrs.field(factory=trio.Event)
+    # Set once every accept loop has ended and closed its listening socket: from then on a new
+    # client is refused by the kernel (a balancer retries it elsewhere) instead of waiting in
+    # a backlog that is about to be reset.  "stopped accepting" is logged after it, not before.
+    accepting_stopped: trio.Event = attrs.field(factory=trio.Event)
     stopped: trio.Event = attrs.field(factory=trio.Event)
     shutting_down: bool = False
     aborted: bool = False
@@ -634,21 +638,23 @@ async def serve(
             if sockets:
                 server.hub = ReadinessHub()
                 services.start_soon(server.hub.run)
-            async with trio.open_nursery() as connections, trio.open_nursery() as accepting:
-                handle = ServerHandle(
-                    addresses,
-                    stats,
-                    config.grace,
-                    accepting.cancel_scope,
-                    connections.cancel_scope,
-                )
-                server.handle = handle
-                connections.start_soon(server.close_after_grace, handle)
-                for sock in sockets:
-                    accepting.start_soon(server.accept_socket_loop, sock, connections)
-                for listener in listeners or ():
-                    accepting.start_soon(server.accept_loop, listener, connections)
-                task_status.started(handle)
+            async with trio.open_nursery() as connections:
+                async with trio.open_nursery() as accepting:
+                    handle = ServerHandle(
+                        addresses,
+                        stats,
+                        config.grace,
+                        accepting.cancel_scope,
+                        connections.cancel_scope,
+                    )
+                    server.handle = handle
+                    connections.start_soon(server.close_after_grace, handle)
+                    for sock in sockets:
+                        accepting.start_soon(server.accept_socket_loop, sock, connections)
+                    for listener in listeners or ():
+                        accepting.start_soon(server.accept_loop, listener, connections)
+                    task_status.started(handle)
+                handle.accepting_stopped.set()
             # Every handler is gone: the hub has nothing left to watch.
             services.cancel_scope.cancel()
     finally:

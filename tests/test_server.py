@@ -430,23 +430,24 @@ async def test_stopped_accepting_is_logged_once_the_listening_socket_is_closed(
     probe = Probe()
     LOGGER.addHandler(probe)
     serving = trio.Event()
+    devnull = os.open(os.devnull, os.O_WRONLY)
     try:
-        with open(os.devnull, "wb") as devnull:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(
-                    partial(
-                        run,
-                        Config(port=0),
-                        devnull.fileno(),
-                        sockets=[listening],
-                        announce=lambda handle: serving.set(),
-                    )
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                partial(
+                    run,
+                    Config(port=0),
+                    devnull,
+                    sockets=[listening],
+                    announce=lambda handle: serving.set(),
                 )
-                await serving.wait()
-                os.kill(os.getpid(), signal.SIGTERM)  # run() receives it, not pytest
+            )
+            await serving.wait()
+            os.kill(os.getpid(), signal.SIGTERM)  # run() receives it, not pytest
     finally:
         LOGGER.removeHandler(probe)
         listening.close()
+        os.close(devnull)
     assert closed_when_logged == [True]
 
 

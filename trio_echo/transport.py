@@ -216,7 +216,28 @@ class TLSTransport(StreamTransport):
                 await trio.aclose_forcefully(self.stream)
 
 
-class LimitedTransport:
+class _WrappedTransport:
+    """A transport that changes only how ``inner`` receives: sending, closing and ending the
+    receiving side are ``inner``'s own."""
+
+    __slots__ = ("_inner",)
+
+    def __init__(self, inner: Transport) -> None:
+        self._inner = inner
+
+    async def send(self, data: bytes) -> None:
+        await self._inner.send(data)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    def end_receiving(self) -> bool:
+        # A wrapper's own pending bytes (ReplayTransport) are returned without waiting; after
+        # them comes the inner end.
+        return self._inner.end_receiving()
+
+
+class LimitedTransport(_WrappedTransport):
     """``--max-bytes``: a client may send at most ``limit`` bytes; the next one ends the
     stream, and :attr:`exceeded` says why.
 
@@ -225,10 +246,10 @@ class LimitedTransport:
     and echoed.  One subtraction and one comparison per receive.
     """
 
-    __slots__ = ("_inner", "exceeded", "remaining")
+    __slots__ = ("exceeded", "remaining")
 
     def __init__(self, inner: Transport, limit: int) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self.remaining = limit
         self.exceeded = False
 
@@ -244,27 +265,18 @@ class LimitedTransport:
         self.remaining = remaining - len(data)
         return data
 
-    async def send(self, data: bytes) -> None:
-        await self._inner.send(data)
 
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-    def end_receiving(self) -> bool:
-        return self._inner.end_receiving()
-
-
-class ReplayTransport:
+class ReplayTransport(_WrappedTransport):
     """A transport whose first bytes were already received (with a PROXY protocol header):
     ``receive`` returns them first, then reads ``inner``.
 
     Only used when such bytes exist, so a connection without them pays nothing.
     """
 
-    __slots__ = ("_inner", "_pending")
+    __slots__ = ("_pending",)
 
     def __init__(self, inner: Transport, pending: bytes) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._pending = pending
 
     async def receive(self, max_bytes: int) -> bytes:
@@ -274,16 +286,6 @@ class ReplayTransport:
         await trio.lowlevel.checkpoint()
         self._pending = pending[max_bytes:]
         return pending[:max_bytes]
-
-    async def send(self, data: bytes) -> None:
-        await self._inner.send(data)
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-    def end_receiving(self) -> bool:
-        # Bytes still pending are returned without waiting; after them, the inner end.
-        return self._inner.end_receiving()
 
 
 class PrefixedStream(trio.abc.Stream):

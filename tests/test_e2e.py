@@ -42,7 +42,7 @@ from conftest import (
     run_command,
 )
 
-from trio_echo.cli import raise_fd_limit
+from trio_echo.cli.failures import raise_fd_limit
 
 MiB = 1024 * 1024
 

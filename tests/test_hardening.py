@@ -37,10 +37,10 @@ from conftest import (
 from cryptography.hazmat.primitives import serialization
 
 from trio_echo import Config, serve
-from trio_echo.access import AccessPolicy, parse_network
-from trio_echo.cli import parse_args
-from trio_echo.listen import is_loopback
-from trio_echo.transport import LimitedTransport, StreamTransport
+from trio_echo.cli.options import parse_args
+from trio_echo.net.access import AccessPolicy, parse_network
+from trio_echo.net.bind import is_loopback
+from trio_echo.server.stream import LimitedTransport, StreamTransport
 
 # ---- certificates and clients ------------------------------------------------------------------
 

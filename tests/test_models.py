@@ -35,8 +35,8 @@ from conftest import (
     run_cli,
 )
 
-from trio_echo.listen import BACKLOG
 from trio_echo.models import MODELS
+from trio_echo.net.bind import BACKLOG
 
 UVLOOP = pytest.param(
     "uvloop",

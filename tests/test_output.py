@@ -1,4 +1,5 @@
-"""Unit and property tests for :mod:`trio_echo.output` (cleaning, formatting, line assembly)."""
+"""Unit and property tests for :mod:`trio_echo.output.format`: cleaning, formatting, line
+assembly."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trio_echo.output import (
+from trio_echo.output.format import (
     DEFAULT_MAX_LINE,
     Formatter,
     JsonlFormatter,

@@ -11,7 +11,7 @@ import pytest
 import trio
 import trio.testing
 
-from trio_echo.readiness import ReadinessHub
+from trio_echo.server.hub import ReadinessHub
 
 # Generous: a wait that should return does so in microseconds; one that should not is checked
 # with wait_all_tasks_blocked, never with a sleep.

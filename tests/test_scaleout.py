@@ -41,9 +41,9 @@ from conftest import (
     recv_exactly,
 )
 
-import trio_echo.server
+import trio_echo.server.serve
 from trio_echo import Config, serve
-from trio_echo.proxy_protocol import (
+from trio_echo.net.proxy_protocol import (
     V1_MAX_LENGTH,
     V2_MAX_LENGTH,
     V2_SIGNATURE,
@@ -51,7 +51,7 @@ from trio_echo.proxy_protocol import (
     ProxyProtocolError,
     parse,
 )
-from trio_echo.transport import PrefixedStream, ReplayTransport, StreamTransport
+from trio_echo.server.stream import PrefixedStream, ReplayTransport, StreamTransport
 
 # ---- building headers --------------------------------------------------------------------------
 
@@ -348,7 +348,7 @@ async def test_header_timeout_and_grace_period(monkeypatch, caplog):
     """In process, with a short header timeout: a silent client is refused once it runs out;
     one still waiting for its header when the grace period ends is refused too."""
     caplog.set_level(logging.INFO, "trio_echo")
-    monkeypatch.setattr(trio_echo.server, "HEADER_TIMEOUT", 0.2)
+    monkeypatch.setattr(trio_echo.server.serve, "HEADER_TIMEOUT", 0.2)
     config = Config(hosts=("127.0.0.1",), port=0, proxy_protocol=True, grace=0.1, echo=True)
     with trio.fail_after(EVENT_TIMEOUT):
         async with trio.open_nursery() as nursery:
@@ -360,7 +360,7 @@ async def test_header_timeout_and_grace_period(monkeypatch, caplog):
                 r"refused #1 .*: no PROXY header after 0\.[2-9]\d* s \(timeout 0.2 s\)", caplog.text
             )
             # Half a header, then the server shuts down: refused at the end of the grace period.
-            monkeypatch.setattr(trio_echo.server, "HEADER_TIMEOUT", 10.0)
+            monkeypatch.setattr(trio_echo.server.serve, "HEADER_TIMEOUT", 10.0)
             half = await trio.open_tcp_stream("127.0.0.1", handle.port)
             await half.send_all(V1_TCP4[:10])
             echoed = await trio.open_tcp_stream("127.0.0.1", handle.port)

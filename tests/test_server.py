@@ -23,10 +23,11 @@ import trio
 import trio.testing
 
 from trio_echo import Config, OutputFormat, ServerHandle, open_output_queue, serve
-from trio_echo.app import run
 from trio_echo.logs import LOGGER
-from trio_echo.stdout import StdoutClosed
-from trio_echo.writer import OutputQueue, OutputReader, write_stdout
+from trio_echo.output.queue import OutputQueue, OutputReader
+from trio_echo.output.stdout import StdoutClosed
+from trio_echo.output.writer import write_stdout
+from trio_echo.server.app import run
 
 
 @attrs.define(eq=False)
@@ -456,7 +457,7 @@ async def test_write_through_to_a_never_blocking_stdout_keeps_the_order(
 ) -> None:
     # /dev/null is written from put() itself, but only when nothing is queued before: items
     # queued earlier are never overtaken.  A pipe stands in for /dev/null so the order shows.
-    monkeypatch.setattr("trio_echo.writer.never_blocks", lambda fd: True)
+    monkeypatch.setattr("trio_echo.output.writer.never_blocks", lambda fd: True)
     read_fd, write_fd = os.pipe()
     try:
         queue, reader = open_output_queue()

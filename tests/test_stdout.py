@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from trio_echo.stdout import StdoutClosed, StdoutError, never_blocks, write_all, write_batch
+from trio_echo.output.stdout import StdoutClosed, StdoutError, never_blocks, write_all, write_batch
 
 
 def _through_a_pipe(write: Callable[[int], None]) -> bytes:

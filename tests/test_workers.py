@@ -2,7 +2,7 @@
 
 End to end, as a user runs it: ``python -m trio_echo --workers 2`` as a subprocess, real
 loopback clients, signals to the supervisor, the workers found by the pids it logs.  The frame
-format between a worker and its supervisor is tested on its own (:mod:`trio_echo.frames`).
+format between a worker and its supervisor is tested on its own (:mod:`trio_echo.output.frames`).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from conftest import (
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trio_echo.frames import FrameDecoder, frame_header
+from trio_echo.output.frames import FrameDecoder, frame_header
 
 SERVING_RE = r"worker (?P<number>\d+) \(pid (?P<pid>\d+)\) is serving"
 
@@ -420,7 +420,10 @@ def test_a_signal_during_start_up_leaves_nothing_behind(delay):
 
 def test_a_worker_run_by_hand_is_one_line():
     result = subprocess.run(
-        [sys.executable, "-m", "trio_echo.worker"], capture_output=True, text=True, timeout=30
+        [sys.executable, "-m", "trio_echo.workers.worker"],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode == 2
     assert result.stderr == (

@@ -27,7 +27,7 @@ from pathlib import Path
 # Run from a checkout without installing: the package is next to tools/.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from trio_echo.output import (
+from trio_echo.output.format import (
     Formatter,
     JsonlFormatter,
     LineAssembler,

@@ -1,8 +1,8 @@
-"""``python -m trio_echo``: see :mod:`trio_echo.cli`."""
+"""``python -m trio_echo``: see :mod:`trio_echo.cli.main`."""
 
 import sys
 
-from .cli import main
+from trio_echo.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -8,9 +8,9 @@ from typing import Any
 
 import attrs
 
-from .access import Network, to_networks
-from .output import DEFAULT_MAX_LINE, OutputFormat
-from .tls import DEFAULT_HANDSHAKE_TIMEOUT
+from trio_echo.net.access import Network, to_networks
+from trio_echo.net.tls import DEFAULT_HANDSHAKE_TIMEOUT
+from trio_echo.output.format import DEFAULT_MAX_LINE, OutputFormat
 
 __all__ = ["DEFAULT_HOSTS", "DEFAULT_PORT", "DEFAULT_QUEUE_BYTES", "Config"]
 
@@ -81,7 +81,7 @@ class Config:
     # Hardening (trio model only; see README "Exposing the server").
     # Bytes one client may send in all; the next byte closes the connection.
     max_bytes: int | None = attrs.field(default=None, validator=_optional_positive)
-    # Who may connect: see trio_echo.access.  Strings are parsed as CIDR blocks.
+    # Who may connect: see trio_echo.net.access.  Strings are parsed as CIDR blocks.
     allow: tuple[Network, ...] = attrs.field(default=(), converter=to_networks)
     deny: tuple[Network, ...] = attrs.field(default=(), converter=to_networks)
     # TLS: PEM files (the key may be in the certificate file); None serves plain TCP.
@@ -97,11 +97,14 @@ class Config:
     # Inherited listening sockets (--fd, systemd's LISTEN_FDS) served instead of binding
     # hosts/port, which are then ignored.
     fds: tuple[int, ...] = attrs.field(default=(), converter=_to_fds)
-    # Worker processes sharing the port (--workers; trio_echo.supervisor); 1 serves here.
+    # Worker processes sharing the port (--workers; trio_echo.workers.supervisor); 1 serves here.
     workers: int = attrs.field(default=1, validator=_positive)
     # Set in a worker process: its number, on its log lines and its jsonl records, so that
     # (worker, conn) names a connection across the workers.
     worker_id: int | None = attrs.field(default=None, validator=_optional_positive)
+    # Use the optional accelerators where the platform has them (the epoll readiness hub,
+    # trio_echo.server.hub); False reads sockets through Trio alone (--no-accelerator).
+    accelerate: bool = True
 
     @max_line.validator
     def _check_max_line(self, attribute: attrs.Attribute[int], value: int) -> None:

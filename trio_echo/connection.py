@@ -11,10 +11,16 @@ import time
 
 import attrs
 
-from .config import Config
-from .logs import LOGGER
-from .output import JsonlFormatter, LineAssembler, OutputFormat, TextFormatter, format_peer
-from .stats import ServerStats, log_close, log_open
+from trio_echo.config import Config
+from trio_echo.logs import LOGGER
+from trio_echo.output.format import (
+    JsonlFormatter,
+    LineAssembler,
+    OutputFormat,
+    TextFormatter,
+    format_peer,
+)
+from trio_echo.stats import ServerStats, log_close, log_open
 
 __all__ = ["Connection"]
 

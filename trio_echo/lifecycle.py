@@ -10,10 +10,10 @@ import signal
 
 import attrs
 
-from .config import Config
-from .listen import describe_addresses
-from .logs import LOGGER, NOTICE
-from .stats import ServerStats
+from trio_echo.config import Config
+from trio_echo.logs import LOGGER, NOTICE
+from trio_echo.net.bind import describe_addresses
+from trio_echo.stats import ServerStats
 
 __all__ = [
     "MIN_DRAIN_TIMEOUT",

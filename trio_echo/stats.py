@@ -10,7 +10,7 @@ import time
 
 import attrs
 
-from .logs import LOGGER
+from trio_echo.logs import LOGGER
 
 __all__ = ["ServerStats", "log_close", "log_open"]
 

@@ -35,14 +35,22 @@ from typing import Any, TextIO
 
 import attrs
 
-from ..cli import OneLineParser, number_type, raise_fd_limit
-from ..models import MODELS, Model
-from . import bare, loadgen
-from .machine import machine_info
-from .report import PlotUnavailable, headroom, render_table, workers_gain, write_json, write_plot
-from .scenarios import Context, Result, Scenario, Sizes, scenarios_for
-from .server import VARIANTS, W2
-from .targets import evaluate, failures
+from trio_echo.bench import bare, loadgen
+from trio_echo.bench.machine import machine_info
+from trio_echo.bench.report import (
+    PlotUnavailable,
+    headroom,
+    render_table,
+    workers_gain,
+    write_json,
+    write_plot,
+)
+from trio_echo.bench.scenarios import Context, Result, Scenario, Sizes, scenarios_for
+from trio_echo.bench.server import VARIANTS, W2
+from trio_echo.bench.targets import evaluate, failures
+from trio_echo.cli.argtypes import OneLineParser, number_type
+from trio_echo.cli.failures import raise_fd_limit
+from trio_echo.models import MODELS, Model
 
 __all__ = ["main"]
 

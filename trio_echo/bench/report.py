@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .targets import format_value
+from trio_echo.bench.targets import format_value
 
 __all__ = [
     "PlotUnavailable",

@@ -31,10 +31,10 @@ from typing import Any
 
 import attrs
 
-from ..models import Model
-from . import loadgen
-from .server import CLOCK_TICKS, VARIANTS, ServerError, ServerProcess
-from .stats import merge_histograms, percentile
+from trio_echo.bench import loadgen
+from trio_echo.bench.server import CLOCK_TICKS, VARIANTS, ServerError, ServerProcess
+from trio_echo.bench.stats import merge_histograms, percentile
+from trio_echo.models import Model
 
 __all__ = ["Context", "EchoSession", "Result", "Scenario", "Sizes", "scenarios_for"]
 

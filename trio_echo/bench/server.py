@@ -27,7 +27,7 @@ from typing import IO
 
 import attrs
 
-from .bare import BARE
+from trio_echo.bench.bare import BARE
 
 __all__ = [
     "VARIANTS",

@@ -1,6 +1,6 @@
 """The comparison lab: the same server in several concurrency models, behind one CLI.
 
-Every model is a module with ``run(config) -> Outcome``: it listens (``trio_echo.listen``),
+Every model is a module with ``run(config) -> Outcome``: it listens (``trio_echo.net.bind``),
 serves until SIGINT/SIGTERM, and reports alike (``trio_echo.stats``, ``trio_echo.logs``), using
 the shared output module for cleaning, line assembly and formats.  Errors it cannot recover
 from (``ListenError``, ``StdoutClosed``, ``StdoutError``) propagate to the CLI, which turns them
@@ -15,14 +15,14 @@ from collections.abc import Callable
 
 import attrs
 
-from ..config import Config
-from ..lifecycle import Outcome
+from trio_echo.config import Config
+from trio_echo.lifecycle import Outcome
 
 __all__ = ["HARDENING_FLAGS", "MODELS", "SCALE_OUT_FLAGS", "Model"]
 
 # The flags for exposing the server (TLS, access control, a byte limit per connection): the trio
 # model's, refused by the others, which stay minimal and side by side comparable.  The warning
-# about a non-loopback address is shared (trio_echo.listen).
+# about a non-loopback address is shared (trio_echo.net.bind).
 HARDENING_FLAGS = frozenset(
     {"--tls-cert", "--tls-key", "--tls-handshake-timeout", "--allow", "--deny", "--max-bytes"}
 )
@@ -31,7 +31,10 @@ HARDENING_FLAGS = frozenset(
 # systemd socket activation) and worker processes (--workers): the trio model's too.
 SCALE_OUT_FLAGS = frozenset({"--proxy-protocol", "--fd", "--workers"})
 
-TRIO_ONLY = HARDENING_FLAGS | SCALE_OUT_FLAGS
+# Where the trio model reads its sockets from (its epoll accelerator, or Trio alone).
+TRIO_FLAGS = frozenset({"--no-accelerator"})
+
+TRIO_ONLY = HARDENING_FLAGS | SCALE_OUT_FLAGS | TRIO_FLAGS
 
 
 @attrs.frozen
@@ -65,7 +68,7 @@ MODELS: dict[str, Model] = {
         Model(
             "trio",
             "the core server: a nursery of handler tasks, cancel scopes for the graceful shutdown",
-            "trio_echo.app:run_trio",
+            "trio_echo.server.app:run_trio",
         ),
         Model(
             "asyncio",

@@ -14,9 +14,9 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Coroutine
 from typing import Any
 
-from ..config import Config
-from ..connection import Connection
-from ..lifecycle import (
+from trio_echo.config import Config
+from trio_echo.connection import Connection
+from trio_echo.lifecycle import (
     MIN_DRAIN_TIMEOUT,
     STOP_SIGNALS,
     Outcome,
@@ -24,9 +24,9 @@ from ..lifecycle import (
     log_listening,
     log_stopping,
 )
-from ..stats import ServerStats
-from ..stdout import WRITE_BATCH_BYTES, write_all
-from ._common import lost_reason
+from trio_echo.models._common import lost_reason
+from trio_echo.output.stdout import WRITE_BATCH_BYTES, write_all
+from trio_echo.stats import ServerStats
 
 __all__ = ["AsyncStdout", "Lab"]
 
@@ -65,6 +65,10 @@ async def _write_in_daemon_thread(fd: int, data: bytes) -> None:
 async def _first(futures: set[asyncio.Future[Any]], timeout: float | None = None) -> None:
     """Wait until one of ``futures`` is done, or ``timeout``."""
     await asyncio.wait(futures, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+
+
+# The idle timeout's exceptions (distinct classes on Python 3.10).
+_TIMEOUTS = (TimeoutError, asyncio.TimeoutError)
 
 
 class AsyncStdout:
@@ -184,7 +188,7 @@ class Lab:
             conn.reason = self.closing
             raise
         except Exception as exc:
-            conn.reason = lost_reason(exc, self.config.idle_timeout)
+            conn.reason = lost_reason(exc, self.config.idle_timeout, _TIMEOUTS)
         finally:
             last = conn.finish()
             if self.stdout is not None:

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import select
@@ -21,13 +20,13 @@ import threading
 import time
 import types
 
-from ..lifecycle import STOP_SIGNALS
+from trio_echo.lifecycle import STOP_SIGNALS
+from trio_echo.logs import LOGGER
 
 # accept(2) errors that mean "out of descriptors or memory", and the pause before retrying:
 # the trio model's, so that every model survives running out of file descriptors alike.
-from ..listen import ACCEPT_CAPACITY_ERRNOS, ACCEPT_RETRY_SLEEP
-from ..logs import LOGGER
-from ..stdout import StdoutClosed, StdoutError, write_all
+from trio_echo.net.bind import ACCEPT_CAPACITY_ERRNOS, ACCEPT_RETRY_SLEEP
+from trio_echo.output.stdout import StdoutClosed, StdoutError, write_all
 
 __all__ = [
     "ACCEPT_RETRY_SLEEP",
@@ -40,11 +39,17 @@ __all__ = [
 ]
 
 
-def lost_reason(exc: BaseException, idle_timeout: float | None = None) -> str:
-    """The close reason for an exception that ended a connection: an idle timeout (a
-    ``TimeoutError`` of our own, without an errno, unlike the kernel's ETIMEDOUT), a lost
-    connection (``connection lost (connection reset by peer)``), or a bug (logged)."""
-    timeouts = (TimeoutError, asyncio.TimeoutError)  # distinct classes on Python 3.10
+def lost_reason(
+    exc: BaseException,
+    idle_timeout: float | None = None,
+    timeouts: tuple[type[BaseException], ...] = (TimeoutError,),
+) -> str:
+    """The close reason for an exception that ended a connection: an idle timeout (one of
+    ``timeouts`` of our own, without an errno, unlike the kernel's ETIMEDOUT), a lost
+    connection (``connection lost (connection reset by peer)``), or a bug (logged).
+
+    The asyncio models pass ``asyncio.TimeoutError`` too (a class of its own on Python 3.10);
+    the blocking models do not, so that they never import asyncio."""
     if isinstance(exc, timeouts) and getattr(exc, "errno", None) is None and idle_timeout:
         return f"idle for {idle_timeout:g} s"
     if isinstance(exc, OSError):

@@ -16,11 +16,11 @@ import asyncio
 import socket
 import sys
 
-from ..config import Config
-from ..lifecycle import Outcome
-from ..listen import bind_sockets
-from ._aio import Lab
-from ._common import ACCEPT_RETRY_SLEEP, out_of_capacity
+from trio_echo.config import Config
+from trio_echo.lifecycle import Outcome
+from trio_echo.models._aio import Lab
+from trio_echo.models._common import ACCEPT_RETRY_SLEEP, out_of_capacity
+from trio_echo.net.bind import bind_sockets
 
 
 async def serve(config: Config) -> Outcome:

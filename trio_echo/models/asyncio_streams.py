@@ -19,10 +19,10 @@ import asyncio
 import functools
 import importlib
 
-from ..config import Config
-from ..lifecycle import Outcome
-from ..listen import BACKLOG, bind_sockets
-from ._aio import Lab
+from trio_echo.config import Config
+from trio_echo.lifecycle import Outcome
+from trio_echo.models._aio import Lab
+from trio_echo.net.bind import BACKLOG, bind_sockets
 
 
 async def serve(config: Config) -> Outcome:

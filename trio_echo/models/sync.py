@@ -18,13 +18,13 @@ import time
 
 import attrs
 
-from ..config import Config
-from ..connection import Connection
-from ..lifecycle import Outcome, log_forced, log_listening, log_stopping
-from ..listen import bind_sockets
-from ..stats import ServerStats
-from ..stdout import StdoutClosed, StdoutError
-from ._common import BlockingStdout, Forced, StopSignals, accept, lost_reason
+from trio_echo.config import Config
+from trio_echo.connection import Connection
+from trio_echo.lifecycle import Outcome, log_forced, log_listening, log_stopping
+from trio_echo.models._common import BlockingStdout, Forced, StopSignals, accept, lost_reason
+from trio_echo.net.bind import bind_sockets
+from trio_echo.output.stdout import StdoutClosed, StdoutError
+from trio_echo.stats import ServerStats
 
 
 def run(config: Config, stdout_fd: int = 1) -> Outcome:

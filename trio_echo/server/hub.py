@@ -32,9 +32,14 @@ import trio
 
 __all__ = ["ReadinessHub"]
 
-_EVENTS = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET
-# Final states: the socket stays readable (recv returns b"" or the error) from then on.
-_ENDED = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
+# The hub is an accelerator: where the platform has no epoll (macOS, the BSDs, Windows), the
+# streams wait through Trio's own wait_readable, and nothing here may fail to import.
+AVAILABLE = hasattr(select, "epoll")
+
+if AVAILABLE:
+    _EVENTS = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET
+    # Final states: the socket stays readable (recv returns b"" or the error) from then on.
+    _ENDED = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
 # Events collected per epoll_wait; more stay queued and are taken on the next round.
 _MAX_EVENTS = 1024
 
@@ -51,7 +56,14 @@ class ReadinessHub:
 
     def register(self, fd: int) -> None:
         """Watch ``fd`` from now until :meth:`forget`; an already readable ``fd`` is reported
-        at once (epoll checks on registration)."""
+        at once (epoll checks on registration).
+
+        Whatever was remembered about an earlier socket with the same descriptor number is
+        dropped first: a stale "ended" would make every wait of the new connection return at
+        once, and its handler spin on ``EAGAIN``.  :meth:`forget` normally did that already;
+        this makes it true even for a socket closed without it."""
+        self._ready.discard(fd)
+        self._ended.discard(fd)
         self._epoll.register(fd, _EVENTS)
 
     def forget(self, fd: int) -> None:

@@ -13,8 +13,8 @@ import os
 import socket
 import stat
 
-from .logs import LOGGER
-from .output import format_peer
+from trio_echo.logs import LOGGER
+from trio_echo.output.format import format_peer
 
 __all__ = [
     "ACCEPT_CAPACITY_ERRNOS",

@@ -1,128 +1,32 @@
-"""The command line: ``python -m trio_echo`` / ``trio-echo``.
-
-Parses the flags into a :class:`~trio_echo.config.Config`, runs the server and turns every way it
-can end into an exit status and at most one line on stderr -- never a traceback:
-
-* 0: stopped by a signal after a graceful shutdown;
-* 1: a runtime error (cannot listen, stdout closed, ...);
-* 2: a usage error (bad flag or value);
-* 128 + N: forced exit by a second signal N (130 for Ctrl-C twice, 143 for SIGTERM twice).
-"""
+"""Parsing a command line into a :class:`~trio_echo.config.Config`: every flag, and the checks
+that make a bad value a usage error (one line, exit status 2) before anything starts."""
 
 from __future__ import annotations
 
 import argparse
-import math
 import os
-import resource
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from typing import NoReturn
+from collections.abc import Sequence
 
-if sys.version_info < (3, 11):
-    from exceptiongroup import BaseExceptionGroup
+from trio_echo import __version__
+from trio_echo.cli.argtypes import (
+    PROG,
+    OneLineParser,
+    fd_number,
+    host_name,
+    number_type,
+    port_number,
+    worker_count,
+)
+from trio_echo.config import DEFAULT_HOSTS, DEFAULT_PORT, Config
+from trio_echo.logs import LEVELS
+from trio_echo.models import HARDENING_FLAGS, MODELS, SCALE_OUT_FLAGS
+from trio_echo.net.access import Network, parse_network
+from trio_echo.net.bind import inherited_problem, systemd_fds
+from trio_echo.net.tls import DEFAULT_HANDSHAKE_TIMEOUT, TLSSetupError, server_context
+from trio_echo.output.format import DEFAULT_MAX_LINE, OutputFormat
 
-from . import __version__
-from .access import Network, parse_network
-from .config import DEFAULT_HOSTS, DEFAULT_PORT, Config
-from .lifecycle import WorkerError
-from .listen import ListenError, inherited_problem, systemd_fds
-from .logs import LEVELS, LOGGER, NOTICE, setup_logging
-from .models import HARDENING_FLAGS, MODELS, SCALE_OUT_FLAGS
-from .output import DEFAULT_MAX_LINE, OutputFormat
-from .stdout import StdoutClosed, StdoutError
-from .tls import DEFAULT_HANDSHAKE_TIMEOUT, TLSSetupError, server_context
-
-__all__ = ["OneLineParser", "main", "number_type", "parse_args"]
-
-PROG = "trio-echo"
-
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_USAGE = 2
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (plus a hint), not the whole usage block."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def number_type(
-    kind: str, minimum: float, *, strict: bool, integer: bool = False
-) -> Callable[[str], float]:
-    """An argparse ``type=`` that accepts numbers above (or from) ``minimum``."""
-
-    def parse(text: str) -> float:
-        try:
-            value = int(text) if integer else float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}") from None
-        if (
-            math.isnan(value)
-            or math.isinf(value)
-            or value < minimum
-            or (strict and value == minimum)
-        ):
-            bound = f"greater than {minimum:g}" if strict else f"at least {minimum:g}"
-            raise argparse.ArgumentTypeError(f"must be {bound}, got {text!r}")
-        return value
-
-    parse.__name__ = kind  # argparse names the type in some messages
-    return parse
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"port must be 0-65535, got {text!r}")
-    return value
-
-
-def _fd(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a file descriptor number, got {text!r}"
-        ) from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {text!r}")
-    return value
-
-
-# More workers than this is a typo, not a machine: each one is a process with its own memory.
-MAX_WORKERS = 1024
-
-
-def _workers(text: str) -> int:
-    """``--workers``: a count, or ``auto`` for the cores this process may run on."""
-    if text == "auto":
-        try:
-            return len(os.sched_getaffinity(0))
-        except (AttributeError, OSError):
-            return os.cpu_count() or 1
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a number of processes or 'auto', got {text!r}"
-        ) from None
-    if not 1 <= value <= MAX_WORKERS:
-        raise argparse.ArgumentTypeError(f"must be 1-{MAX_WORKERS} or 'auto', got {text!r}")
-    return value
-
-
-def _host(text: str) -> str:
-    # An empty name would reach getaddrinfo (and maybe a resolver) only to fail at run time
-    # with status 1; it is a bad command line, status 2.
-    if not text.strip():
-        raise argparse.ArgumentTypeError("expected a host name or address, got an empty string")
-    return text
+__all__ = ["build_parser", "parse_args"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -143,14 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument(
         "--host",
         action="append",
-        type=_host,
+        type=host_name,
         metavar="HOST",
         help="address to listen on, repeatable (default: loopback only, "
         f"{' and '.join(DEFAULT_HOSTS)}); use :: or 0.0.0.0 to open it to the network",
     )
     net.add_argument(
         "--port",
-        type=_port,
+        type=port_number,
         default=DEFAULT_PORT,
         help="TCP port; 0 picks a free one (default: %(default)s)",
     )
@@ -180,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument(
         "--fd",
         action="append",
-        type=_fd,
+        type=fd_number,
         metavar="N",
         help="serve the listening TCP socket inherited as file descriptor N instead of "
         "opening one; repeatable; not with --host/--port (default: systemd's LISTEN_FDS when "
@@ -188,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     net.add_argument(
         "--workers",
-        type=_workers,
+        type=worker_count,
         default=1,
         metavar="N",
         help="serve with N worker processes sharing the port (SO_REUSEPORT), one per core "
@@ -288,6 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument(
+        "--no-accelerator",
+        dest="accelerate",
+        action="store_false",
+        help="read sockets through Trio's own wait_readable instead of the epoll readiness "
+        "hub, as where epoll is missing (for comparing; trio model only)",
+    )
+    parser.add_argument(
         "--log-level",
         choices=list(LEVELS),
         default="info",
@@ -309,7 +220,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, str, str]:
     given = [arg.split("=", 1)[0] for arg in (argv if argv is not None else sys.argv[1:])]
     for flag in sorted(model.unsupported):
         # By value too: argparse also accepts an abbreviation (--max-conn 2).
-        dest = flag.lstrip("-").replace("-", "_")
+        dest = parser._option_string_actions[flag].dest
         if flag in given or getattr(args, dest) != parser.get_default(dest):
             parser.error(f"--model {model.name} does not support {flag}")
     if extras:
@@ -342,6 +253,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, str, str]:
         proxy_protocol=args.proxy_protocol,
         fds=fds,
         workers=args.workers,
+        accelerate=args.accelerate,
     )
     return config, args.model, args.log_level
 
@@ -404,85 +316,3 @@ def _check_tls(parser: argparse.ArgumentParser, cert: str | None, key: str | Non
         server_context(cert, key)
     except TLSSetupError as exc:
         parser.error(str(exc))
-
-
-def raise_fd_limit() -> None:
-    """Raise the soft ``RLIMIT_NOFILE`` to the hard limit: every client costs a descriptor,
-    and the usual soft limit (1024) is far below what one process may hold."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
-    if soft == resource.RLIM_INFINITY or soft >= target:
-        return
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    except (ValueError, OSError) as exc:
-        LOGGER.debug("could not raise the file descriptor limit from %d: %s", soft, exc)
-    else:
-        LOGGER.debug("file descriptor limit raised from %d to %d", soft, target)
-
-
-def _leaves(exc: BaseException) -> Iterator[BaseException]:
-    """The exceptions inside (nested) exception groups."""
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            yield from _leaves(inner)
-    else:
-        yield exc
-
-
-def _fail(message: str, status: int = EXIT_ERROR) -> int:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-    return status
-
-
-def describe_failure(exc: BaseException) -> tuple[int, str | None]:
-    """The exit status for whatever stopped the server, and the one line that says why
-    (``None``: nothing to say, Ctrl-C before the signal handlers were in place)."""
-    leaves = list(_leaves(exc))
-    for kind in (ListenError, StdoutClosed, StdoutError, TLSSetupError, WorkerError):
-        for leaf in leaves:
-            if isinstance(leaf, kind):
-                return EXIT_ERROR, str(leaf)
-    if any(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):
-        # Ctrl-C before the signal handlers were in place: nothing to drain yet.
-        return 128 + 2, None
-    LOGGER.debug("unexpected error", exc_info=exc)
-    first = leaves[0] if leaves else exc
-    return EXIT_ERROR, f"unexpected {type(first).__name__}: {first} (run with --log-level debug)"
-
-
-def _explain(exc: BaseException) -> int:
-    """One line on stderr for whatever stopped the server, and the exit status."""
-    status, message = describe_failure(exc)
-    return status if message is None else _fail(message, status)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``trio-echo`` and ``python -m trio_echo``; returns the exit status."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] == ["bench"]:
-        from .bench.cli import main as bench_main
-
-        return bench_main(args[1:])
-    config, model, log_level = parse_args(args)
-    setup_logging(log_level)
-    try:
-        os.fstat(1)
-    except OSError:
-        return _fail("stdout is closed; redirect it, e.g. >/dev/null")
-    raise_fd_limit()
-    try:
-        if config.workers > 1:
-            from .supervisor import run_supervisor
-
-            outcome = run_supervisor(config, log_level)
-        else:
-            outcome = MODELS[model].load()(config)
-    except BaseException as exc:
-        if isinstance(exc, SystemExit):
-            raise
-        return _explain(exc)
-    if outcome.exit_status == EXIT_ERROR:
-        return _fail(outcome.summary)
-    LOGGER.log(NOTICE, "%s", outcome.summary)
-    return outcome.exit_status

@@ -1,8 +1,8 @@
 """``--workers N``: a supervisor process and N Trio worker processes that share the port.
 
 One Trio process uses one core.  With ``--workers N`` the process started from the command line
-becomes a small supervisor (this module, Trio too) and N workers (:mod:`trio_echo.worker`) do
-the serving, each the ordinary server on its own core:
+becomes a small supervisor (this module, Trio too) and N workers
+(:mod:`trio_echo.workers.worker`) do the serving, each the ordinary server on its own core:
 
 * **Sharing the port.**  The supervisor first binds the addresses the ordinary way, without
   ``SO_REUSEPORT``, and closes them again: a port in use is then the usual one-line error, and
@@ -27,8 +27,8 @@ the serving, each the ordinary server on its own core:
   the first one may reach it twice, directly and forwarded); workers still alive
   ``KILL_AFTER_FORCE`` later are killed.
 * **Output.**  Each worker's stdout is a pipe to the supervisor, written in frames of whole
-  batches (:mod:`trio_echo.frames`).  The supervisor reads every pipe and puts each complete
-  frame into one bounded output queue (:mod:`trio_echo.writer`), whose single writer owns the
+  batches (:mod:`trio_echo.output.frames`).  The supervisor reads every pipe and puts each complete
+  frame into one bounded output queue (:mod:`trio_echo.output.writer`), whose single writer owns the
   real stdout: lines of different workers never mix inside a line, whatever their size, and
   the backpressure chain stays whole (slow stdout -> full queue -> supervisor stops reading a
   pipe -> the worker's writer blocks -> its queue fills -> its clients wait).  The cost is one
@@ -56,14 +56,15 @@ from collections.abc import AsyncIterator
 import attrs
 import trio
 
-from .config import Config
-from .frames import FrameDecoder
-from .lifecycle import MIN_DRAIN_TIMEOUT, STOP_SIGNALS, Outcome, WorkerError, log_listening
-from .listen import ListenError, adopt_sockets, bind_reuseport, bind_sockets
-from .logs import LOGGER, NOTICE
-from .stats import ServerStats
-from .worker import FORCE, WorkerSpec
-from .writer import OutputQueue, open_output_queue, write_stdout
+from trio_echo.config import Config
+from trio_echo.lifecycle import MIN_DRAIN_TIMEOUT, STOP_SIGNALS, Outcome, WorkerError, log_listening
+from trio_echo.logs import LOGGER, NOTICE
+from trio_echo.net.bind import ListenError, adopt_sockets, bind_reuseport, bind_sockets
+from trio_echo.output.frames import FrameDecoder
+from trio_echo.output.queue import OutputQueue, open_output_queue
+from trio_echo.output.writer import write_stdout
+from trio_echo.stats import ServerStats
+from trio_echo.workers.worker import FORCE, WorkerSpec
 
 __all__ = [
     "HEALTHY_AFTER",
@@ -235,7 +236,7 @@ class Supervisor:
             _grow_pipe(write_fd)
             ours.sendall(pickle.dumps(spec))
             process = await trio.lowlevel.open_process(
-                [sys.executable, "-m", "trio_echo.worker", str(theirs.fileno())],
+                [sys.executable, "-m", "trio_echo.workers.worker", str(theirs.fileno())],
                 stdin=subprocess.DEVNULL,
                 stdout=write_fd,
                 pass_fds=(*fds, theirs.fileno()),
@@ -328,7 +329,7 @@ class Supervisor:
 
 async def supervise(config: Config, log_level: str) -> Outcome:
     """Run ``config.workers`` workers until a signal stops them; the exit status as for one
-    process (see :mod:`trio_echo.app`)."""
+    process (see :mod:`trio_echo.server.app`)."""
     with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
         shared: list[socket.socket] = []
         if config.fds:

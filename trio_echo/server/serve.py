@@ -39,17 +39,22 @@ from collections.abc import Awaitable, Callable
 import attrs
 import trio
 
-from .access import AccessPolicy
-from .config import Config
-from .connection import Connection
-from .listen import ACCEPT_CAPACITY_ERRNOS, ACCEPT_RETRY_SLEEP, adopt_sockets, bind_sockets
-from .logs import LOGGER
-from .output import format_peer
-from .proxy_protocol import HEADER_TIMEOUT, ProxyHeader, ProxyProtocolError, parse
-from .readiness import ReadinessHub
-from .stats import ServerStats
-from .tls import describe_ssl_error, server_context
-from .transport import (
+from trio_echo.config import Config
+from trio_echo.connection import Connection
+from trio_echo.logs import LOGGER
+from trio_echo.net.access import AccessPolicy
+from trio_echo.net.bind import (
+    ACCEPT_CAPACITY_ERRNOS,
+    ACCEPT_RETRY_SLEEP,
+    adopt_sockets,
+    bind_sockets,
+)
+from trio_echo.net.proxy_protocol import HEADER_TIMEOUT, ProxyHeader, ProxyProtocolError, parse
+from trio_echo.net.tls import describe_ssl_error, server_context
+from trio_echo.output.format import format_peer
+from trio_echo.output.queue import OutputQueue
+from trio_echo.server.hub import ReadinessHub
+from trio_echo.server.stream import (
     LimitedTransport,
     PrefixedStream,
     ReplayTransport,
@@ -58,7 +63,7 @@ from .transport import (
     TLSTransport,
     Transport,
 )
-from .writer import OutputQueue
+from trio_echo.stats import ServerStats
 
 __all__ = ["ServerHandle", "ServerStats", "serve"]
 

@@ -21,8 +21,8 @@ from functools import partial
 import attrs
 import trio
 
-from .config import Config
-from .lifecycle import (
+from trio_echo.config import Config
+from trio_echo.lifecycle import (
     MIN_DRAIN_TIMEOUT,
     STOP_SIGNALS,
     Outcome,
@@ -30,10 +30,11 @@ from .lifecycle import (
     log_listening,
     log_stopping,
 )
-from .logs import LOGGER
-from .server import ServerHandle, serve
-from .stats import ServerStats
-from .writer import open_output_queue, write_stdout
+from trio_echo.logs import LOGGER
+from trio_echo.output.queue import open_output_queue
+from trio_echo.output.writer import write_stdout
+from trio_echo.server.serve import ServerHandle, serve
+from trio_echo.stats import ServerStats
 
 __all__ = ["run", "run_trio"]
 
@@ -86,7 +87,7 @@ async def run(
     """Serve until a signal stops us; see the module docstring for the exit statuses.
 
     Errors (cannot listen, stdout closed) propagate out, inside an exception group.  A
-    ``--workers`` worker (:mod:`trio_echo.worker`) passes its listening ``sockets``, writes
+    ``--workers`` worker (:mod:`trio_echo.workers.worker`) passes its listening ``sockets``, writes
     ``framed`` output, announces itself to its supervisor (``announce``) instead of the
     start-up line, and closes everything when ``stop_when`` returns (its supervisor says so, or
     is gone).

@@ -4,7 +4,7 @@ what went wrong with a client's TLS.
 The context is loaded at start-up, so that a missing file, a file that is not PEM, an encrypted
 key or a key that does not match the certificate is one line and exit status 2 before anything
 listens -- not a surprise at the first client.  The handshake itself happens in each client's
-handler task (``trio_echo.server``), under ``--tls-handshake-timeout``.
+handler task (``trio_echo.server.serve``), under ``--tls-handshake-timeout``.
 """
 
 from __future__ import annotations

@@ -12,15 +12,16 @@ cancellation and fairness behave as Trio promises: a client that floods us yield
 receive, like everybody else.  ``send`` writes directly and only waits when the kernel's send
 buffer is full.
 
-Readability comes from the server's :class:`~trio_echo.readiness.ReadinessHub` (one persistent,
+Readability comes from the server's :class:`~trio_echo.server.hub.ReadinessHub` (one persistent,
 edge-triggered registration per socket instead of Trio's ``epoll_ctl`` per wait), or from Trio's
 ``wait_readable`` when there is no hub; a full send buffer is waited out with Trio's
 ``wait_writable``.  The socket stays a plain non-blocking ``socket.socket``.
 
 :class:`StreamTransport` adapts any ``trio.abc.Stream`` (in-memory streams in the tests, or the
-listeners an embedding application passes to :func:`trio_echo.server.serve`); :class:`TLSTransport`
-is one over a ``trio.SSLStream`` that ends its TLS politely.  TLS goes through Trio's streams on
-purpose: encryption costs far more than the scheduler trips the lean path saves.
+listeners an embedding application passes to :func:`trio_echo.server.serve.serve`);
+:class:`TLSTransport` is one over a ``trio.SSLStream`` that ends its TLS politely.  TLS goes
+through Trio's streams on purpose: encryption costs far more than the scheduler trips the lean
+path saves.
 
 :class:`LimitedTransport` wraps either for ``--max-bytes``, so that the limit costs nothing at
 all when it is not set.  Likewise :class:`ReplayTransport` (and :class:`PrefixedStream`, for
@@ -35,8 +36,8 @@ from typing import Protocol
 
 import trio
 
-from .readiness import ReadinessHub
-from .tls import CLOSE_TIMEOUT
+from trio_echo.net.tls import CLOSE_TIMEOUT
+from trio_echo.server.hub import ReadinessHub
 
 __all__ = [
     "LimitedTransport",

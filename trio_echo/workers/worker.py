@@ -1,11 +1,11 @@
-"""One ``--workers`` worker: ``python -m trio_echo.worker CONTROL_FD``, started by the supervisor
-(:mod:`trio_echo.supervisor`), never by hand.
+"""One ``--workers`` worker: ``python -m trio_echo.workers.worker CONTROL_FD``, started by the
+supervisor (:mod:`trio_echo.workers.supervisor`), never by hand.
 
-A worker is the ordinary Trio server (:func:`trio_echo.app.run`) with three differences:
+A worker is the ordinary Trio server (:func:`trio_echo.server.app.run`) with three differences:
 
 * it serves the listening sockets its supervisor opened for it (``SO_REUSEPORT``, or the one
   inherited socket every worker shares) and does not bind anything itself;
-* its stdout is a pipe to the supervisor, written in frames (:mod:`trio_echo.frames`): the
+* its stdout is a pipe to the supervisor, written in frames (:mod:`trio_echo.output.frames`): the
   supervisor alone writes the real stdout, whole batches at a time;
 * it talks to the supervisor over the control socket ``CONTROL_FD``: the :class:`WorkerSpec`
   comes in first, ``FORCE`` on the second signal; ``ready`` goes out once it listens, its
@@ -31,10 +31,10 @@ from functools import partial
 import attrs
 import trio
 
-from .app import run
-from .config import Config
-from .logs import LOGGER, setup_logging
-from .server import ServerHandle
+from trio_echo.config import Config
+from trio_echo.logs import LOGGER, setup_logging
+from trio_echo.server.app import run
+from trio_echo.server.serve import ServerHandle
 
 __all__ = ["FORCE", "WorkerSpec", "main", "send_message"]
 
@@ -79,7 +79,7 @@ async def _until_forced(control: socket.socket) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Serve as the supervisor asks; the exit status as ``trio-echo`` would give it."""
     # Imported here: cli imports the models, which a worker only needs for its error messages.
-    from .cli import describe_failure, raise_fd_limit
+    from trio_echo.cli.failures import describe_failure, raise_fd_limit
 
     args = list(sys.argv[1:] if argv is None else argv)
     try:

@@ -1,20 +1,9 @@
-"""The one task that writes stdout, and the bounded queue that feeds it.
-
-Data flows one way: connection handlers ``put`` finished output into an :class:`OutputQueue`;
-a single :func:`write_stdout` task takes it out in batches and writes it.  Because there is one
-writer, output lines of different clients never mix inside a line.
+"""The bounded queue between the connection handlers and the stdout writer.
 
 Backpressure: the queue is bounded in *bytes*, not items.  A handler whose ``put`` does not fit
 waits, so it stops reading its socket, the kernel's receive buffer fills and TCP pushes back on
 the client.  Bounding items alone would not do: every handler blocked in ``put`` holds one item,
 so memory would grow with the number of clients; bounding the bytes bounds the total.
-
-Why a thread for the write: ``os.write`` on a pipe or a terminal blocks when the reader is slow,
-and it must not block the event loop.  Trio's ``FdStream`` would instead set ``O_NONBLOCK`` on
-stdout's *open file description*, which is shared with stderr on the same terminal and with the
-parent shell, so their writes would start failing with ``BlockingIOError``.  A blocking write in
-``trio.to_thread`` leaves the descriptor alone; batching (one ``writev`` per up to
-``WRITE_BATCH_BYTES``, no copy into one buffer) keeps the cost of the thread hop small.
 """
 
 from __future__ import annotations
@@ -23,15 +12,14 @@ import collections
 
 import trio
 
-from .config import DEFAULT_QUEUE_BYTES
-from .frames import frame_header
-from .stdout import WRITE_BATCH_BYTES, never_blocks, write_batch
+from trio_echo.config import DEFAULT_QUEUE_BYTES
+from trio_echo.output.stdout import write_batch
 
-__all__ = ["OutputQueue", "OutputReader", "open_output_queue", "write_stdout"]
+__all__ = ["ITEM_OVERHEAD", "OutputQueue", "OutputReader", "open_output_queue"]
 
 # Bookkeeping cost charged per item on top of its length, so that a flood of tiny items
 # (thousands of clients sending one short line each) is bounded too.
-_ITEM_OVERHEAD = 64
+ITEM_OVERHEAD = 64
 
 
 class OutputQueue:
@@ -63,7 +51,7 @@ class OutputQueue:
     @staticmethod
     def cost(item: bytes) -> int:
         """What ``item`` counts against the budget."""
-        return len(item) + _ITEM_OVERHEAD
+        return len(item) + ITEM_OVERHEAD
 
     async def put(self, item: bytes) -> None:
         """Queue ``item`` for stdout, waiting for room: this wait is the backpressure."""
@@ -141,7 +129,7 @@ class OutputQueue:
             item = items.popleft()
             batch.append(item)
             size += len(item)
-        return batch, size + len(batch) * _ITEM_OVERHEAD
+        return batch, size + len(batch) * ITEM_OVERHEAD
 
     def break_(self) -> None:
         """The writer is gone for good: drop what is queued and whatever comes later."""
@@ -179,31 +167,3 @@ def open_output_queue(limit: int = DEFAULT_QUEUE_BYTES) -> tuple[OutputQueue, Ou
     """A new :class:`OutputQueue` and the reader that :func:`write_stdout` drains."""
     queue = OutputQueue(limit)
     return queue, OutputReader(queue)
-
-
-async def write_stdout(
-    queue: OutputQueue, reader: OutputReader, fd: int = 1, *, framed: bool = False
-) -> None:
-    """Drain the queue into ``fd`` until it is closed and empty.
-
-    Takes everything that is waiting (up to ``WRITE_BATCH_BYTES``) and writes it with one
-    ``writev`` in a worker thread (inline when ``fd`` is ``/dev/null``, which never blocks).
-    Cancellation abandons a write that is stuck (a stalled pipe during a forced shutdown); the
-    worker threads are daemons, so the process can still exit.  ``framed``: each batch goes as
-    one frame (:mod:`trio_echo.frames`), for the supervisor of a ``--workers`` worker.
-    """
-    inline = never_blocks(fd) and not framed
-    if inline:
-        queue._write_through = fd
-    async with reader:
-        while await queue.wait_for_items():
-            batch, cost = queue.take(WRITE_BATCH_BYTES)
-            if framed:
-                batch.insert(0, frame_header(cost - len(batch) * _ITEM_OVERHEAD))
-            if inline:
-                # No checkpoint needed: only handlers add items, so this loop drains at most
-                # the budget (8 MiB, a millisecond into /dev/null) before it parks and yields.
-                write_batch(fd, batch)
-            else:
-                await trio.to_thread.run_sync(write_batch, fd, batch, abandon_on_cancel=True)
-            queue.release(cost)

@@ -1,0 +1,55 @@
+"""The command line: ``python -m trio_echo`` / ``trio-echo``.
+
+Parses the flags into a :class:`~trio_echo.config.Config`, runs the server and turns every way it
+can end into an exit status and at most one line on stderr -- never a traceback:
+
+* 0: stopped by a signal after a graceful shutdown;
+* 1: a runtime error (cannot listen, stdout closed, ...);
+* 2: a usage error (bad flag or value);
+* 128 + N: forced exit by a second signal N (130 for Ctrl-C twice, 143 for SIGTERM twice).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+
+from trio_echo.cli.argtypes import EXIT_ERROR
+from trio_echo.cli.failures import explain, fail, raise_fd_limit
+from trio_echo.cli.options import parse_args
+from trio_echo.logs import LOGGER, NOTICE, setup_logging
+from trio_echo.models import MODELS
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``trio-echo`` and ``python -m trio_echo``; returns the exit status."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["bench"]:
+        from trio_echo.bench.cli import main as bench_main
+
+        return bench_main(args[1:])
+    config, model, log_level = parse_args(args)
+    setup_logging(log_level)
+    try:
+        os.fstat(1)
+    except OSError:
+        return fail("stdout is closed; redirect it, e.g. >/dev/null")
+    raise_fd_limit()
+    try:
+        if config.workers > 1:
+            from trio_echo.workers.supervisor import run_supervisor
+
+            outcome = run_supervisor(config, log_level)
+        else:
+            outcome = MODELS[model].load()(config)
+    except BaseException as exc:
+        if isinstance(exc, SystemExit):
+            raise
+        return explain(exc)
+    if outcome.exit_status == EXIT_ERROR:
+        return fail(outcome.summary)
+    LOGGER.log(NOTICE, "%s", outcome.summary)
+    return outcome.exit_status

@@ -68,7 +68,7 @@ class MemoryListener(trio.abc.Listener[trio.abc.Stream]):
 
 @attrs.define(eq=False)
 class Collected:
-    """Everything the server put on its output queue, released as a writer would."""
+    """Everything the server put on its output queue (``async for`` releases the budget)."""
 
     data: bytearray = attrs.Factory(bytearray)
     changed: trio.Event = attrs.Factory(trio.Event)
@@ -76,7 +76,6 @@ class Collected:
     async def run(self, queue: OutputQueue, receive: OutputReader) -> None:
         async for item in receive:
             self.data += item
-            queue.release(queue.cost(item))
             self.changed.set()
             self.changed = trio.Event()
 

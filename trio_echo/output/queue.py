@@ -84,7 +84,10 @@ class OutputQueue:
         self._wake_reader()
 
     def release(self, cost: int) -> None:
-        """The writer wrote ``cost`` worth of items: wake the handlers waiting for room."""
+        """The writer wrote ``cost`` worth of items: wake the handlers waiting for room.
+
+        Only for the batch API (:meth:`take`); ``async for`` over the reader releases by
+        itself, so a consumer that iterates must not call this too."""
         self.used -= cost
         if self._room:
             self._room.unpark_all()
@@ -141,8 +144,16 @@ class OutputQueue:
 
 class OutputReader:
     """The writer's end of an :class:`OutputQueue`: ``async for item in reader`` (the items one
-    by one, as the tests' collectors use it), or :meth:`OutputQueue.take` in batches; leaving
-    ``async with reader`` tells the handlers that nobody is writing any more."""
+    by one, for an embedder or a test's collector), or :meth:`OutputQueue.take` in batches;
+    leaving ``async with reader`` tells the handlers that nobody is writing any more.
+
+    ``async for`` gives each item's budget back as it hands the item out: the consumer owns
+    the item from then on, and one that iterates cannot forget a :meth:`OutputQueue.release`
+    and so leave the handlers waiting forever once the budget (8 MiB by default) is spent.
+    The backpressure is unchanged: a consumer that stops iterating stops giving budget back.
+    Only the batch API (``take`` then ``release`` once written, as :func:`write_stdout` does)
+    holds the budget until the bytes are out; a caller of ``take`` must not also iterate.
+    """
 
     def __init__(self, queue: OutputQueue) -> None:
         self.queue = queue
@@ -157,10 +168,16 @@ class OutputReader:
         return self
 
     async def __anext__(self) -> bytes:
+        """The next item, its cost already released (see the class docstring for why)."""
         if not await self.queue.wait_for_items():
             raise StopAsyncIteration
         await trio.lowlevel.checkpoint()
-        return self.queue.take(0)[0][0]
+        # After the checkpoint: a cancelled __anext__ leaves the item queued, not lost.
+        if not self.queue._items:  # broken while we were at the checkpoint
+            raise StopAsyncIteration
+        (item,), cost = self.queue.take(0)
+        self.queue.release(cost)
+        return item
 
 
 def open_output_queue(limit: int = DEFAULT_QUEUE_BYTES) -> tuple[OutputQueue, OutputReader]:

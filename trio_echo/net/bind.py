@@ -20,6 +20,7 @@ __all__ = [
     "ACCEPT_CAPACITY_ERRNOS",
     "ACCEPT_RETRY_SLEEP",
     "BACKLOG",
+    "REUSEPORT_MISSING",
     "SD_LISTEN_FDS_START",
     "ListenError",
     "adopt_sockets",
@@ -48,6 +49,13 @@ ACCEPT_RETRY_SLEEP = 0.100
 # With port 0 and several addresses, the port picked on the first address may be taken on
 # another; a fresh pick almost always fits, so a few attempts make "0 picks a free port" true.
 PORT_ZERO_ATTEMPTS = 20
+
+# What --workers without inherited sockets needs and some platforms (some BSDs, Windows) lack:
+# the usage error (cli.options) and bind_reuseport say it in the same words.
+REUSEPORT_MISSING = (
+    "--workers needs SO_REUSEPORT, which this platform lacks (use --fd with one inherited "
+    "socket, or run one process)"
+)
 
 # systemd passes its sockets as descriptors 3, 4, ... (sd_listen_fds(3)).
 SD_LISTEN_FDS_START = 3
@@ -141,7 +149,11 @@ def bind_reuseport(addresses: list[tuple[object, ...]]) -> list[socket.socket]:
     The caller first binds the addresses *without* ``SO_REUSEPORT`` (:func:`bind_sockets`) and
     closes them: that is what turns "port in use" into a clear error, even against another
     server that uses ``SO_REUSEPORT`` and that these sockets would otherwise silently join.
+    Where the platform lacks ``SO_REUSEPORT`` (the command line checks it first), a
+    :class:`ListenError` says so in one line.
     """
+    if not hasattr(socket, "SO_REUSEPORT"):
+        raise ListenError(REUSEPORT_MISSING)
     sockets: list[socket.socket] = []
     try:
         for address in addresses:

@@ -111,6 +111,14 @@ def describe_exit(returncode: int | None) -> str:
     return f"exited with status {returncode}"
 
 
+def interpreter_flags() -> list[str]:
+    """The interpreter options of this process (``-X dev``, ``-W error``, ...) for a worker's
+    command line, as :mod:`multiprocessing` passes them on: a program run under ``python -X
+    dev -W error`` is run so in all its processes, workers included."""
+    flags: list[str] = subprocess._args_from_interpreter_flags()  # type: ignore[attr-defined]
+    return flags
+
+
 def _grow_pipe(fd: int) -> None:
     try:
         import fcntl
@@ -236,7 +244,10 @@ class Supervisor:
             _grow_pipe(write_fd)
             ours.sendall(pickle.dumps(spec))
             process = await trio.lowlevel.open_process(
-                [sys.executable, "-m", "trio_echo.workers.worker", str(theirs.fileno())],
+                [
+                    *(sys.executable, *interpreter_flags()),
+                    *("-m", "trio_echo.workers.worker", str(theirs.fileno())),
+                ],
                 stdin=subprocess.DEVNULL,
                 stdout=write_fd,
                 pass_fds=(*fds, theirs.fileno()),

@@ -36,12 +36,18 @@ from trio_echo.logs import LOGGER, setup_logging
 from trio_echo.server.app import run
 from trio_echo.server.serve import ServerHandle
 
-__all__ = ["FORCE", "WorkerSpec", "main", "send_message"]
+__all__ = ["FORCE", "WorkerSpec", "force_message", "main", "send_message"]
 
 # What the supervisor sends a worker on the second signal: close every connection now.  The
 # worker ignores further signals of its own, which may be the first one reaching it twice
 # (systemd's default KillMode signals every process of the service; so does pkill).
-FORCE = b"force\n"
+FORCE = b"force"
+
+
+def force_message(signum: int) -> bytes:
+    """``FORCE`` and the signal that forced the supervisor (``force 2``): the worker's exit
+    status is then 128 + that signal, as the supervisor's is."""
+    return b"%s %d\n" % (FORCE, signum)
 
 
 @attrs.frozen
@@ -78,20 +84,32 @@ async def _until_forced(control: socket.socket) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Serve as the supervisor asks; the exit status as ``trio-echo`` would give it."""
-    # Imported here: cli imports the models, which a worker only needs for its error messages.
-    from trio_echo.cli.failures import describe_failure, raise_fd_limit
-
     args = list(sys.argv[1:] if argv is None else argv)
+    control: socket.socket | None = None
     try:
         control = socket.socket(fileno=int(args[0]))
         with control.makefile("rb") as stream:
             spec: WorkerSpec = pickle.load(stream)
     except (IndexError, ValueError, OSError, EOFError, pickle.UnpicklingError):
+        if control is not None:
+            control.close()
         print(
             "trio-echo worker: error: workers are started by `trio-echo --workers N`, not by hand",
             file=sys.stderr,
         )
         return 2
+    try:
+        return _serve(spec, control)
+    finally:
+        # Ours to close: left to the garbage collector it is a ResourceWarning (-X dev).
+        control.close()
+
+
+def _serve(spec: WorkerSpec, control: socket.socket) -> int:
+    """Run the server of ``spec``, tell the supervisor how it ended; the exit status."""
+    # Imported here: cli imports the models, which a worker only needs for its error messages.
+    from trio_echo.cli.failures import describe_failure, raise_fd_limit
+
     config = spec.config
     setup_logging(spec.log_level, tag=f"worker {config.worker_id}")
     raise_fd_limit()
@@ -121,6 +139,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             LOGGER.error("%s", message)
         _report(control, status=status)
         return status
+    finally:
+        # The server closes them once it serves; not if it stopped before.
+        for sock in sockets:
+            sock.close()
     stats = outcome.stats
     _report(
         control,

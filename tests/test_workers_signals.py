@@ -18,6 +18,8 @@ import time
 
 import attrs
 import pytest
+import trio
+import trio.testing
 from conftest import (
     EVENT_TIMEOUT,
     SERVER_COMMAND,
@@ -26,6 +28,9 @@ from conftest import (
 )
 
 from trio_echo.cli.options import parse_args
+from trio_echo.config import Config
+from trio_echo.server import app
+from trio_echo.server.serve import ServerHandle
 
 REUSEPORT_MESSAGE = (
     "--workers needs SO_REUSEPORT, which this platform lacks (use --fd with one inherited "
@@ -168,3 +173,105 @@ class _Watched:
             chunk = os.read(fd, 65536)
             assert chunk, f"EOF before {wanted!r}: {self.stderr!r}"
             self.stderr += chunk
+
+
+# ---- 3: a signal before the worker serves ----------------------------------------------------
+
+
+async def _never() -> str:
+    """A ``stop_when`` that never fires: the supervisor is not part of this test."""
+    await trio.sleep_forever()
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def test_a_signal_before_a_worker_serves_is_a_graceful_stop(monkeypatch):
+    """The forwarded SIGTERM lands after the worker listens for signals but before its server
+    is up: it is remembered, the server stops as soon as it is up, and the worker exits 0."""
+    real_serve = app.serve
+    signalled = []
+
+    async def serve_after_a_signal(*args: object, **kwargs: object) -> object:
+        signal.raise_signal(signal.SIGTERM)
+        # The watcher has seen it (and, before the fix, cancelled everything).
+        await trio.testing.wait_all_tasks_blocked()
+        signalled.append(True)
+        return await real_serve(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(app, "serve", serve_after_a_signal)
+    announced: list[ServerHandle] = []
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        config = Config(
+            hosts=("127.0.0.1",), port=0, quiet=True, fds=(listener.fileno(),), worker_id=1
+        )
+        null = os.open(os.devnull, os.O_WRONLY)
+        served = socket.socket(fileno=os.dup(listener.fileno()))
+        try:
+            with trio.fail_after(EVENT_TIMEOUT):
+                outcome = await app.run(
+                    config,
+                    null,
+                    sockets=[served],
+                    framed=True,
+                    announce=announced.append,
+                    stop_when=_never,
+                )
+        finally:
+            served.close()
+            os.close(null)
+    assert signalled == [True]
+    assert outcome.exit_status == 0, outcome.summary
+    assert outcome.summary.startswith("stopped: ")
+    assert len(announced) == 1
+    assert announced[0].shutting_down
+
+
+# A sitecustomize for the end-to-end case: every worker starts with SIGTERM blocked; worker 1,
+# before it serves, signals its supervisor (the user's SIGTERM, during the start-up) and waits
+# until the forwarded SIGTERM is pending; then every worker lets its signal in.  So the
+# forwarded signal reaches worker 1 while its signal watcher is up and its server is not.
+EARLY_SIGNAL_SITE = """\
+import os
+import signal
+import time
+
+if os.environ.get("TRIO_ECHO_TEST_CHILD"):
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    import trio
+    import trio.testing
+    from trio_echo.server import app
+
+    real_serve = app.serve
+
+    async def serve(config, *args, **kwargs):
+        if config.worker_id == 1:
+            os.kill(os.getppid(), signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while signal.SIGTERM not in signal.sigpending():
+                assert time.monotonic() < deadline, "no forwarded SIGTERM"
+                await trio.sleep(0.01)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+        await trio.testing.wait_all_tasks_blocked()
+        return await real_serve(config, *args, **kwargs)
+
+    app.serve = serve
+else:
+    os.environ["TRIO_ECHO_TEST_CHILD"] = "1"
+"""
+
+
+def test_a_signal_during_the_workers_start_up_is_a_graceful_stop(tmp_path):
+    (tmp_path / "sitecustomize.py").write_text(EARLY_SIGNAL_SITE)
+    result = subprocess.run(
+        [*SERVER_COMMAND, "--workers", "2", "--port", "0", "--host", "127.0.0.1"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        timeout=STARTUP_TIMEOUT,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "worker 1: stopped: " in result.stderr
+    assert "forced" not in result.stderr
+    assert "NOTICE stopped: " in result.stderr
+    assert_no_traceback(result.stderr)

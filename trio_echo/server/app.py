@@ -41,31 +41,54 @@ __all__ = ["run", "run_trio"]
 
 @attrs.define(eq=False)
 class _SignalWatcher:
-    """First signal: graceful shutdown.  Second: cancel everything (``everything``)."""
+    """First signal: graceful shutdown.  Second: cancel everything (``everything``).
+
+    A signal before the server is up (``handle`` still unset) forces the exit of a plain
+    server: there is nothing to drain.  A ``--workers`` worker instead keeps it as the stop
+    request that it is -- its supervisor forwards SIGTERM to a worker that is still starting --
+    and stops gracefully once its server is up, so that it exits 0 like the others.
+    """
 
     everything: trio.CancelScope
-    handle: ServerHandle | None = None
     forced_by: int | None = None
     # In a --workers worker: the user signals the supervisor, not us.
     worker: bool = False
+    _handle: ServerHandle | None = attrs.field(default=None, init=False)
+    # Set with the handle: a worker's early stop request waits for it.
+    _attached: trio.Event = attrs.field(factory=trio.Event, init=False)
+
+    @property
+    def handle(self) -> ServerHandle | None:
+        """The running server, once it is up."""
+        return self._handle
+
+    @handle.setter
+    def handle(self, handle: ServerHandle | None) -> None:
+        self._handle = handle
+        if handle is not None:
+            self._attached.set()
 
     async def watch(self, signals: AsyncIterator[int]) -> None:
         async for signum in signals:
-            if self.worker and self.handle is not None and self.handle.shutting_down:
+            if self.worker:
+                # Signals that come meanwhile wait in ``signals``; the first is the stop.
+                await self._attached.wait()
+            handle = self._handle
+            if self.worker and handle is not None and handle.shutting_down:
                 # A worker is forced by its supervisor (stop_when), not by a second signal:
                 # under systemd or pkill a signal may reach it twice, directly and forwarded.
                 continue
-            if self.handle is None or self.handle.shutting_down:
-                if self.handle is not None:
+            if handle is None or handle.shutting_down:
+                if handle is not None:
                     log_forced(signum)
                 self.forced_by = signum
                 self.everything.cancel()
                 return
-            self.handle.shutdown()
+            handle.shutdown()
             # The line says the listeners are closed: a balancer in front (or a test) may act on
             # it at once, so it comes only once that is true.  Closing takes one scheduler turn.
-            await self.handle.accepting_stopped.wait()
-            log_stopping(signum, self.handle.grace, self.handle.stats.active, hint=not self.worker)
+            await handle.accepting_stopped.wait()
+            log_stopping(signum, handle.grace, handle.stats.active, hint=not self.worker)
 
     async def stop_when(self, trigger: Callable[[], Awaitable[str]]) -> None:
         """Close everything at once when ``trigger`` returns (why, for the log): a worker's

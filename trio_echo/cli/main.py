@@ -15,17 +15,26 @@ import os
 import sys
 from collections.abc import Sequence
 
-from trio_echo.cli.argtypes import EXIT_ERROR
-from trio_echo.cli.failures import explain, fail, raise_fd_limit
-from trio_echo.cli.options import parse_args
-from trio_echo.logs import LOGGER, NOTICE, setup_logging
-from trio_echo.models import MODELS
+from trio_echo.cli.argtypes import EXIT_ERROR, EXIT_USAGE, PROG
 
 __all__ = ["main"]
+
+# The server needs POSIX (resource, fcntl, POSIX signals and sessions): on Windows, it says so in
+# one line, before anything else is imported (README, "Platforms").
+WINDOWS_REFUSAL = f"{PROG}: error: Windows is not supported; run it under WSL"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``trio-echo`` and ``python -m trio_echo``; returns the exit status."""
+    if sys.platform == "win32":
+        print(WINDOWS_REFUSAL, file=sys.stderr)
+        return EXIT_USAGE
+    # Imported here, after the platform check: they import POSIX-only modules (resource, ...).
+    from trio_echo.cli.failures import explain, fail, raise_fd_limit
+    from trio_echo.cli.options import parse_args
+    from trio_echo.logs import LOGGER, NOTICE, setup_logging
+    from trio_echo.models import MODELS
+
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["bench"]:
         from trio_echo.bench.cli import main as bench_main

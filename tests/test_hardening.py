@@ -40,7 +40,7 @@ from trio_echo import Config, serve
 from trio_echo.cli.options import parse_args
 from trio_echo.net.access import AccessPolicy, parse_network
 from trio_echo.net.bind import is_loopback
-from trio_echo.server.stream import LimitedTransport, StreamTransport
+from trio_echo.server.wrappers import LimitedStream
 
 # ---- certificates and clients ------------------------------------------------------------------
 
@@ -388,15 +388,15 @@ def test_max_bytes_prints_exactly_that_many_then_closes(start_server, connect):
     assert server.all_stdout() == b"0123456789abcdefghij"
 
 
-async def test_limited_transport_never_reads_past_the_limit():
+async def test_limited_stream_never_reads_past_the_limit():
     client, server_side = trio.testing.memory_stream_pair()
-    limited = LimitedTransport(StreamTransport(server_side), 5)
+    limited = LimitedStream(server_side, 5)
     await client.send_all(b"abc")
-    assert await limited.receive(100) == b"abc"
+    assert await limited.receive_some(100) == b"abc"
     await client.send_all(b"defgh")
-    assert await limited.receive(100) == b"de"  # asked for 3: two left, one to tell "more"
+    assert await limited.receive_some(100) == b"de"  # asked for 3: two left, one to tell "more"
     assert limited.exceeded
-    assert await limited.receive(100) == b""
+    assert await limited.receive_some(100) == b""
     assert await server_side.receive_some() == b"gh"  # never read by the limited transport
 
 

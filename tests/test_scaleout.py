@@ -41,7 +41,7 @@ from conftest import (
     recv_exactly,
 )
 
-import trio_echo.server.serve
+import trio_echo.server.handler
 from trio_echo import Config, serve
 from trio_echo.net.proxy_protocol import (
     V1_MAX_LENGTH,
@@ -51,7 +51,7 @@ from trio_echo.net.proxy_protocol import (
     ProxyProtocolError,
     parse,
 )
-from trio_echo.server.stream import PrefixedStream, ReplayTransport, StreamTransport
+from trio_echo.server.wrappers import PrefixedStream
 
 # ---- building headers --------------------------------------------------------------------------
 
@@ -348,7 +348,7 @@ async def test_header_timeout_and_grace_period(monkeypatch, caplog):
     """In process, with a short header timeout: a silent client is refused once it runs out;
     one still waiting for its header when the grace period ends is refused too."""
     caplog.set_level(logging.INFO, "trio_echo")
-    monkeypatch.setattr(trio_echo.server.serve, "HEADER_TIMEOUT", 0.2)
+    monkeypatch.setattr(trio_echo.server.handler, "HEADER_TIMEOUT", 0.2)
     config = Config(hosts=("127.0.0.1",), port=0, proxy_protocol=True, grace=0.1, echo=True)
     with trio.fail_after(EVENT_TIMEOUT):
         async with trio.open_nursery() as nursery:
@@ -360,7 +360,7 @@ async def test_header_timeout_and_grace_period(monkeypatch, caplog):
                 r"refused #1 .*: no PROXY header after 0\.[2-9]\d* s \(timeout 0.2 s\)", caplog.text
             )
             # Half a header, then the server shuts down: refused at the end of the grace period.
-            monkeypatch.setattr(trio_echo.server.serve, "HEADER_TIMEOUT", 10.0)
+            monkeypatch.setattr(trio_echo.server.handler, "HEADER_TIMEOUT", 10.0)
             half = await trio.open_tcp_stream("127.0.0.1", handle.port)
             await half.send_all(V1_TCP4[:10])
             echoed = await trio.open_tcp_stream("127.0.0.1", handle.port)
@@ -570,15 +570,12 @@ async def test_proxy_header_then_tls(tmp_path, caplog):
 async def test_replayed_bytes_come_first():
     """What arrived with the header is received first, in pieces of at most max_bytes."""
     left, right = trio.testing.memory_stream_pair()
-    replay = ReplayTransport(StreamTransport(right), b"abcdef")
-    prefixed = PrefixedStream(left, b"xyz")
+    prefixed = PrefixedStream(right, b"abcdefxyz")
     await left.send_all(b"later")
-    assert await replay.receive(4) == b"abcd"
-    assert await replay.receive(4) == b"ef"
-    assert await replay.receive(10) == b"later"
-    await right.send_all(b"back")
-    assert await prefixed.receive_some(2) == b"xy"
-    assert await prefixed.receive_some() == b"z"
-    assert await prefixed.receive_some() == b"back"
-    await replay.aclose()
+    assert await prefixed.receive_some(4) == b"abcd"
+    assert await prefixed.receive_some(2) == b"ef"
+    assert await prefixed.receive_some() == b"xyz"
+    assert await prefixed.receive_some(10) == b"later"
+    await prefixed.send_all(b"back")
+    assert await left.receive_some() == b"back"
     await prefixed.aclose()

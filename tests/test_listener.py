@@ -1,0 +1,213 @@
+"""Tests for :mod:`trio_echo.server.listener`: our ``trio.abc.Listener`` over a listening
+socket, on real loopback sockets.
+
+Failures of ``accept(2)`` are staged with a socket whose ``accept`` raises the errors a test
+lists first (a subclass of ``socket.socket``: everything else is the kernel's).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from collections.abc import AsyncIterator
+
+import pytest
+import trio
+import trio._highlevel_socket
+import trio.testing
+
+import trio_echo.server.stream
+from trio_echo.logs import LOGGER
+from trio_echo.net.access import AccessPolicy, parse_network
+from trio_echo.server import hub
+from trio_echo.server.listener import (
+    ACCEPT_BATCH,
+    IGNORED_ACCEPT_ERRNOS,
+    LeanSocketListener,
+    LimitedListener,
+)
+from trio_echo.server.stream import LeanSocketStream
+
+
+class FlakySocket(socket.socket):
+    """A listening socket whose ``accept`` first raises ``errors``, one per call."""
+
+    errors: list[OSError]
+
+    def accept(self) -> tuple[socket.socket, object]:
+        if self.errors:
+            raise self.errors.pop(0)
+        return super().accept()
+
+
+def listening(errors: list[OSError] | None = None) -> FlakySocket:
+    sock = FlakySocket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.errors = list(errors or ())
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1024)
+    return sock
+
+
+@pytest.fixture
+async def readiness(nursery: trio.Nursery) -> AsyncIterator[hub.ReadinessHub | None]:
+    """The epoll hub where there is one (else None: the listener works without)."""
+    if not hub.AVAILABLE:
+        yield None
+        return
+    readiness = hub.ReadinessHub()
+    nursery.start_soon(readiness.run)
+    yield readiness
+    nursery.cancel_scope.cancel()
+
+
+def test_the_ignored_accept_errors_are_trios() -> None:
+    # Trio's SocketListener skips these errors of one client; so must we (an ECONNRESET in
+    # the backlog must never end the whole server).
+    trio_names = trio._highlevel_socket._ignorable_accept_errno_names
+    trios = {getattr(errno, name) for name in trio_names if hasattr(errno, name)}
+    assert trios == IGNORED_ACCEPT_ERRNOS
+
+
+@pytest.mark.parametrize("name", ["ECONNRESET", "ETIMEDOUT", "ECONNABORTED", "EPROTO"])
+async def test_one_clients_accept_error_costs_only_that_client(name: str) -> None:
+    code = getattr(errno, name)
+    sock = listening([OSError(code, name)])
+    listener = LeanSocketListener(sock)
+    with socket.create_connection(sock.getsockname()) as client:
+        with trio.fail_after(5):
+            stream = await listener.accept()
+        client.sendall(b"hello")
+        assert await stream.receive_some(10) == b"hello"
+        await stream.aclose()
+    await listener.aclose()
+
+
+async def test_an_unknown_accept_error_is_not_hidden() -> None:
+    sock = listening([OSError(errno.EINVAL, "Invalid argument")])
+    listener = LeanSocketListener(sock)
+    with (
+        socket.create_connection(sock.getsockname()),
+        pytest.raises(OSError, match="Invalid argument") as caught,
+    ):
+        await listener.accept()
+    assert caught.value.errno == errno.EINVAL
+    await listener.aclose()
+
+
+async def test_running_out_of_descriptors_pauses_accepting(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    sock = listening([OSError(errno.EMFILE, "Too many open files") for _ in range(5)])
+    listener = LeanSocketListener(sock, active=lambda: 7)
+    with socket.create_connection(sock.getsockname()):
+        t0 = trio.current_time()
+        stream = await listener.accept()
+        # Five failures, 100 ms apart, then served: paused, not crashed...
+        assert trio.current_time() - t0 == pytest.approx(0.5)
+        await stream.aclose()
+    # ...and logged once, not five times, with the clients connected.
+    assert caplog.text.count("EMFILE") == 1
+    assert "7 clients connected" in caplog.text
+    await listener.aclose()
+
+
+async def test_a_client_that_cannot_be_set_up_costs_only_itself(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # e.g. epoll's ENOSPC when the hub registers the socket: the first client is closed and
+    # logged, the accept goes on with the next one.
+    real = trio_echo.server.stream.LeanSocketStream.__init__
+    failures = [OSError(errno.ENOSPC, "No space left on device")]
+
+    def flaky_init(self: LeanSocketStream, *args: object, **kwargs: object) -> None:
+        if failures:
+            raise failures.pop()
+        real(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(LeanSocketStream, "__init__", flaky_init)
+    sock = listening()
+    listener = LeanSocketListener(sock)
+    with (
+        socket.create_connection(sock.getsockname()) as first,
+        socket.create_connection(sock.getsockname()) as second,
+    ):
+        with trio.fail_after(5):
+            stream = await listener.accept()
+        assert first.recv(10) == b""  # closed by the server
+        second.sendall(b"ok")
+        assert await stream.receive_some(10) == b"ok"
+        await stream.aclose()
+    assert "could not set up 127.0.0.1" in caplog.text
+    await listener.aclose()
+
+
+async def test_accept_drains_the_backlog_in_batches() -> None:
+    # ACCEPT_BATCH clients waiting: accepted one after the other without a schedule point in
+    # between (each accept is only a cancel point), then a turn for the other tasks.
+    sock = listening()
+    listener = LeanSocketListener(sock)
+    clients = [socket.create_connection(sock.getsockname()) for _ in range(ACCEPT_BATCH + 1)]
+    try:
+        first = await listener.accept()  # waited for readability: a schedule point
+        streams = [first]
+        task = trio.lowlevel.current_task()
+        ran = []
+
+        async def other() -> None:
+            ran.append(len(streams))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(other)
+            while len(streams) < ACCEPT_BATCH + 1:
+                streams.append(await listener.accept())
+        assert task is trio.lowlevel.current_task()
+        # The other task ran only once the batch was over.
+        assert ran == [ACCEPT_BATCH]
+        for stream in streams:
+            await stream.aclose()
+    finally:
+        for client in clients:
+            client.close()
+        await listener.aclose()
+
+
+async def test_refused_clients_never_reach_the_caller(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER.name)
+    sock = listening()
+    access = AccessPolicy.of((), (parse_network("127.0.0.0/8"),))
+    assert access is not None
+    listener = LeanSocketListener(sock, access=access)
+    with socket.create_connection(sock.getsockname()) as client:
+        with trio.move_on_after(0.2) as timeout:
+            await listener.accept()
+        assert timeout.cancelled_caught
+        assert client.recv(10) == b""
+    assert "refused 127.0.0.1" in caplog.text
+    await listener.aclose()
+
+
+async def test_max_connections_listener_holds_a_slot_per_stream(
+    readiness: hub.ReadinessHub | None,
+) -> None:
+    sock = listening()
+    limiter = trio.CapacityLimiter(1)
+    listener = LimitedListener(LeanSocketListener(sock, hub=readiness), limiter)
+    with (
+        socket.create_connection(sock.getsockname()),
+        socket.create_connection(sock.getsockname()),
+    ):
+        first = await listener.accept()
+        assert limiter.borrowed_tokens == 1
+        with trio.move_on_after(0.2) as timeout:
+            await listener.accept()
+        assert timeout.cancelled_caught  # the second client waits in the backlog
+        await first.aclose()
+        assert limiter.borrowed_tokens == 0
+        with trio.fail_after(5):
+            second = await listener.accept()
+        assert limiter.borrowed_tokens == 1
+        await second.aclose()
+        await second.aclose()  # idempotent: the slot is given back once
+        assert limiter.borrowed_tokens == 0
+    await listener.aclose()

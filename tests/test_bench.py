@@ -24,20 +24,31 @@ from typing import Any
 import attrs
 import pytest
 
-from trio_echo.bench import loadgen
+from trio_echo.bench import baseline, loadgen
 from trio_echo.bench import server as bench_server
-from trio_echo.bench.cli import W2_MODEL, bench_models
+from trio_echo.bench.cli import NOHUB_MODEL, W2_MODEL, bench_models
+from trio_echo.bench.lineup import model_entry, with_baseline
+from trio_echo.bench.ratios import accelerator_gain, baseline_gain
 from trio_echo.bench.report import headroom, render_table, render_targets, workers_gain
 from trio_echo.bench.scenarios import Context, Sizes, _median_index, scenarios_for
-from trio_echo.bench.server import CLOCK_TICKS, ServerProcess, process_tree, server_command
+from trio_echo.bench.server import (
+    CLOCK_TICKS,
+    ServerProcess,
+    process_tree,
+    server_command,
+    server_environment,
+)
 from trio_echo.bench.stats import merge_histograms, percentile
 from trio_echo.bench.targets import TARGETS, Figure, Target, evaluate
 from trio_echo.models import MODELS
 
-QUICK_TIMEOUT = 120
+QUICK_TIMEOUT = 180  # every model (9 with trio-nohub) on a machine that may be busy
 
 needs_cc = pytest.mark.skipif(
     shutil.which("cc") is None and shutil.which("gcc") is None, reason="no C compiler"
+)
+needs_git = pytest.mark.skipif(
+    shutil.which("git") is None or shutil.which("tar") is None, reason="no git or tar"
 )
 
 
@@ -183,13 +194,14 @@ def test_the_median_run_is_the_middle_one():
     assert _median_index([4.0, 1.0, 3.0, 2.0]) == 3  # the lower of the middle two
 
 
-def test_bench_models_put_the_reference_and_the_2_worker_trio_after_trio():
+def test_bench_models_put_the_reference_and_the_trio_variants_after_trio():
     names = list(bench_models())
-    assert names[:3] == ["trio", "trio-bare", "trio-w2"]
-    assert set(names) == {*MODELS, "trio-bare", "trio-w2"}
-    # Both are the bench's: the CLI's --model does not know them.
+    assert names[:4] == ["trio", "trio-bare", "trio-w2", "trio-nohub"]
+    assert set(names) == {*MODELS, "trio-bare", "trio-w2", "trio-nohub"}
+    # All three are the bench's: the CLI's --model does not know them.
     assert "trio-bare" not in MODELS
     assert "trio-w2" not in MODELS
+    assert "trio-nohub" not in MODELS
     # trio-w2 is the trio model (it can do whatever trio can), run with --workers 2.
     assert W2_MODEL.entry == MODELS["trio"].entry
     assert W2_MODEL.unsupported == MODELS["trio"].unsupported
@@ -207,6 +219,255 @@ def test_the_2_worker_trio_runs_on_every_cpu_the_others_on_the_servers_cpus():
     assert ctx.cpus_for(bench_models()["trio-bare"]) == (0,)
     unpinned = Context(binary=Path("loadgen"), sizes=Sizes.quick())
     assert unpinned.cpus_for(W2_MODEL) is None
+
+
+# ---- trio-nohub, --baseline and the ratios of the same run -----------------------------------
+
+
+def test_trio_nohub_is_the_trio_model_without_its_accelerator():
+    assert NOHUB_MODEL.entry == MODELS["trio"].entry
+    assert NOHUB_MODEL.unsupported == MODELS["trio"].unsupported
+    assert server_command("trio-nohub", ["--echo"])[1:] == [
+        *("-m", "trio_echo", "--model", "trio", "--no-accelerator"),
+        *("--port", "0", "--log-level", "notice", "--echo"),
+    ]
+    assert "--no-accelerator" not in server_command("trio", ["--echo"])
+    # It runs where trio runs, from this checkout.
+    ctx = Context(binary=Path("loadgen"), sizes=Sizes.quick(), server_cpus=(0,), all_cpus=(0, 1))
+    assert ctx.cpus_for(NOHUB_MODEL) == (0,)
+    assert server_environment("trio-nohub") == server_environment("trio") == (None, None)
+    assert model_entry(NOHUB_MODEL)["variant"] == {"model": "trio", "flags": ["--no-accelerator"]}
+
+
+@pytest.fixture
+def variants():
+    """The bench's variants restored after the test (``baseline.register`` adds one)."""
+    saved = dict(bench_server.VARIANTS)
+    yield bench_server.VARIANTS
+    bench_server.VARIANTS.clear()
+    bench_server.VARIANTS.update(saved)
+
+
+def _fake_baseline(source: Path) -> baseline.Baseline:
+    return baseline.Baseline(
+        "abc1234" + "0" * 33, "abc1234", "the subject", source, source / "trio_echo/__init__.py"
+    )
+
+
+def test_a_baseline_runs_the_trio_model_from_its_own_tree(tmp_path, variants, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", "/elsewhere")
+    model = baseline.register(_fake_baseline(tmp_path))
+    assert model.name == "trio@abc1234"
+    assert model.entry == MODELS["trio"].entry
+    assert "commit abc1234 (the subject)" in model.summary
+    # The same command line as trio's, started in the tree, with the tree first on PYTHONPATH
+    # (python -m puts the working directory first on sys.path: not this checkout's).
+    assert server_command(model.name, ["--echo"]) == server_command("trio", ["--echo"])
+    cwd, env = server_environment(model.name)
+    assert cwd == tmp_path
+    assert env is not None
+    assert env["PYTHONPATH"] == f"{tmp_path}{os.pathsep}/elsewhere"
+    ctx = Context(binary=Path("loadgen"), sizes=Sizes.quick(), server_cpus=(0,), all_cpus=(0, 1))
+    assert ctx.cpus_for(model) == (0,)
+    assert model_entry(model)["variant"] == {
+        "model": "trio",
+        "flags": [],
+        "revision": "abc1234" + "0" * 33,
+        "source": str(tmp_path),
+    }
+
+
+def test_the_baseline_comes_right_after_trio():
+    assert with_baseline(["trio", "trio-nohub", "asyncio"], "trio@x") == [
+        "trio",
+        "trio@x",
+        "trio-nohub",
+        "asyncio",
+    ]
+    assert with_baseline(["asyncio"], "trio@x") == ["trio@x", "asyncio"]
+    assert with_baseline(["trio@x", "trio"], "trio@x") == ["trio@x", "trio"]  # where named
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+
+
+# A stand-in for the server of another revision: it says where it was imported from, then
+# serves nothing until SIGTERM (what ServerProcess needs: a listening line on stderr).
+FAKE_MAIN = """\
+import signal, sys, time, trio_echo
+print("NOTICE listening on 127.0.0.1:4242, [::1]:4242 (print, text)", file=sys.stderr)
+print("from", trio_echo.__file__, "args", " ".join(sys.argv[1:]), file=sys.stderr, flush=True)
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+time.sleep(30)
+"""
+
+
+@needs_git
+def test_a_revision_is_exported_once_and_its_server_imports_it(tmp_path, variants):
+    repo = tmp_path / "repo"
+    package = repo / "trio_echo"
+    package.mkdir(parents=True)
+    _git(repo, "init", "-q")
+    (package / "__init__.py").write_text("VERSION = 'before'\n")
+    (package / "__main__.py").write_text(FAKE_MAIN)
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-q", "-m", "before the rewrite")
+    before = _git(repo, "rev-parse", "HEAD")
+    (package / "__init__.py").write_text("VERSION = 'after'\n")
+    _git(repo, "commit", "-q", "-am", "after")
+
+    found = baseline.prepare(before[:7], repo=package)  # any directory of the checkout
+    assert found.revision == before
+    assert found.short == before[:7]
+    assert found.name == f"trio@{before[:7]}"
+    assert found.subject == "before the rewrite"
+    assert found.source == repo / "build" / f"baseline-{before[:7]}"
+    assert (found.source / "trio_echo/__init__.py").read_text() == "VERSION = 'before'\n"
+    assert found.imports == found.source / "trio_echo/__init__.py"
+    assert not (found.source / ".git").exists()
+    # Exported once: a second run reuses the directory.
+    (found.source / "left-by-the-first-run").touch()
+    assert baseline.prepare(before, repo=repo) == found
+    assert (found.source / "left-by-the-first-run").exists()
+
+    # Its server, started from this checkout's working directory (where `python -m trio_echo`
+    # would find this checkout's package first), imports the exported tree.
+    model = baseline.register(found)
+    with ServerProcess(model.name, ["--echo"]) as server:
+        assert server.port == 4242
+        deadline = time.monotonic() + 10
+        while "args" not in server.stderr and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert f"from {found.source / 'trio_echo/__init__.py'} args --model trio" in server.stderr
+        assert server.stop()[0] == 0
+
+
+@needs_git
+def test_a_revision_that_cannot_be_run_is_one_line(tmp_path):
+    with pytest.raises(baseline.BaselineError, match="not a git repository") as info:
+        baseline.prepare("HEAD", repo=tmp_path)
+    assert "\n" not in str(info.value)
+    _git(tmp_path, "init", "-q")
+    (tmp_path / "README").write_text("no package here\n")
+    _git(tmp_path, "add", ".")
+    _git(tmp_path, "commit", "-q", "-m", "no package")
+    with pytest.raises(baseline.BaselineError, match="unknown git revision 'nope'"):
+        baseline.prepare("nope", repo=tmp_path)
+    with pytest.raises(baseline.BaselineError, match="not a git revision"):
+        baseline.prepare("--all", repo=tmp_path)
+    # A tree without trio_echo: a server started there would import another one.
+    with pytest.raises(baseline.BaselineError, match=r"would import .* instead"):
+        baseline.prepare("HEAD", repo=tmp_path)
+
+
+def _compared_report() -> dict[str, Any]:
+    """trio, trio@abc1234 and trio-nohub with fake figures: trio better than before in echo
+    and memory, worse in the storm; the hub worth 1.25x in echo."""
+
+    def models(rps: float, best: float, storm: float, rss: int, exit_after: float) -> Any:
+        return {
+            "scenarios": {
+                "echo_100x64": {
+                    "requests_per_s": rps,
+                    "requests_per_s_max": best,
+                    "other_cpu": 0.01,
+                },
+                "stream_raw": {"skipped": "failed: server did not start"},
+                "storm_busy": {"total_s": storm, "total_s_min": storm / 2, "other_cpu": 0.6},
+                "c10k": {"bytes_per_connection": rss, "exit_after_grace_s": exit_after},
+                "article": {"clients_fully_served": 4},
+            }
+        }
+
+    return {
+        "scenario_titles": {
+            "echo_100x64": "echo 100 conn × 64 B",
+            "storm_busy": "storm of 1000, 100 busy",
+            "c10k": "10000 conns",
+        },
+        "baseline": {"model": "trio@abc1234", "revision": "abc1234" + "0" * 33},
+        "models": {
+            "trio": models(100_000.0, 110_000.0, 0.06, 4200, 0.2),
+            "trio@abc1234": models(80_000.0, 110_000.0, 0.05, 6000, 0.2),
+            "trio-nohub": models(80_000.0, 88_000.0, 0.12, 4200, 0.4),
+        },
+    }
+
+
+def test_trio_over_the_baseline_per_figure_from_one_run():
+    report = _compared_report()
+    gain = baseline_gain(report)
+    assert gain is not None
+    assert gain["models"] == ["trio", "trio@abc1234"]
+    assert gain["ratios"] == {
+        "echo_100x64": {"requests_per_s": 1.25, "requests_per_s_max": 1.0},
+        "storm_busy": {"total_s": 1.2, "total_s_min": 1.2},
+        "c10k": {"bytes_per_connection": 0.7, "exit_after_grace_s": 1.0},
+    }
+    verdicts = {(f["scenario"], f["figure"]): f["at_least_as_good"] for f in gain["figures"]}
+    assert verdicts == {
+        ("echo_100x64", "requests_per_s"): True,  # higher is better
+        ("echo_100x64", "requests_per_s_max"): True,  # level
+        ("storm_busy", "total_s"): False,  # lower is better: 0.06 s is worse than 0.05 s
+        ("storm_busy", "total_s_min"): False,
+        ("c10k", "bytes_per_connection"): True,
+        ("c10k", "exit_after_grace_s"): True,
+    }
+    assert gain["at_least_as_good"] == 4
+    assert gain["not_compared"] == ["stream_raw"]  # skipped; the article has no headline
+    text = gain["text"]
+    assert text.splitlines()[0].startswith("trio ÷ trio@abc1234: now over before")
+    storm = next(line for line in text.splitlines() if "seconds, all served (median)" in line)
+    assert "1.20×" in storm
+    assert "(worse)" in storm
+    assert "(other work: 0.60 cores)" in storm
+    echo = next(line for line in text.splitlines() if "requests/s (median) ↑" in line)
+    assert "1.25×" in echo
+    assert "100.0k ÷ 80.0k" in echo
+    assert "worse" not in echo
+    assert "other work" not in echo
+    assert "trio at least as good as trio@abc1234 on 4 of 6 figures" in text
+    assert "not compared (skipped or limited): stream_raw" in text
+    # In the table, after the model's summary; without a baseline there is no such section.
+    table = render_table(report)
+    assert text in table
+    del report["baseline"]
+    assert baseline_gain(report) is None
+    assert "now over before" not in render_table(report)
+
+
+def test_trio_over_trio_nohub_is_the_accelerators_worth():
+    report = _compared_report()
+    worth = accelerator_gain(report)
+    assert worth is not None
+    assert worth["models"] == ["trio", "trio-nohub"]
+    assert worth["ratios"]["echo_100x64"] == {"requests_per_s": 1.25, "requests_per_s_max": 1.25}
+    assert worth["ratios"]["storm_busy"] == {"total_s": 0.5, "total_s_min": 0.5}
+    assert worth["ratios"]["c10k"] == {"bytes_per_connection": 1.0, "exit_after_grace_s": 0.5}
+    assert worth["at_least_as_good"] == 6
+    assert worth["text"].startswith("trio ÷ trio-nohub: the accelerator's worth")
+    assert worth["text"] in render_table(report)
+    # Nothing to compare: no line.
+    del report["models"]["trio-nohub"]
+    assert accelerator_gain(report) is None
+    assert "accelerator's worth" not in render_table(report)
+
+
+def test_a_zero_or_missing_reference_figure_is_not_compared():
+    report = _compared_report()
+    report["models"]["trio-nohub"]["scenarios"]["c10k"]["exit_after_grace_s"] = 0.0
+    del report["models"]["trio-nohub"]["scenarios"]["echo_100x64"]["requests_per_s_max"]
+    worth = accelerator_gain(report)
+    assert worth is not None
+    assert "c10k.exit_after_grace_s" in worth["not_compared"]
+    assert "echo_100x64.requests_per_s_max" in worth["not_compared"]
+    assert "exit_after_grace_s" not in worth["ratios"]["c10k"]
 
 
 # ---- the targets ------------------------------------------------------------------------------
@@ -531,6 +792,14 @@ def test_unknown_model_is_a_usage_error():
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+def test_a_baseline_that_cannot_be_run_is_one_line_and_status_1():
+    result = _bench("--baseline", "no-such-revision", "--models", "trio")
+    assert result.returncode == 1
+    assert result.stderr.startswith("trio-echo bench: error: --baseline: ")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not result.stdout
+
+
 @needs_cc
 @pytest.mark.slow
 def test_quick_run_compares_every_model_in_every_scenario(tmp_path):
@@ -602,6 +871,15 @@ def test_quick_run_compares_every_model_in_every_scenario(tmp_path):
         k for k in keys if k.startswith(("echo_", "stream_"))
     }
     assert "trio-w2 ÷ trio" in result.stdout
+    # The trio model without its accelerator, and the accelerator's worth under the table.
+    nohub = report["models"]["trio-nohub"]
+    assert nohub["variant"] == {"model": "trio", "flags": ["--no-accelerator"]}
+    assert not {key: f["skipped"] for key, f in nohub["scenarios"].items() if "skipped" in f}
+    assert report["accelerator_gain"]["ratios"]["echo_100x64"]["requests_per_s"] > 0
+    assert "c10k" in report["accelerator_gain"]["ratios"]
+    assert "trio ÷ trio-nohub: the accelerator's worth" in result.stdout
+    assert report["baseline"] is None
+    assert report["baseline_gain"] is None
     # The reference: everything but the text scenarios, which it cannot do.
     bare = report["models"]["trio-bare"]
     assert bare["reference"] is True

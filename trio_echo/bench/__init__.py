@@ -3,6 +3,8 @@
 One job per module:
 
 * :mod:`.cli` -- the flags and the run: which models, which scenarios, the progress bar;
+* :mod:`.lineup` -- the models the bench knows (the CLI's, trio-bare, trio-w2, trio-nohub);
+* :mod:`.baseline` -- ``--baseline REV``: the trio model of another git revision (``trio@REV``);
 * :mod:`.scenarios` -- what each scenario does and which figures it reports;
 * :mod:`.server` -- one ``python -m trio_echo --model X`` subprocess: start, port, CPU, RSS, stop;
 * :mod:`.bare` -- ``trio-bare``, the reference: a bare ``trio.serve_tcp`` handler, bench-only;
@@ -10,5 +12,6 @@ One job per module:
 * :mod:`.stats` -- percentiles from the load generator's latency histogram (pure);
 * :mod:`.targets` -- the performance targets, evaluated on a run's figures (``--check``);
 * :mod:`.report` -- the terminal table, the JSON file and the PNG chart;
+* :mod:`.ratios` -- model ÷ model per figure (before/after, the accelerator's worth, trio-w2);
 * :mod:`.machine` -- what the JSON says about the machine and the software versions.
 """

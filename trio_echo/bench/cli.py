@@ -6,15 +6,17 @@ table on stdout and writes ``--json`` and ``--plot``.  A model that is not insta
 scenario it cannot do, is recorded with the reason, so every model appears in the JSON with
 every scenario.
 
-The models are the CLI's (``--model``) plus two of the bench's own: ``trio-bare``, the reference,
-a bare ``trio.serve_tcp`` handler (:mod:`.bare`) the trio model's figures are compared with; and
-``trio-w2``, the trio model with ``--workers 2`` (a supervisor and two worker processes), which
-shows what a second core gains (the table adds ``trio-w2 ÷ trio``).  After the run the
-performance targets (:mod:`.targets`) are evaluated on the figures of this run and printed under
-the table.
+The models are the CLI's (``--model``) plus the bench's own (:mod:`.lineup`): ``trio-bare``, the
+reference, a bare ``trio.serve_tcp`` handler (:mod:`.bare`); ``trio-w2``, the trio model with
+``--workers 2``; ``trio-nohub``, the trio model with ``--no-accelerator``; and with ``--baseline
+REV``, ``trio@REV``, the trio model of an earlier revision (:mod:`.baseline`).  Under the table
+the ratios of the same run (:mod:`.ratios`): ``trio-w2 ÷ trio``, ``trio ÷ trio@REV`` and ``trio
+÷ trio-nohub`` (the accelerator's worth).  After the run the performance targets
+(:mod:`.targets`) are evaluated on the figures of this run and printed under the table.
 
 Exit status: 0 when the run completed (even with skipped scenarios: a skip is a result), 1 when
-it could not run at all (no C compiler, matplotlib missing for ``--plot``) or, with ``--check``,
+it could not run at all (no C compiler, matplotlib missing for ``--plot``, a ``--baseline``
+that cannot be exported or imported) or, with ``--check``,
 when a target evaluated failed; 2 on a usage error.
 """
 
@@ -35,62 +37,29 @@ from typing import Any, TextIO
 
 import attrs
 
-from trio_echo.bench import bare, loadgen
-from trio_echo.bench.machine import machine_info
-from trio_echo.bench.report import (
-    PlotUnavailable,
-    headroom,
-    render_table,
-    workers_gain,
-    write_json,
-    write_plot,
+from trio_echo.bench import baseline, loadgen
+from trio_echo.bench.lineup import (
+    BARE_MODEL,
+    NOHUB_MODEL,
+    REFERENCES,
+    W2_MODEL,
+    bench_models,
+    model_entry,
+    with_baseline,
 )
+from trio_echo.bench.machine import machine_info
+from trio_echo.bench.ratios import accelerator_gain, baseline_gain, workers_gain
+from trio_echo.bench.report import PlotUnavailable, headroom, render_table, write_json, write_plot
 from trio_echo.bench.scenarios import Context, Result, Scenario, Sizes, scenarios_for
-from trio_echo.bench.server import VARIANTS, W2
 from trio_echo.bench.targets import evaluate, failures
 from trio_echo.cli.argtypes import OneLineParser, number_type
 from trio_echo.cli.failures import raise_fd_limit
-from trio_echo.models import MODELS, Model
+from trio_echo.models import Model
 
-__all__ = ["main"]
+# Re-exported: the lineup used to live here.
+__all__ = ["BARE_MODEL", "NOHUB_MODEL", "REFERENCES", "W2_MODEL", "bench_models", "main"]
 
 PROG = "trio-echo bench"
-
-# The bare reference, as the bench sees it: a name, a summary, the flags it cannot honour.  It
-# is no model of the CLI: the entry is only what ``python -m trio_echo.bench.bare`` runs
-# (:func:`.server.server_command` starts it; the bench never calls ``load()``).
-BARE_MODEL = Model(
-    bare.BARE,
-    bare.SUMMARY,
-    "trio_echo.bench.bare:main",
-    unsupported=bare.UNSUPPORTED,
-)
-# Why each reference cannot run a scenario, after "does not support --flag".
-REFERENCES = {bare.BARE: bare.WHY_UNSUPPORTED}
-
-# The trio model with two worker processes: the trio model (same entry, same flags supported),
-# started as ``python -m trio_echo --model trio --workers 2`` (:func:`.server.server_command`).
-W2_MODEL = attrs.evolve(
-    MODELS[VARIANTS[W2].model],
-    name=W2,
-    summary="the trio model with --workers 2: a supervisor and 2 worker processes sharing the "
-    "port (SO_REUSEPORT); figures are the whole process tree's, and it runs on every CPU, the "
-    "load generator's included",
-)
-
-
-def bench_models() -> dict[str, Model]:
-    """Every model the bench knows, in report order: the CLI's, with the reference and the
-    2-worker trio right after trio."""
-    found: dict[str, Model] = {}
-    for name, model in MODELS.items():
-        found[name] = model
-        if name == "trio":
-            found[BARE_MODEL.name] = BARE_MODEL
-            found[W2_MODEL.name] = W2_MODEL
-    found.setdefault(BARE_MODEL.name, BARE_MODEL)
-    found.setdefault(W2_MODEL.name, W2_MODEL)
-    return found
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,7 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--models",
         default=",".join(bench_models()),
         help="comma-separated models to compare (default: all: %(default)s; trio-bare is the "
-        "reference, a bare trio.serve_tcp handler; trio-w2 is trio with --workers 2)",
+        "reference, a bare trio.serve_tcp handler; trio-w2 is trio with --workers 2; "
+        "trio-nohub is trio with --no-accelerator)",
+    )
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also run the trio model of git revision REV (exported to build/baseline-REV), "
+        "as the model trio@REV, in the same runs: the table adds trio ÷ trio@REV per figure",
     )
     parser.add_argument(
         "--scenarios",
@@ -214,23 +190,6 @@ def _selected(all_scenarios: list[Scenario], wanted: str | None) -> list[Scenari
         return all_scenarios
     parts = [p.strip() for p in wanted.split(",") if p.strip()]
     return [s for s in all_scenarios if any(s.key.startswith(p) for p in parts)]
-
-
-def model_entry(model: Model, context: Context | None = None) -> dict[str, Any]:
-    """A model's entry in the report, before its scenarios: summary, reference or variant (the
-    CLI's model and flags it runs), the CPUs its servers were pinned to, why not."""
-    entry: dict[str, Any] = {"summary": model.summary, "scenarios": {}}
-    if model.name in REFERENCES:
-        entry["reference"] = True
-    if (variant := VARIANTS.get(model.name)) is not None:
-        entry["variant"] = {"model": variant.model, "flags": list(variant.flags)}
-    if context is not None:
-        cpus = context.cpus_for(model)
-        entry["cpus"] = None if cpus is None else list(cpus)
-    why_not = model.available()
-    if why_not is not None:
-        entry["skipped"] = why_not
-    return entry
 
 
 def cannot_run(model: Model, scenario: Scenario) -> Result | None:
@@ -345,6 +304,15 @@ def main(argv: Sequence[str]) -> int:
         return _replay(args.from_json, args.plot, args.check)
     models = bench_models()
     names = [n.strip() for n in args.models.split(",") if n.strip()]
+    before: baseline.Baseline | None = None
+    if args.baseline is not None:
+        try:
+            before = baseline.prepare(args.baseline)
+        except baseline.BaselineError as exc:
+            print(f"{PROG}: error: --baseline: {exc}", file=sys.stderr)
+            return 1
+        models[before.name] = baseline.register(before)
+        names = with_baseline(names, before.name)
     unknown = [n for n in names if n not in models]
     if unknown or not names:
         parser.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(models)}")
@@ -400,6 +368,15 @@ def main(argv: Sequence[str]) -> int:
                 if (cpus := context.cpus_for(models[n])) != server_cpus and cpus is not None
             },
         },
+        "baseline": None
+        if before is None
+        else {
+            "model": before.name,
+            "revision": before.revision,
+            "subject": before.subject,
+            "source": str(before.source),
+            "imports": str(before.imports),
+        },
         "scenario_titles": {s.key: s.title for s in scenarios},
         "models": {},
     }
@@ -415,6 +392,8 @@ def main(argv: Sequence[str]) -> int:
     report["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     report["loadgen"]["headroom"] = headroom(report)
     report["workers_gain"] = workers_gain(report)
+    report["baseline_gain"] = baseline_gain(report)
+    report["accelerator_gain"] = accelerator_gain(report)
     report["targets"] = _targets(report)
 
     sys.stdout.write(render_table(report))

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from trio_echo.bench.ratios import accelerator_gain, baseline_gain, workers_gain
 from trio_echo.bench.targets import format_value
 
 __all__ = [
@@ -188,6 +189,9 @@ def render_table(report: Mapping[str, Any]) -> str:
     gain = workers_gain(report)
     if gain is not None:
         out += ["", gain["text"]]
+    for ratios in (baseline_gain(report), accelerator_gain(report)):
+        if ratios is not None:
+            out += ["", *ratios["lines"]]
     out += [
         "",
         "CPU srv/load/other: CPU cores used by the server / by the load generator / by the rest "
@@ -292,39 +296,6 @@ def headroom(report: Mapping[str, Any]) -> dict[str, Any] | None:
         "loadgen_cpu_max": round(busiest, 3),
         "saturated": saturated,
         "text": text,
-    }
-
-
-# What trio-w2 ÷ trio compares: each scenario family's headline figure (higher is better).
-GAIN_MODELS = ("trio-w2", "trio")
-GAIN_FIGURES = (("echo_", "requests_per_s"), ("stream_", "mb_per_s"))
-
-
-def workers_gain(report: Mapping[str, Any]) -> dict[str, Any] | None:
-    """``trio-w2 ÷ trio``: the 2-worker server's figure over the single process's, for every
-    echo scenario (median requests/s) and streaming one (MB/s) both measured; None if there is
-    none."""
-    models: Mapping[str, Any] = report["models"]
-    many, one = GAIN_MODELS
-    if many not in models or one not in models:
-        return None
-    titles: Mapping[str, str] = report.get("scenario_titles", {})
-    ratios: dict[str, float] = {}
-    for key, base in models[one].get("scenarios", {}).items():
-        field = next((f for prefix, f in GAIN_FIGURES if key.startswith(prefix)), None)
-        other = models[many].get("scenarios", {}).get(key)
-        if field is None or other is None or "skipped" in base or "skipped" in other:
-            continue
-        value, reference = other.get(field), base.get(field)
-        if isinstance(value, (int, float)) and isinstance(reference, (int, float)) and reference:
-            ratios[key] = round(value / reference, 3)
-    if not ratios:
-        return None
-    parts = ", ".join(f"{titles.get(key, key)} {ratio:.2f}×" for key, ratio in ratios.items())
-    return {
-        "models": list(GAIN_MODELS),
-        "ratios": ratios,
-        "text": f"{many} ÷ {one} (echo: requests/s, streams: MB/s): {parts}",
     }
 
 

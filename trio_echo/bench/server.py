@@ -10,6 +10,10 @@ when the ``with`` block ends is killed.
 CPU time and memory come from ``/proc/PID/stat`` and ``/proc/PID/status``, summed over the
 server's whole process tree (:func:`process_tree`): every thread of the threads model counts, and
 so does every worker process of ``--workers`` (``trio-w2``), without touching the server.
+
+A variant may run another revision's source (``bench --baseline REV``, :mod:`.baseline`): its
+server starts in that source tree, with the tree first on ``PYTHONPATH``, so that ``python -m
+trio_echo`` imports that revision's package and not this one (:func:`server_environment`).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import IO
 
 import attrs
@@ -30,6 +35,7 @@ import attrs
 from trio_echo.bench.bare import BARE
 
 __all__ = [
+    "NOHUB",
     "VARIANTS",
     "W2",
     "ServerError",
@@ -38,6 +44,7 @@ __all__ = [
     "descendants",
     "process_tree",
     "server_command",
+    "server_environment",
 ]
 
 # ``01:04:27.446 NOTICE listening on 127.0.0.1:46253, [::1]:46253 (print, text)``
@@ -59,12 +66,22 @@ class Variant:
     # Processes that serve (``--workers N``): a variant with more than one runs on every CPU the
     # bench may use, not only the servers' (see ``cli.pin_cpus``).
     workers: int = 1
+    # Another revision's source tree to run instead of this one (``bench --baseline``), and
+    # that revision's commit.
+    source: Path | None = None
+    revision: str | None = None
 
 
 # The trio model with two worker processes behind a supervisor (``--workers 2``, the port shared
 # with SO_REUSEPORT): what a second core gains.
 W2 = "trio-w2"
-VARIANTS: dict[str, Variant] = {W2: Variant("trio", ("--workers", "2"), workers=2)}
+# The trio model without its epoll readiness hub (``--no-accelerator``): what the hub is worth.
+NOHUB = "trio-nohub"
+# ``bench --baseline REV`` adds ``trio@REV`` here (:func:`.baseline.register`).
+VARIANTS: dict[str, Variant] = {
+    W2: Variant("trio", ("--workers", "2"), workers=2),
+    NOHUB: Variant("trio", ("--no-accelerator",)),
+}
 
 
 def server_command(model: str, flags: Sequence[str]) -> list[str]:
@@ -80,6 +97,21 @@ def server_command(model: str, flags: Sequence[str]) -> list[str]:
         *("--port", "0", "--log-level", "notice"),
         *flags,
     ]
+
+
+def server_environment(model: str) -> tuple[Path | None, dict[str, str] | None]:
+    """(working directory, environment) of a server of ``model``: (None, None), inherit ours,
+    except for a variant of another revision (:attr:`Variant.source`): that source tree as the
+    working directory and first on ``PYTHONPATH``.  Both are needed: ``python -m`` puts the
+    working directory before ``PYTHONPATH`` on ``sys.path`` (run from this checkout, it would
+    import this checkout's package), and the editable install's finder comes after both."""
+    variant = VARIANTS.get(model)
+    if variant is None or variant.source is None:
+        return None, None
+    source = str(variant.source)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (source, env.get("PYTHONPATH")) if p)
+    return variant.source, env
 
 
 # ---- the process tree -------------------------------------------------------------------------
@@ -170,8 +202,14 @@ class ServerProcess:
         cpus: tuple[int, ...] | None = None,
     ) -> None:
         self.command = server_command(model, flags)
+        cwd, env = server_environment(model)
         self.proc = subprocess.Popen(
-            self.command, stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.PIPE
+            self.command,
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            cwd=cwd,
+            env=env,
         )
         if cpus:
             # Right after the exec, before the interpreter has started any thread: every thread

@@ -423,6 +423,26 @@ def test_slowloris_holds_one_slot_until_the_idle_timeout(start_server, connect):
     assert recv_eof(slow) == b"".join(dribbled)  # its echo, then EOF
 
 
+def test_a_client_that_never_reads_its_echo_is_closed_after_the_idle_timeout(start_server, connect):
+    # With --echo, a client that sends but never reads fills its receive buffer, then ours:
+    # the handler blocks sending the echo.  --idle-timeout covers that wait too, or the client
+    # would hold its slot (and a task, and buffers) forever.
+    server = start_server("--echo", "--quiet", "--idle-timeout", "0.5")
+    client = connect(server.port)
+    # Send until stuck for good (the server stopped reading: it is blocked on its echo), or
+    # until the server closes the connection.
+    client.settimeout(0.5 + EVENT_TIMEOUT)
+    with contextlib.suppress(OSError):
+        for _ in range(4096):  # 256 MiB: far more than the buffers of both ends hold
+            client.sendall(b"x" * 65536)
+    server.wait_stderr(
+        rf"close #1 {re.escape(peer_name(client))}: \d+ bytes .*\(not reading its echo for "
+        r"0.5 s\)$",
+        timeout=0.5 + EVENT_TIMEOUT,
+    )
+    assert server.stop() == 0
+
+
 # ---- the warning about a non-loopback address --------------------------------------------------
 
 

@@ -281,6 +281,22 @@ async def test_a_client_accepted_as_shutdown_starts_is_closed_not_served(
     assert h.handle.stats.connections == 0
 
 
+async def test_a_handler_started_after_a_zero_grace_shutdown_never_serves(
+    start: Callable[..., Any],
+) -> None:
+    # --grace 0: the closer looks once and finds nobody.  A client accepted in the same
+    # scheduler batch as the signal has a handler that starts only afterwards; it must close
+    # its client instead of serving it without any limit (review finding 2).
+    h = await start(grace=0)
+    client = await h.listener.connect()
+    h.handle.shutdown(0)
+    await h.done.wait()
+    with trio.fail_after(5):
+        assert await client.receive_some(10) == b""
+    assert h.handle.stats.active == 0
+    await client.aclose()
+
+
 @attrs.define(eq=False)
 class ExplodingStream(trio.abc.Stream):
     """A client whose stream fails in a way no real socket would."""

@@ -83,6 +83,36 @@ def perf(session: nox.Session) -> None:
     session.run("python", "-m", "trio_echo", "bench", *args)
 
 
+# The revision the core server's rewrite (serve_listeners, our own Listener and stream) is
+# measured against: the last commit before that round of work.
+COMPARE_BASELINE = "d8d1f1a"
+
+
+@nox.session(default=False)
+def compare(session: nox.Session) -> None:
+    """Before/after in one bench run (about 5 minutes on 2 cores; every wait is bounded): the
+    trio model now, the trio model of commit d8d1f1a (`--baseline`: exported to
+    build/baseline-d8d1f1a and run as `trio@d8d1f1a`), the trio model without its epoll
+    accelerator (`trio-nohub`) and asyncio for reference, in echo 100 × 64 B and 1000 × 1 KiB,
+    the storm under load, 10,000 connections (memory, shutdown) and raw and text streaming, the
+    echo runs and storms repeated 5 times and interleaved across the models.  The table ends
+    with `trio ÷ trio@d8d1f1a` and `trio ÷ trio-nohub` (the accelerator's worth) per figure.
+    Writes build/compare.json.  Arguments after -- are added (later flags win), e.g. `nox -s
+    compare -- --quick --json build/compare-quick.json` (with --quick: the quick sizes, one
+    run each, and no 1000-connection echo; under a minute).  Not part of CI: needs a quiet
+    machine, and git history."""
+    session.install(".[bench]")
+    sizes = [] if "--quick" in session.posargs else ["--duration", "2", "--repeats", "5"]
+    session.run(
+        *("python", "-m", "trio_echo", "bench"),
+        *("--models", "trio,trio-nohub,asyncio", "--baseline", COMPARE_BASELINE),
+        *("--scenarios", "echo_100x64,echo_1000x1024,storm_busy,c10k,stream_raw,stream_text"),
+        *sizes,
+        *("--json", "build/compare.json"),
+        *session.posargs,
+    )
+
+
 @nox.session(default=False)
 def haproxy(session: nox.Session) -> None:
     """HAProxy in front of two trio_echo backends (tests/test_haproxy.py, `pytest -m haproxy`):

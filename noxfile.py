@@ -136,3 +136,28 @@ def haproxy(session: nox.Session) -> None:
                 break
     session.install(".", *nox.project.dependency_groups(PYPROJECT, "test"))
     session.run("pytest", "-m", "haproxy", *session.posargs)
+
+
+@nox.session(default=False)
+def portable(session: nox.Session) -> None:
+    """Run the default test selection of `nox -s tests` again with the Linux-only pieces hidden
+    from trio_echo: select.epoll (and the EPOLL* constants) and socket.SO_REUSEPORT, as on
+    macOS and the BSDs (README, "Platforms").  A .pth file in this session's virtualenv (and in
+    no other) imports tests/portable/hide_linux.py at every interpreter start-up, so pytest, the
+    `python -m trio_echo` servers the tests start and their --workers processes are all affected;
+    Trio keeps the real modules.  The pytest header says so; tests that need a hidden piece skip
+    with the reason.  Arguments after -- go to pytest."""
+    import pathlib
+
+    hide_dir = pathlib.Path("tests/portable").resolve()
+    purelib = session.run(
+        "python", "-c", "import sysconfig; print(sysconfig.get_path('purelib'))", silent=True
+    )
+    assert isinstance(purelib, str)
+    pth = pathlib.Path(purelib.strip()) / "trio_echo_hide_linux.pth"
+    # Installed without the hiding (pip is a Python process of this virtualenv too).
+    pth.unlink(missing_ok=True)
+    session.install(".[bench]", *nox.project.dependency_groups(PYPROJECT, "test"))
+    pth.write_text(f"{hide_dir}\nimport hide_linux\n")
+    session.log(f"hiding select.epoll, select.EPOLL* and socket.SO_REUSEPORT ({pth})")
+    session.run("pytest", "-p", "hide_linux", *session.posargs)

@@ -53,6 +53,17 @@ ADDRESS_RE = re.compile(r"(?P<host>\[[^\]]+\]|[^\s,]+):(?P<port>\d+)")
 
 SERVER_COMMAND = (sys.executable, "-m", "trio_echo")
 
+# Linux-only pieces (README, "Platforms"): macOS and the BSDs have no epoll, and `--workers N`
+# needs SO_REUSEPORT.  `nox -s portable` hides both (tests/portable/hide_linux.py), as there.
+needs_epoll = pytest.mark.skipif(
+    not hasattr(select, "epoll"),
+    reason="needs select.epoll: Linux only (hidden by nox -s portable)",
+)
+needs_reuseport = pytest.mark.skipif(
+    not hasattr(socket, "SO_REUSEPORT"),
+    reason="--workers N shares the port with SO_REUSEPORT (hidden by nox -s portable)",
+)
+
 
 class _PipeReader:
     """A daemon thread that reads one pipe of the child to EOF into a buffer.

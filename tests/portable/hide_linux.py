@@ -95,6 +95,8 @@ class HidingModule(types.ModuleType):
         setattr(self.__dict__["__hiding_real__"], name, value)
 
     def __delattr__(self, name: str) -> None:
+        if _is_hidden(name, self.__dict__["__hiding_names__"]):
+            raise AttributeError(name)  # already missing here; the real module keeps it
         delattr(self.__dict__["__hiding_real__"], name)
 
     def __dir__(self) -> list[str]:

@@ -8,13 +8,16 @@ signal watcher in-process, where the window to hit is too narrow to reach from o
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pickle
 import select
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 import attrs
 import pytest
@@ -26,11 +29,13 @@ from conftest import (
     STARTUP_TIMEOUT,
     assert_no_traceback,
 )
+from test_workers import worker_pids
 
 from trio_echo.cli.options import parse_args
 from trio_echo.config import Config
 from trio_echo.server import app
 from trio_echo.server.serve import ServerHandle
+from trio_echo.workers.worker import WorkerSpec, force_message
 
 REUSEPORT_MESSAGE = (
     "--workers needs SO_REUSEPORT, which this platform lacks (use --fd with one inherited "
@@ -275,3 +280,159 @@ def test_a_signal_during_the_workers_start_up_is_a_graceful_stop(tmp_path):
     assert "forced" not in result.stderr
     assert "NOTICE stopped: " in result.stderr
     assert_no_traceback(result.stderr)
+
+
+# ---- 4: a forced or orphaned worker says so ----------------------------------------------------
+
+
+@attrs.define
+class LoneWorker:
+    """A worker started by the test, which plays its supervisor: the control socket, the
+    process, its listening port."""
+
+    proc: subprocess.Popen[bytes]
+    control: socket.socket
+    port: int
+
+    def message(self, key: str, timeout: float = STARTUP_TIMEOUT) -> dict[str, object]:
+        """The next JSON line from the worker that has ``key``."""
+        import json
+
+        deadline = time.monotonic() + timeout
+        pending = b""
+        while True:
+            for line in pending.splitlines():
+                found = json.loads(line)
+                if key in found:
+                    return found  # type: ignore[no-any-return]
+            self.control.settimeout(max(deadline - time.monotonic(), 0.001))
+            data = self.control.recv(4096)
+            assert data, f"the worker closed its control socket before {key!r}"
+            pending += data
+
+
+@pytest.fixture
+def lone_worker() -> Iterator[LoneWorker]:
+    with start_lone_worker() as worker:
+        yield worker
+
+
+@contextlib.contextmanager
+def start_lone_worker() -> Iterator[LoneWorker]:
+    """A worker serving a loopback port, the test its supervisor; killed at the end."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        ours, theirs = socket.socketpair()
+        config = Config(
+            hosts=("127.0.0.1",),
+            port=0,
+            fds=(listener.fileno(),),
+            worker_id=1,
+            grace=30,
+        )
+        ours.sendall(pickle.dumps(WorkerSpec(config, "info")))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "trio_echo.workers.worker", str(theirs.fileno())],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            pass_fds=(listener.fileno(), theirs.fileno()),
+            start_new_session=True,
+        )
+        theirs.close()
+        port = listener.getsockname()[1]
+    try:
+        yield LoneWorker(proc, ours, port)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=EVENT_TIMEOUT)
+        ours.close()
+
+
+def _connected_client(worker: LoneWorker, watched: _Watched) -> socket.socket:
+    """A client the worker has accepted (it says ``open`` on stderr)."""
+    worker.message("ready")
+    client = socket.create_connection(("127.0.0.1", worker.port), timeout=EVENT_TIMEOUT)
+    client.sendall(b"hello\n")
+    watched.wait_stderr_line(b"worker 1: open #1 ", EVENT_TIMEOUT)
+    return client
+
+
+def test_a_forced_worker_says_so_and_exits_128_plus_the_signal(lone_worker):
+    watched = _Watched(lone_worker.proc)
+    with _connected_client(lone_worker, watched):
+        lone_worker.proc.send_signal(signal.SIGTERM)
+        watched.wait_stderr_line(b"worker 1: SIGTERM: stopped accepting", EVENT_TIMEOUT)
+        lone_worker.control.sendall(force_message(signal.SIGINT))
+        last = lone_worker.message("status")
+        status = lone_worker.proc.wait(EVENT_TIMEOUT)
+    stderr = (watched.stderr + lone_worker.proc.communicate()[1]).decode()
+    assert status == last["status"] == 128 + signal.SIGINT, stderr
+    assert "worker 1: forced by the supervisor: closing every connection now" in stderr
+    assert "worker 1: forced exit: served 1 connection, 6 bytes received" in stderr
+    assert "stopped: " not in stderr
+    assert_no_traceback(stderr)
+
+
+# Rounds of the race below: it went wrong about one round in two.
+FORCE_RACE_ROUNDS = 6
+
+
+def test_a_worker_forced_with_its_sigterm_still_pending_reports_forced():
+    """The supervisor's SIGTERM and, at once, its FORCE (a second signal right after the
+    first): when the FORCE won, Trio gave the still pending SIGTERM back to Python's default
+    handler as the worker stopped, and the worker died of it before reporting."""
+    for _ in range(FORCE_RACE_ROUNDS):
+        with start_lone_worker() as worker:
+            watched = _Watched(worker.proc)
+            # A client, so that the worker is still draining when the FORCE comes.
+            with _connected_client(worker, watched):
+                worker.proc.send_signal(signal.SIGTERM)
+                worker.control.sendall(force_message(signal.SIGTERM))
+                status = worker.proc.wait(EVENT_TIMEOUT)
+            last = worker.message("status")
+            stderr = (watched.stderr + worker.proc.communicate()[1]).decode()
+            assert status == last["status"] == 128 + signal.SIGTERM, stderr
+            assert_no_traceback(stderr)
+
+
+def test_an_orphaned_worker_says_so_and_exits_1(lone_worker):
+    watched = _Watched(lone_worker.proc)
+    with _connected_client(lone_worker, watched):
+        lone_worker.control.close()
+        status = lone_worker.proc.wait(EVENT_TIMEOUT)
+    stderr = (watched.stderr + lone_worker.proc.communicate()[1]).decode()
+    assert status == 1, stderr
+    assert "worker 1: the supervisor is gone: closing every connection now" in stderr
+    assert "stopped: " not in stderr
+    assert "supervisor is gone; every connection was closed: served 1 connection" in stderr
+    assert_no_traceback(stderr)
+
+
+def test_the_supervisor_summary_names_the_forced_workers(start_server, connect):
+    server = start_server("--workers", "2", "--grace", "30", "--host", "127.0.0.1")
+    pids = worker_pids(server)
+    # A client on each worker, so that both are still draining at the second signal.
+    clients: list[socket.socket] = []
+    deadline = time.monotonic() + EVENT_TIMEOUT
+    while not all(f"worker {n}: open" in server.stderr for n in pids):
+        assert time.monotonic() < deadline, server.stderr
+        client = connect(server.port)
+        client.sendall(b"stay\n")
+        clients.append(client)
+        server.wait_stdout(lambda data: data.count(b"] stay\n") == len(clients))
+    server.send_signal(signal.SIGTERM)
+    server.wait_stderr("NOTICE SIGTERM: stopping 2 workers")
+    server.wait_stderr(r"worker 1: \w+: stopped accepting")
+    server.wait_stderr(r"worker 2: \w+: stopped accepting")
+    server.send_signal(signal.SIGINT)
+    assert server.wait() == 128 + signal.SIGINT
+    for client in clients:
+        client.close()
+    stderr = server.all_stderr()
+    assert "worker 1: forced exit: " in stderr
+    assert "worker 2: forced exit: " in stderr
+    assert "NOTICE forced exit (workers 1, 2 closed every connection): served " in stderr
+    assert_no_traceback(stderr)

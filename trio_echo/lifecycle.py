@@ -52,9 +52,20 @@ class Outcome:
         return cls(0, f"stopped: {stats.summary()}", stats)
 
     @classmethod
-    def forced(cls, signum: int, stats: ServerStats) -> Outcome:
-        """A second signal cut the shutdown short: 128 + N, as a shell shows a signal death."""
-        return cls(128 + signum, f"forced exit: {stats.summary()}", stats)
+    def forced(cls, signum: int, stats: ServerStats, detail: str = "") -> Outcome:
+        """A second signal cut the shutdown short: 128 + N, as a shell shows a signal death.
+        ``detail``: how (a ``--workers`` supervisor names the workers that cut their
+        clients off)."""
+        how = f" ({detail})" if detail else ""
+        return cls(128 + signum, f"forced exit{how}: {stats.summary()}", stats)
+
+    @classmethod
+    def orphaned(cls, stats: ServerStats) -> Outcome:
+        """A ``--workers`` worker whose supervisor is gone closed every connection and
+        stopped: a runtime error (exit status 1), not a graceful stop."""
+        return cls(
+            1, f"the supervisor is gone; every connection was closed: {stats.summary()}", stats
+        )
 
     @classmethod
     def drain_failed(cls, drain_timeout: float, stats: ServerStats) -> Outcome:

@@ -64,7 +64,7 @@ from trio_echo.output.frames import FrameDecoder
 from trio_echo.output.queue import OutputQueue, open_output_queue
 from trio_echo.output.writer import write_stdout
 from trio_echo.stats import ServerStats
-from trio_echo.workers.worker import FORCE, WorkerSpec
+from trio_echo.workers.worker import WorkerSpec, force_message
 
 __all__ = [
     "HEALTHY_AFTER",
@@ -148,6 +148,10 @@ class Supervisor:
     restarts: int = 0
     # Workers that ended badly while stopping (not forced): the exit status is then 1.
     failures: list[str] = attrs.field(factory=list)
+    # After a second signal: the workers that closed their connections when told to, and how
+    # the others that did not stop gracefully ended ("worker 3 was killed by SIGKILL").
+    forced_workers: list[int] = attrs.field(factory=list)
+    killed: list[str] = attrs.field(factory=list)
     _numbers: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1))
     _first_ready: int = 0
 
@@ -178,10 +182,21 @@ class Supervisor:
                 self.forced_by = signum
                 for control in list(self.controls.values()):
                     with contextlib.suppress(OSError):
-                        control.send(FORCE)
+                        control.send(force_message(signum))
                 await trio.sleep(KILL_AFTER_FORCE)
                 self._signal_all(signal.SIGKILL)
                 return
+
+    def describe_forced(self) -> str:
+        """How the workers ended after the second signal, for the summary: ``workers 1, 2
+        closed every connection``."""
+        parts = []
+        if numbers := sorted(self.forced_workers):
+            parts.append(
+                f"worker{'s' if len(numbers) > 1 else ''} {', '.join(map(str, numbers))} "
+                "closed every connection"
+            )
+        return "; ".join(parts + self.killed)
 
     def _signal_all(self, signum: int) -> None:
         for process in list(self.live.values()):
@@ -207,8 +222,13 @@ class Supervisor:
                 LOGGER.error("worker %d: %s", number, exc)
                 returncode = None
             if self.stop_requested.is_set():
-                if self.forced_by is None and returncode not in (0, -signal.SIGTERM):
-                    self.failures.append(f"worker {number} {describe_exit(returncode)}")
+                if self.forced_by is None:
+                    if returncode not in (0, -signal.SIGTERM):
+                        self.failures.append(f"worker {number} {describe_exit(returncode)}")
+                elif returncode is not None and returncode > 128:
+                    self.forced_workers.append(number)  # 128 + N: it was forced (worker.py)
+                elif returncode != 0:
+                    self.killed.append(f"worker {number} {describe_exit(returncode)}")
                 return
             if first and not ready.is_set():
                 raise WorkerError(
@@ -379,7 +399,7 @@ async def supervise(config: Config, log_level: str) -> Outcome:
     if supervisor.restarts:
         LOGGER.log(NOTICE, "workers restarted: %d", supervisor.restarts)
     if supervisor.forced_by is not None:
-        return Outcome.forced(supervisor.forced_by, stats)
+        return Outcome.forced(supervisor.forced_by, stats, supervisor.describe_forced())
     if output.cancel_scope.cancelled_caught:
         return Outcome.drain_failed(drain_timeout, stats)
     if supervisor.failures:

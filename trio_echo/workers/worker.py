@@ -21,27 +21,38 @@ the exit over the control socket on a second signal.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
+import re
+import signal
 import socket
 import sys
 from collections.abc import Sequence
 from functools import partial
+from types import FrameType
 
 import attrs
 import trio
 
 from trio_echo.config import Config
+from trio_echo.lifecycle import STOP_SIGNALS, Outcome
 from trio_echo.logs import LOGGER, setup_logging
 from trio_echo.server.app import run
 from trio_echo.server.serve import ServerHandle
+from trio_echo.stats import ServerStats
 
 __all__ = ["FORCE", "WorkerSpec", "force_message", "main", "send_message"]
 
-# What the supervisor sends a worker on the second signal: close every connection now.  The
+# What the supervisor sends a worker on the second signal (``force N``, N the signal that forced
+# it; see force_message): close every connection now.  The
 # worker ignores further signals of its own, which may be the first one reaching it twice
 # (systemd's default KillMode signals every process of the service; so does pkill).
 FORCE = b"force"
+
+
+# A whole FORCE line, with the signal number when there is one.
+_FORCE_RE = re.compile(rb"%s(?: (\d+))?\n" % FORCE)
 
 
 def force_message(signum: int) -> bytes:
@@ -65,9 +76,63 @@ def send_message(control: socket.socket, **fields: object) -> None:
     control.sendall(json.dumps(fields).encode() + b"\n")
 
 
-async def _until_forced(control: socket.socket) -> str:
+@attrs.define
+class _Cut:
+    """Whether the supervisor cut the worker short, and how: the worker's exit status and
+    summary say so (the server itself only knows that everything was cancelled)."""
+
+    # The signal that forced the supervisor (its ``force N``), if it did.
+    forced_by: int | None = None
+    # The supervisor is gone (end of stream on the control socket).
+    orphaned: bool = False
+
+    def outcome(self, outcome: Outcome) -> Outcome:
+        """``outcome`` of the server, or the cut that ended it."""
+        stats = outcome.stats or ServerStats()
+        if self.forced_by is not None:
+            return Outcome.forced(self.forced_by, stats)
+        if self.orphaned:
+            return Outcome.orphaned(stats)
+        return outcome
+
+
+@attrs.define
+class _SignalMemo:
+    """The stop signals that reach the worker while Trio does not listen for them: before the
+    server's signal receiver is open, and after it is closed.
+
+    Trio gives a signal still pending when its receiver closes back to the handler it found;
+    Python's default for SIGTERM is death.  A forced worker whose forwarded SIGTERM was still
+    pending (the supervisor sends it just before ``FORCE``) died of it before it could report,
+    its counts lost.  With this handler a late signal is noted and nothing else (the worker is
+    ending anyway), and an early one is delivered again once Trio listens (:meth:`replay`).
+    """
+
+    received: list[int] = attrs.field(factory=list)
+
+    def install(self) -> None:
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, self._note)
+
+    def _note(self, signum: int, frame: FrameType | None) -> None:
+        self.received.append(signum)
+
+    def replay(self) -> None:
+        """The signals noted so far, raised again: from inside ``run``, Trio's receiver gets
+        them."""
+        early, self.received = self.received, []
+        for signum in early:
+            signal.raise_signal(signum)
+
+
+async def _until_forced(control: socket.socket, cut: _Cut, memo: _SignalMemo) -> str:
     """Return (why) once the supervisor forces the exit (``FORCE`` on the control socket) or
-    its end of the control socket closes."""
+    its end of the control socket closes; ``cut`` records which.
+
+    Started by ``run`` once it listens for signals: the signals ``memo`` noted before, it
+    replays first."""
+    memo.replay()
+    received = b""
     while True:
         await trio.lowlevel.wait_readable(control)
         try:
@@ -77,13 +142,18 @@ async def _until_forced(control: socket.socket) -> str:
         except OSError:
             data = b""
         if not data:
+            cut.orphaned = True
             return "the supervisor is gone"
-        if FORCE in data:
+        received += data
+        if (match := _FORCE_RE.search(received)) is not None:
+            cut.forced_by = int(match[1]) if match[1] else signal.SIGTERM
             return "forced by the supervisor"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Serve as the supervisor asks; the exit status as ``trio-echo`` would give it."""
+    memo = _SignalMemo()
+    memo.install()
     args = list(sys.argv[1:] if argv is None else argv)
     control: socket.socket | None = None
     try:
@@ -99,13 +169,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     try:
-        return _serve(spec, control)
+        return _serve(spec, control, memo)
     finally:
         # Ours to close: left to the garbage collector it is a ResourceWarning (-X dev).
         control.close()
 
 
-def _serve(spec: WorkerSpec, control: socket.socket) -> int:
+def _serve(spec: WorkerSpec, control: socket.socket, memo: _SignalMemo) -> int:
     """Run the server of ``spec``, tell the supervisor how it ended; the exit status."""
     # Imported here: cli imports the models, which a worker only needs for its error messages.
     from trio_echo.cli.failures import describe_failure, raise_fd_limit
@@ -115,6 +185,7 @@ def _serve(spec: WorkerSpec, control: socket.socket) -> int:
     raise_fd_limit()
     sockets = [socket.socket(fileno=fd) for fd in config.fds]
     control.setblocking(False)
+    cut = _Cut()
 
     def announce(handle: ServerHandle) -> None:
         # The supervisor logs it, and the start-up line once every worker is ready.
@@ -128,7 +199,7 @@ def _serve(spec: WorkerSpec, control: socket.socket) -> int:
                 sockets=sockets,
                 framed=True,
                 announce=announce,
-                stop_when=partial(_until_forced, control),
+                stop_when=partial(_until_forced, control, cut, memo),
             )
         )
     except BaseException as exc:
@@ -143,6 +214,7 @@ def _serve(spec: WorkerSpec, control: socket.socket) -> int:
         # The server closes them once it serves; not if it stopped before.
         for sock in sockets:
             sock.close()
+    outcome = cut.outcome(outcome)
     stats = outcome.stats
     _report(
         control,
@@ -150,7 +222,8 @@ def _serve(spec: WorkerSpec, control: socket.socket) -> int:
         connections=stats.connections if stats else 0,
         bytes=stats.bytes_received if stats else 0,
     )
-    LOGGER.info("%s", outcome.summary)
+    # A cut short worker's line is a warning: its clients were cut off.
+    LOGGER.log(logging.INFO if outcome.exit_status == 0 else logging.WARNING, "%s", outcome.summary)
     return outcome.exit_status
 
 

@@ -82,7 +82,8 @@ class Handler:
         limited: LimitedStream | None = None
         sending = False
         try:
-            with registry.serving(conn, stream) as scope:
+            with trio.CancelScope() as scope:
+                registry.live[conn] = (scope, stream)
                 via = ""
                 if config.proxy_protocol:
                     refused = _Refused("PROXY header cut short", "")
@@ -145,6 +146,7 @@ class Handler:
             conn.reason = f"error: {exc!r}"
             LOGGER.warning("connection #%d %s failed: %r", conn.conn_id, conn.peer, exc)
         finally:
+            del registry.live[conn]
             if refused is not None:
                 conn.abandon(refused.what, refused.detail or registry.cancel_reason())
             else:
@@ -153,10 +155,11 @@ class Handler:
                     # put_nowait: this must happen even while the handler is being cancelled.
                     output.put_nowait(last)
             registry.left()
+            # The stream itself is closed by our caller, trio.serve_listeners, once we return
+            # (at once for a socket: no second scheduler trip per client, which ten thousand
+            # clients leaving together would feel); a TLS stream first says goodbye.
             if tls is not None:
                 await _close_tls(tls)
-            else:
-                await trio.aclose_forcefully(stream)
 
     async def _after_proxy_header(
         self, stream: trio.abc.Stream, conn: Connection

@@ -9,9 +9,6 @@ handlers' nursery too.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import attrs
 import trio
 
@@ -88,21 +85,13 @@ class Registry:
 
     stats: ServerStats
     handle: ServerHandle | None = None
+    # Each handler's cancel scope and stream, from its start to its end (the handler adds and
+    # removes itself: no context manager object per connection, for c10k's memory).
     live: dict[Connection, tuple[trio.CancelScope, trio.abc.Stream]] = attrs.field(factory=dict)
     # True once the grace period is over and the closer is ending the handlers.
     closing: bool = False
     # Unparked whenever a client leaves: the closer, waiting for everyone to leave, looks again.
     _left: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot)
-
-    @contextmanager
-    def serving(self, conn: Connection, stream: trio.abc.Stream) -> Iterator[trio.CancelScope]:
-        """Register a handler for as long as it serves ``conn``; the scope it must run in."""
-        with trio.CancelScope() as scope:
-            self.live[conn] = (scope, stream)
-            try:
-                yield scope
-            finally:
-                del self.live[conn]
 
     def replace_stream(self, conn: Connection, stream: trio.abc.Stream) -> None:
         """``conn`` is now served over ``stream`` (a TLS stream over the socket's)."""

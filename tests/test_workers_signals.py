@@ -33,6 +33,7 @@ from test_workers import worker_pids
 
 from trio_echo.cli.options import parse_args
 from trio_echo.config import Config
+from trio_echo.lifecycle import MIN_DRAIN_TIMEOUT
 from trio_echo.server import app
 from trio_echo.server.serve import ServerHandle
 from trio_echo.workers.worker import WorkerSpec, force_message
@@ -49,8 +50,9 @@ NO_REUSEPORT_SITE = (
 )
 
 # How much later than grace + one drain period a stopped server may exit: the Python exit
-# and the closing of the connections, not another drain period (which is at least 1 s).
-SHUTDOWN_SLACK = 0.8
+# and the closing of the connections; well under the two more drain periods (at least 2 s)
+# that draining one after another in worker, relay and supervisor cost.
+SHUTDOWN_SLACK = 1.0
 
 # The server of the -X dev test: two workers, loopback only.
 DEV_ARGS = ("--port", "0", "--workers", "2", "--host", "127.0.0.1")
@@ -435,4 +437,48 @@ def test_the_supervisor_summary_names_the_forced_workers(start_server, connect):
     assert "worker 1: forced exit: " in stderr
     assert "worker 2: forced exit: " in stderr
     assert "NOTICE forced exit (workers 1, 2 closed every connection): served " in stderr
+    assert_no_traceback(stderr)
+
+
+# ---- 12: a stalled stdout costs grace + one drain period ---------------------------------------
+
+
+# The client has filled every buffer between it and the stalled stdout once its socket has not
+# become writable for this long (the server moves data on in microseconds while it can).
+STALL_QUIET = 0.5
+
+
+def _fill_until_stalled(port: int) -> socket.socket:
+    """A client that sends until nothing moves any more: the server's stdout is stalled, and
+    every queue and pipe on the way is full."""
+    client = socket.create_connection(("127.0.0.1", port), timeout=EVENT_TIMEOUT)
+    client.setblocking(False)
+    line = b"y" * 4095 + b"\n"
+    chunk = line * 64
+    deadline = time.monotonic() + 60
+    while True:
+        assert time.monotonic() < deadline, "the server never stalled"
+        try:
+            client.send(chunk)
+        except BlockingIOError:
+            _, writable, _ = select.select([], [client], [], STALL_QUIET)
+            if not writable:
+                return client
+
+
+def test_a_stalled_stdout_bounds_the_workers_shutdown_by_grace_and_one_drain(start_server):
+    grace = 0.5
+    drain = max(grace, MIN_DRAIN_TIMEOUT)
+    server = start_server(
+        "--workers", "2", "--grace", str(grace), "--host", "127.0.0.1", read_stdout=False
+    )
+    worker_pids(server)
+    with _fill_until_stalled(server.port):
+        sent = server.send_signal(signal.SIGTERM)
+        status = server.wait(timeout=grace + 3 * drain + EVENT_TIMEOUT)
+        elapsed = time.monotonic() - sent
+    stderr = server.all_stderr()
+    assert status == 1, stderr
+    assert elapsed < grace + drain + SHUTDOWN_SLACK, (elapsed, stderr)
+    assert f"stdout did not take the last output within {drain:g} s" in stderr
     assert_no_traceback(stderr)

@@ -144,6 +144,9 @@ class Supervisor:
     live: dict[int, trio.Process] = attrs.field(factory=dict)
     controls: dict[int, socket.socket] = attrs.field(factory=dict)
     stop_requested: trio.Event = attrs.field(factory=trio.Event)
+    # When the output of a graceful stop is given up on: the first signal, plus the grace
+    # period, plus one drain period (see drain_deadline).
+    stop_deadline: float | None = None
     forced_by: int | None = None
     restarts: int = 0
     # Workers that ended badly while stopping (not forced): the exit status is then 1.
@@ -164,6 +167,7 @@ class Supervisor:
         async for signum in signals:
             name = signal.Signals(signum).name
             if not self.stop_requested.is_set():
+                self.stop_deadline = trio.current_time() + self.config.grace + self.drain_timeout
                 self.stop_requested.set()
                 # Our copies of inherited sockets: the socket closes when the workers close
                 # theirs, so that a balancer sees refusals, not a queue nobody serves.
@@ -186,6 +190,26 @@ class Supervisor:
                 await trio.sleep(KILL_AFTER_FORCE)
                 self._signal_all(signal.SIGKILL)
                 return
+
+    @property
+    def drain_timeout(self) -> float:
+        """How long stdout may take the last output once the clients are gone."""
+        return max(self.config.grace, MIN_DRAIN_TIMEOUT)
+
+    def drain_deadline(self) -> float:
+        """Until when the output still on its way (a worker's pipe, the output queue) may
+        reach stdout.
+
+        After a stop, one deadline for all of it: the workers' drains, the relays that empty
+        their pipes and the supervisor's own writer run at the same time, against a stdout
+        that is stalled for all of them.  A drain period each, one after another, made a stop
+        last grace + three drain periods, past what the stop line promises and past
+        systemd's TimeoutStopSec (docs/deployment.md).  Without a stop (a worker died): one
+        drain period from now.
+        """
+        if self.stop_deadline is not None:
+            return self.stop_deadline
+        return trio.current_time() + self.drain_timeout
 
     def describe_forced(self) -> str:
         """How the workers ended after the second signal, for the summary: ``workers 1, 2
@@ -295,9 +319,7 @@ class Supervisor:
                 nursery.start_soon(self._messages, ours, number, ready, first)
                 await process.wait()
                 # The relay still empties the pipe; if stdout is stalled, not for ever.
-                nursery.cancel_scope.deadline = trio.current_time() + max(
-                    self.config.grace, MIN_DRAIN_TIMEOUT
-                )
+                nursery.cancel_scope.deadline = self.drain_deadline()
         finally:
             del self.live[number]
             del self.controls[number]
@@ -383,12 +405,11 @@ async def supervise(config: Config, log_level: str) -> Outcome:
                         async with trio.open_nursery() as workers:
                             for _ in range(config.workers):
                                 workers.start_soon(supervisor.run_slot)
-                        # Every worker is gone: stdout gets as long to take the rest as the
-                        # clients got (nothing, after a forced stop).
+                        # Every worker is gone: stdout gets what is left of the stop's drain
+                        # period (nothing, after a forced stop).
                         if supervisor.forced_by is not None:
                             output.cancel_scope.cancel()
-                        drain_timeout = max(config.grace, MIN_DRAIN_TIMEOUT)
-                        output.cancel_scope.deadline = trio.current_time() + drain_timeout
+                        output.cancel_scope.deadline = supervisor.drain_deadline()
                     finally:
                         await queue.aclose()
                 nursery.cancel_scope.cancel()  # stop the signal watcher
@@ -401,7 +422,7 @@ async def supervise(config: Config, log_level: str) -> Outcome:
     if supervisor.forced_by is not None:
         return Outcome.forced(supervisor.forced_by, stats, supervisor.describe_forced())
     if output.cancel_scope.cancelled_caught:
-        return Outcome.drain_failed(drain_timeout, stats)
+        return Outcome.drain_failed(supervisor.drain_timeout, stats)
     if supervisor.failures:
         return Outcome(1, f"{supervisor.failures[0]} while stopping: {stats.summary()}", stats)
     return Outcome.stopped(stats)

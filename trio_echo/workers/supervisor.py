@@ -25,7 +25,10 @@ becomes a small supervisor (this module, Trio too) and N workers
   all have.  On a second signal it tells them over their control sockets to close everything
   (a worker ignores signals after its first: under systemd's default ``KillMode`` or ``pkill``
   the first one may reach it twice, directly and forwarded); workers still alive
-  ``KILL_AFTER_FORCE`` later are killed.
+  ``KILL_AFTER_FORCE`` later are killed.  A forced worker exits 128 + N like the supervisor,
+  and the supervisor's summary names the workers that closed their connections.  However
+  stalled stdout is, a stop takes at most ``--grace`` plus one drain period
+  (:meth:`Supervisor.drain_deadline`): the workers, the relays and the writer share it.
 * **Output.**  Each worker's stdout is a pipe to the supervisor, written in frames of whole
   batches (:mod:`trio_echo.output.frames`).  The supervisor reads every pipe and puts each complete
   frame into one bounded output queue (:mod:`trio_echo.output.writer`), whose single writer owns the

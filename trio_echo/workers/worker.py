@@ -11,7 +11,8 @@ A worker is the ordinary Trio server (:func:`trio_echo.server.app.run`) with thr
   comes in first, ``FORCE`` on the second signal; ``ready`` goes out once it listens, its
   counts when it ends.  End of stream from the supervisor means it is gone (killed), and with
   it the only reader of the worker's output: the worker closes every connection and exits
-  rather than serve on unsupervised.
+  rather than serve on unsupervised (status 1, "the supervisor is gone"; forced, it exits
+  128 + N as its supervisor does).
 
 Signals come from the supervisor: the worker runs in a session of its own, so a Ctrl-C on the
 terminal reaches the supervisor, which forwards a SIGTERM (the graceful shutdown), and forces

@@ -23,9 +23,11 @@ import trio.testing
 
 from trio_echo import Config, OutputFormat, ServerHandle, open_output_queue, serve
 from trio_echo.logs import LOGGER
+from trio_echo.output.format import format_peer
 from trio_echo.output.queue import OutputQueue, OutputReader
 from trio_echo.output.stdout import StdoutClosed
 from trio_echo.output.writer import write_stdout
+from trio_echo.server import hub
 from trio_echo.server.app import run
 
 
@@ -86,34 +88,93 @@ class Collected:
         return self.data.decode().splitlines()
 
 
+# The streams a handler is tested over: in-memory pairs, our LeanSocketStream on loopback with
+# and without the epoll hub, and Trio's own SocketStream (trio.SocketListener): the handler takes
+# any Trio stream, and the same assertions must hold on all of them.
+TRANSPORTS = ["memory", "lean+hub", "lean", "trio.SocketStream"]
+
+
+@attrs.define(eq=False)
+class SocketClients:
+    """Clients of a server listening on ``sock`` (loopback TCP)."""
+
+    sock: socket.socket
+
+    async def connect(self) -> trio.SocketStream:
+        return await trio.open_tcp_stream(*self.sock.getsockname()[:2])
+
+    @property
+    def closed(self) -> bool:
+        return self.sock.fileno() == -1
+
+
 @attrs.define(eq=False)
 class Harness:
     handle: ServerHandle
-    listener: MemoryListener
+    listener: MemoryListener | SocketClients
     out: Collected
     done: trio.Event
 
+    def prefix(self, client: trio.abc.Stream) -> str:
+        """How the server names ``client`` in its output: ``[memory]``, ``[127.0.0.1:54321]``."""
+        if isinstance(self.listener, MemoryListener):
+            return "[memory]"
+        assert isinstance(client, trio.SocketStream)
+        return f"[{format_peer(client.socket.getsockname())}]"
+
+
+def _loopback() -> socket.socket:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    return sock
+
 
 @pytest.fixture
+def memory_only() -> None:
+    """For tests that stage what only an in-memory listener can (races, a stream that fails
+    in a way no socket does): ``start`` then gives the in-memory transport only."""
+
+
+@pytest.fixture(params=TRANSPORTS)
 def start(
+    request: pytest.FixtureRequest,
     nursery: trio.Nursery,
 ) -> Callable[..., Any]:
-    """``await start(**config)``: a server on a memory listener, its output collected."""
+    """``await start(**config)``: a server on a listener of each transport, its output
+    collected (tests marked ``memory_only`` get the in-memory one only)."""
+    transport = request.param
+    if "memory_only" in request.fixturenames and transport != "memory":
+        pytest.skip("stages what only an in-memory listener can")
+    if transport == "lean+hub" and not hub.AVAILABLE:
+        pytest.skip("no epoll here: the hub is Linux's accelerator")
 
     async def _start(**overrides: Any) -> Harness:
-        config = Config(port=0, **overrides)
+        config = Config(port=0, accelerate=transport == "lean+hub", **overrides)
         queue, receive = open_output_queue(overrides.get("queue_bytes", 1 << 20))
         out = Collected()
         nursery.start_soon(out.run, queue, receive)
-        listener = MemoryListener.create()
+        clients: MemoryListener | SocketClients
+        serving: dict[str, Any]
+        if transport == "memory":
+            clients = MemoryListener.create()
+            serving = {"listeners": [clients]}
+        else:
+            sock = _loopback()
+            clients = SocketClients(sock)
+            if transport == "trio.SocketStream":
+                listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+                serving = {"listeners": [listener]}
+            else:
+                serving = {"sockets": [sock]}
         done = trio.Event()
 
         async def run_server(task_status: trio.TaskStatus[ServerHandle]) -> None:
-            await serve(config, queue, listeners=[listener], task_status=task_status)
+            await serve(config, queue, task_status=task_status, **serving)
             done.set()
 
         handle = await nursery.start(run_server)
-        return Harness(handle, listener, out, done)
+        return Harness(handle, clients, out, done)
 
     return _start
 
@@ -124,7 +185,8 @@ async def test_prints_each_line_with_the_peer_prefix(start: Callable[..., Any]) 
         await client.send_all(b"hello\nwor")
         await client.send_all(b"ld\n\x1b[2J\n")
         await h.out.wait_for(b"2J\n")
-    assert h.out.lines() == ["[memory] hello", "[memory] world", "[memory] \\x1b[2J"]
+        p = h.prefix(client)
+    assert h.out.lines() == [f"{p} hello", f"{p} world", f"{p} \\x1b[2J"]
 
 
 async def test_echo_sends_every_byte_back(start: Callable[..., Any]) -> None:
@@ -201,7 +263,7 @@ async def test_grace_period_ends_with_every_client_closed(
     await h.done.wait()
     assert trio.current_time() - t0 == pytest.approx(3)
     # What the client had sent was printed even though its line never ended.
-    assert h.out.lines() == ["[memory] unfinished line"]
+    assert h.out.lines() == [f"{h.prefix(client)} unfinished line"]
     await client.aclose()
 
 
@@ -270,7 +332,7 @@ async def test_max_connections_makes_the_next_client_wait(start: Callable[..., A
 
 
 async def test_a_client_accepted_as_shutdown_starts_is_closed_not_served(
-    start: Callable[..., Any],
+    start: Callable[..., Any], memory_only: None
 ) -> None:
     h = await start()
     # The race: accept() already succeeded when shutdown() cancels the accept loop.
@@ -316,7 +378,7 @@ class ExplodingStream(trio.abc.Stream):
 
 
 async def test_one_failing_connection_does_not_hurt_the_others(
-    start: Callable[..., Any], caplog: pytest.LogCaptureFixture
+    start: Callable[..., Any], caplog: pytest.LogCaptureFixture, memory_only: None
 ) -> None:
     h = await start()
     async with await h.listener.connect() as good:

@@ -1,8 +1,11 @@
 """In-process tests of the Trio server (``trio_echo.serve``) with pytest-trio.
 
-Most tests use an in-memory listener (as Trio's own serve_listeners tests do), so that timeouts
-and grace periods run on the autojump ``MockClock``: instant and exact.  A few use real
-loopback sockets to check what only sockets can show (bound addresses, both address families).
+The handler takes any Trio stream, so most tests run four times (``TRANSPORTS``): over an
+in-memory listener (as Trio's own serve_listeners tests do), over our ``LeanSocketStream`` on
+loopback with the epoll hub and without, and over Trio's own ``SocketStream``; timeouts and grace
+periods run on the autojump ``MockClock``, instant and exact, on all four.  A few stage what only
+memory streams can (races, a stream that fails as no socket does), and a few what only sockets
+can show (bound addresses, both address families).
 """
 
 from __future__ import annotations

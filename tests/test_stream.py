@@ -19,6 +19,7 @@ import trio.testing
 
 from trio_echo.server import hub
 from trio_echo.server.stream import LeanSocketStream
+from trio_echo.server.wrappers import LimitedStream
 
 Pair = tuple[LeanSocketStream, LeanSocketStream]
 
@@ -161,3 +162,21 @@ def _move_to(sock: socket.socket, fd: int) -> int:
     os.dup2(sock.fileno(), fd)
     sock.close()
     return fd
+
+
+async def test_send_some_nowait_sends_what_fits_without_a_checkpoint() -> None:
+    left, right = socket.socketpair()
+    stream = LeanSocketStream(left)
+    with trio.testing.assert_no_checkpoints():
+        assert stream.send_some_nowait(b"hello") == 5
+    assert right.recv(10) == b"hello"
+    _clog(left)
+    assert stream.send_some_nowait(b"more") == 0  # the buffer is full: nothing waits
+    # Wrappers pass it through (they change receiving only).
+    assert LimitedStream(stream, 10).send_some_nowait == stream.send_some_nowait
+    right.close()
+    with pytest.raises(trio.BrokenResourceError):
+        stream.send_some_nowait(b"x")
+    await stream.aclose()
+    with pytest.raises(trio.ClosedResourceError):
+        stream.send_some_nowait(b"x")

@@ -15,7 +15,9 @@ non-blocking helper.  This stream does the same work with one scheduler trip per
   platform has epoll (one persistent, edge-triggered registration per socket: no
   ``epoll_ctl`` per wait), or from Trio's own ``wait_readable`` everywhere else;
 * ``send_all`` writes directly, waits with Trio's ``wait_writable`` only when the kernel's send
-  buffer is full, and ends with one cancel-shielded checkpoint (the same as Trio's).
+  buffer is full, and ends with one cancel-shielded checkpoint (the same as Trio's);
+  :meth:`LeanSocketStream.send_some_nowait` is the same without the checkpoint, for a caller
+  that checkpoints anyway (the handler's echo, right before its next receive).
 
 It passes Trio's own stream conformance suite (``trio.testing.check_half_closeable_stream``,
 tests/test_stream.py), hub on and hub off, so any Trio code can use it like a
@@ -168,11 +170,34 @@ class LeanSocketStream(trio.abc.HalfCloseableStream):
                         if self._closed:
                             raise trio.ClosedResourceError("this stream was closed") from None
                         raise _translate(exc) from exc
+                return  # waiting for room was the schedule point
             # The schedule point Trio's contract asks of every send_all; cancel-shielded, as
             # in trio.socket, because the data is already on its way.
             await trio.lowlevel.cancel_shielded_checkpoint()
         finally:
             self._sending = False
+
+    def send_some_nowait(self, data: bytes | bytearray | memoryview) -> int:
+        """Send what the kernel's buffer takes now, without waiting: how many bytes it took
+        (0 when the buffer is full).  Raises like :meth:`send_all`.
+
+        Trio's ``*_nowait`` idiom (``MemorySendChannel.send_nowait``,
+        ``CapacityLimiter.acquire_nowait``): synchronous, so never a checkpoint.  It exists for
+        the echo: a handler that receives (one checkpoint) then echoes with ``send_all`` would
+        take a second scheduler trip per request for nothing, about a fifth of the echo
+        benchmark's rate (docs/performance.md).  The handler calls it where a stream has it,
+        and ``send_all`` for the rest; its loop still checkpoints once per pass, so fairness
+        and cancellation stay as Trio promises."""
+        if self._sending:
+            raise trio.BusyResourceError("another task is already sending on this stream")
+        if self._closed or self._eof_sent:
+            raise trio.ClosedResourceError("this stream was closed")
+        try:
+            return self.socket.send(data)
+        except BlockingIOError:
+            return 0
+        except OSError as exc:
+            raise _translate(exc) from exc
 
     async def wait_send_all_might_not_block(self) -> None:
         if self._sending:

@@ -12,6 +12,8 @@ Every wrapper passes :meth:`end_receiving` through (see :mod:`trio_echo.server.s
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import trio
 
 __all__ = ["LimitedStream", "PrefixedStream", "SlotStream", "end_receiving", "plain_bytes"]
@@ -51,6 +53,13 @@ class _Wrapper(trio.abc.Stream):
 
     def end_receiving(self) -> bool:
         return end_receiving(self.inner)
+
+    @property
+    def send_some_nowait(self) -> Callable[[bytes], int] | None:
+        """The inner stream's :meth:`~trio_echo.server.stream.LeanSocketStream.send_some_nowait`
+        where it has one (wrappers change receiving, not sending)."""
+        send: Callable[[bytes], int] | None = getattr(self.inner, "send_some_nowait", None)
+        return send
 
     @property
     def socket(self) -> object:

@@ -5,7 +5,8 @@ One job per module:
 * :mod:`.cli` -- the flags and the run: which models, which scenarios, the progress bar;
 * :mod:`.lineup` -- the models the bench knows (the CLI's, trio-bare, trio-w2, trio-nohub);
 * :mod:`.baseline` -- ``--baseline REV``: the trio model of another git revision (``trio@REV``);
-* :mod:`.scenarios` -- what each scenario does and which figures it reports;
+* :mod:`.scenarios` -- what each scenario does and which figures it reports (a package: the
+  list, the types they share, one module per kind of scenario);
 * :mod:`.server` -- one ``python -m trio_echo --model X`` subprocess: start, port, CPU, RSS, stop;
 * :mod:`.bare` -- ``trio-bare``, the reference: a bare ``trio.serve_tcp`` handler, bench-only;
 * :mod:`.loadgen` -- compiles ``loadgen.c`` (the C epoll load generator) and runs it;

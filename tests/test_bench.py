@@ -940,7 +940,7 @@ class _Terminal(io.StringIO):
 
 
 def test_progress_is_one_rewritten_line_on_a_terminal_and_plain_lines_otherwise():
-    from trio_echo.bench.cli import Progress
+    from trio_echo.bench.runner import Progress
 
     tty = _Terminal()
     progress = Progress(2, tty)

@@ -2,7 +2,8 @@
 
 One job per module:
 
-* :mod:`.cli` -- the flags and the run: which models, which scenarios, the progress bar;
+* :mod:`.cli` -- the flags: which models, which scenarios, the CPUs; then the outputs;
+* :mod:`.runner` -- the run: every scenario for every model, in turns, the progress bar;
 * :mod:`.lineup` -- the models the bench knows (the CLI's, trio-bare, trio-w2, trio-nohub);
 * :mod:`.baseline` -- ``--baseline REV``: the trio model of another git revision (``trio@REV``);
 * :mod:`.scenarios` -- what each scenario does and which figures it reports (a package: the
@@ -12,7 +13,8 @@ One job per module:
 * :mod:`.loadgen` -- compiles ``loadgen.c`` (the C epoll load generator) and runs it;
 * :mod:`.stats` -- percentiles from the load generator's latency histogram (pure);
 * :mod:`.targets` -- the performance targets, evaluated on a run's figures (``--check``);
-* :mod:`.report` -- the terminal table, the JSON file and the PNG chart;
+* :mod:`.report` -- the terminal table and the JSON file;
+* :mod:`.plot` -- the PNG chart (``--plot``, matplotlib optional);
 * :mod:`.ratios` -- model ÷ model per figure (before/after, the accelerator's worth, trio-w2);
 * :mod:`.machine` -- what the JSON says about the machine and the software versions.
 """

@@ -1,9 +1,9 @@
-"""``python -m trio_echo bench``: the flags, the run, the progress bar, the outputs.
+"""``python -m trio_echo bench``: the flags, the machine's preparation, the outputs.
 
-Runs every scenario for every model, one after the other, scenario by scenario (never two
-servers at once: they would share the machine's cores and measure each other), then prints the
-table on stdout and writes ``--json`` and ``--plot``.  A model that is not installed, or a
-scenario it cannot do, is recorded with the reason, so every model appears in the JSON with
+Runs every scenario for every model (:mod:`.runner`), one after the other, scenario by scenario
+(never two servers at once: they would share the machine's cores and measure each other), then
+prints the table on stdout and writes ``--json`` and ``--plot``.  A model that is not installed,
+or a scenario it cannot do, is recorded with the reason, so every model appears in the JSON with
 every scenario.
 
 The models are the CLI's (``--model``) plus the bench's own (:mod:`.lineup`): ``trio-bare``, the
@@ -23,7 +23,6 @@ when a target evaluated failed; 2 on a usage error.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
 import json
 import os
@@ -33,7 +32,7 @@ import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import attrs
 
@@ -44,17 +43,17 @@ from trio_echo.bench.lineup import (
     REFERENCES,
     W2_MODEL,
     bench_models,
-    model_entry,
     with_baseline,
 )
 from trio_echo.bench.machine import machine_info
+from trio_echo.bench.plot import PlotUnavailable, write_plot
 from trio_echo.bench.ratios import accelerator_gain, baseline_gain, workers_gain
-from trio_echo.bench.report import PlotUnavailable, headroom, render_table, write_json, write_plot
-from trio_echo.bench.scenarios import Context, Result, Scenario, Sizes, scenarios_for
+from trio_echo.bench.report import headroom, render_table, write_json
+from trio_echo.bench.runner import Progress, run_all
+from trio_echo.bench.scenarios import Context, Scenario, Sizes, scenarios_for
 from trio_echo.bench.targets import evaluate, failures
 from trio_echo.cli.argtypes import OneLineParser, number_type
 from trio_echo.cli.failures import raise_fd_limit
-from trio_echo.models import Model
 
 # Re-exported: the lineup used to live here.
 __all__ = ["BARE_MODEL", "NOHUB_MODEL", "REFERENCES", "W2_MODEL", "bench_models", "main"]
@@ -131,35 +130,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class Progress:
-    """A one-line ``\\r`` bar on a terminal; plain lines otherwise (CI logs, pipes)."""
-
-    def __init__(self, total: int, stream: TextIO = sys.stderr) -> None:
-        self.total = total
-        self.done = 0
-        self.stream = stream
-        self.tty = stream.isatty()
-        self.started = time.monotonic()
-
-    def step(self, label: str) -> None:
-        elapsed = time.monotonic() - self.started
-        if self.tty:
-            width = 30
-            filled = width * self.done // max(1, self.total)
-            bar = "#" * filled + "." * (width - filled)
-            line = f"[{bar}] {self.done}/{self.total} {elapsed:5.0f} s  {label}"
-            self.stream.write("\r\x1b[K" + line[:120])
-        else:
-            self.stream.write(f"bench [{self.done + 1}/{self.total}] {elapsed:.0f} s: {label}\n")
-        self.stream.flush()
-        self.done += 1
-
-    def close(self) -> None:
-        if self.tty:
-            self.stream.write("\r\x1b[K")
-            self.stream.flush()
-
-
 def pin_cpus() -> tuple[tuple[int, ...] | None, tuple[int, ...] | None]:
     """(the servers' CPUs, the load generator's CPUs): the last CPU for the load generator (one
     single-threaded process) and this process, the others for the server under test.
@@ -190,75 +160,6 @@ def _selected(all_scenarios: list[Scenario], wanted: str | None) -> list[Scenari
         return all_scenarios
     parts = [p.strip() for p in wanted.split(",") if p.strip()]
     return [s for s in all_scenarios if any(s.key.startswith(p) for p in parts)]
-
-
-def cannot_run(model: Model, scenario: Scenario) -> Result | None:
-    """Why ``model`` cannot run ``scenario`` (as a skipped result), or None."""
-    why_not = model.available()
-    if why_not is not None:
-        return Result(skipped=f"model not available: {why_not}")
-    if missing := sorted(set(scenario.flags) & set(model.unsupported)):
-        why = f"the {model.name} model does not support {', '.join(missing)}"
-        if model.name in REFERENCES:
-            why = f"{why}: {REFERENCES[model.name]}"
-        return Result(skipped=why)
-    return None
-
-
-def run_scenario(model: Model, scenario: Scenario, context: Context) -> Result:
-    """One scenario for one model, or why it cannot run."""
-    return cannot_run(model, scenario) or scenario.run(context, model)
-
-
-def run_in_turns(
-    models: list[Model], scenario: Scenario, context: Context, progress: Progress
-) -> dict[str, Result]:
-    """A scenario with sessions (echo) for every model: each model's server started and warmed
-    up, then the measured runs in turns, model after model, ``repeats`` times; then the
-    results.  Only one server is under load at any time; the others wait, idle."""
-    assert scenario.session is not None
-    results: dict[str, Result] = {}
-    with contextlib.ExitStack() as servers:
-        sessions = []
-        for model in models:
-            progress.step(f"{model.name}: {scenario.title}")
-            skipped = cannot_run(model, scenario)
-            if skipped is not None:
-                results[model.name] = skipped
-                continue
-            session = servers.enter_context(scenario.session(context, model))
-            session.start()
-            sessions.append(session)
-        for _ in range(max(1, context.sizes.repeats)):
-            for session in sessions:
-                session.measure()
-        for session in sessions:
-            results[session.model.name] = session.finish()
-    return {model.name: results[model.name] for model in models}
-
-
-def run_all(
-    models: list[Model], scenarios: list[Scenario], context: Context, progress: Progress
-) -> dict[str, Any]:
-    """Every scenario for every model, as the report's ``models``.
-
-    Scenario by scenario, every model in turn (and in the echo scenarios, measured run by
-    measured run: :func:`run_in_turns`): the figures compared with each other (the trio model
-    and its reference above all) are measured close together in time, so that a passing
-    disturbance on a shared machine is less likely to fall on one of them only.
-    """
-    entries = {model.name: model_entry(model, context) for model in models}
-    for scenario in scenarios:
-        if scenario.session is not None:
-            results = run_in_turns(models, scenario, context, progress)
-        else:
-            results = {}
-            for model in models:
-                progress.step(f"{model.name}: {scenario.title}")
-                results[model.name] = run_scenario(model, scenario, context)
-        for name, result in results.items():
-            entries[name]["scenarios"][scenario.key] = result.to_json()
-    return entries
 
 
 def _write_plot(report: dict[str, Any], path: Path) -> int:

@@ -1,8 +1,8 @@
-"""The report: a table for the terminal, the JSON file, and a PNG chart.
+"""The report: a table for the terminal, and the JSON file (the PNG chart is :mod:`.plot`).
 
 Everything here works on the JSON-shaped report (``{"models": {name: {"scenarios": {key:
-figures-or-skipped}}}, ...}``), so that the table and the chart can be rebuilt from a saved JSON
-file and the rendering is tested without running a benchmark.
+figures-or-skipped}}}, ...}``), so that the table can be rebuilt from a saved JSON file and the
+rendering is tested without running a benchmark.
 """
 
 from __future__ import annotations
@@ -12,9 +12,11 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from trio_echo.bench.plot import PlotUnavailable, write_plot
 from trio_echo.bench.ratios import accelerator_gain, baseline_gain, workers_gain
 from trio_echo.bench.targets import format_value
 
+# PlotUnavailable and write_plot are re-exported: they used to live here (now :mod:`.plot`).
 __all__ = [
     "PlotUnavailable",
     "headroom",
@@ -26,10 +28,6 @@ __all__ = [
 ]
 
 Row = tuple[str, Callable[[Mapping[str, Any]], str]]
-
-
-class PlotUnavailable(Exception):
-    """matplotlib is not installed; the message says how to get it."""
 
 
 def _num(value: Any, digits: int = 1) -> str:
@@ -302,109 +300,3 @@ def headroom(report: Mapping[str, Any]) -> dict[str, Any] | None:
 def write_json(report: Mapping[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
-
-
-def _figure(report: Mapping[str, Any], key: str, name: str, field: str) -> float:
-    """A figure for the chart: 0 where the scenario was skipped (the table says why)."""
-    result = report["models"][name].get("scenarios", {}).get(key, {})
-    if "skipped" in result:
-        return 0.0
-    return float(result.get(field, 0.0) or 0.0)
-
-
-def write_plot(report: Mapping[str, Any], path: Path) -> None:
-    """A PNG of the main figures: echo requests/s per case, streaming MB/s, memory per idle
-    connection, storm and shutdown times.  matplotlib is optional (the ``bench`` extra)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as exc:
-        raise PlotUnavailable(
-            "--plot needs matplotlib: pip install 'trio-echo[bench]' (or pip install matplotlib)"
-        ) from exc
-
-    names = list(report["models"])
-    keys: list[str] = []
-    for entry in report["models"].values():
-        for key in entry.get("scenarios", {}):
-            if key not in keys:
-                keys.append(key)
-    echo_keys = [k for k in keys if k.startswith("echo_")]
-    stream_keys = [k for k in keys if k.startswith("stream_")]
-    # (title, scenarios, unit, figure, log scale)
-    panels: list[tuple[str, list[str], str, str, bool]] = [
-        ("echo: requests/s (higher is better)", echo_keys, "requests/s", "requests_per_s", False),
-        ("echo: p99 latency (lower is better, log scale)", echo_keys, "ms", "p99_ms", True),
-        (
-            "streaming into the print path (higher is better)",
-            stream_keys,
-            "MB/s",
-            "mb_per_s",
-            False,
-        ),
-        (
-            "memory per idle connection (lower is better)",
-            [k for k in keys if k in ("idle_memory", "c10k")],
-            "KiB",
-            "kb_per_connection",
-            False,
-        ),
-        (
-            "connection storm: all served (lower is better)",
-            [k for k in keys if k in ("storm", "storm_busy")],
-            "seconds",
-            "total_s",
-            False,
-        ),
-        (
-            "SIGTERM to exit (lower is better)",
-            [k for k in keys if k == "shutdown"],
-            "seconds",
-            "exit_s",
-            False,
-        ),
-    ]
-    fig, axes = plt.subplots(3, 2, figsize=(14, 13))
-    width = 0.8 / max(1, len(names))
-    for ax, (title, panel_keys, unit, field, log) in zip(axes.flat, panels, strict=True):
-        for i, name in enumerate(names):
-            values = [_figure(report, key, name, field) for key in panel_keys]
-            positions = [x + (i - (len(names) - 1) / 2) * width for x in range(len(panel_keys))]
-            bars = ax.bar(positions, values, width, label=name)
-            for bar, key in zip(bars, panel_keys, strict=True):
-                figures = report["models"][name].get("scenarios", {}).get(key, {})
-                if field != "p99_ms" and figures.get("loadgen_saturated"):
-                    # The load generator was the limit: the true figure is at least this.
-                    ax.annotate(
-                        "*",
-                        (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                        ha="center",
-                        va="bottom",
-                    )
-        if log:
-            ax.set_yscale("log")
-        ax.set_xticks(range(len(panel_keys)))
-        ax.set_xticklabels(
-            [report.get("scenario_titles", {}).get(k, k) for k in panel_keys],
-            rotation=15 if len(panel_keys) > 2 else 0,
-            ha="right" if len(panel_keys) > 2 else "center",
-            fontsize=8,
-        )
-        ax.set_title(title, fontsize=10)
-        ax.set_ylabel(unit)
-        ax.grid(axis="y", alpha=0.3)
-    axes.flat[0].legend(fontsize=8)
-    machine = report.get("machine", {})
-    fig.suptitle(
-        f"trio_echo bench{' --quick' if report.get('quick') else ''}: "
-        f"{machine.get('cpu', '?')}, {machine.get('cores', '?')} cores, "
-        f"Python {machine.get('python', '?')}\n(missing bar: skipped, see the table; "
-        "*: load generator saturated, a lower bound)",
-        fontsize=11,
-    )
-    fig.tight_layout(rect=(0, 0, 1, 0.96))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", dpi=100)
-    plt.close(fig)

@@ -5,7 +5,7 @@ measured runs, and the report gives the median with the spread.  A server's firs
 a fraction of its steady rate (asyncio's streams serve ~45k requests/s when the load starts right
 after it listens, ~110k once one connection came and went), and one run on a shared machine is one
 sample of noise.  :class:`EchoSession` is the same measurement in steps, so that the bench can
-take the measured runs of all models in turns (:func:`trio_echo.bench.cli.run_in_turns`).
+take the measured runs of all models in turns (:func:`trio_echo.bench.runner.run_in_turns`).
 """
 
 from __future__ import annotations

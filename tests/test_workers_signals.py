@@ -27,22 +27,19 @@ from conftest import (
     EVENT_TIMEOUT,
     SERVER_COMMAND,
     STARTUP_TIMEOUT,
+    ServerProcess,
     assert_no_traceback,
-    needs_reuseport,
+    assert_refused,
 )
-from test_workers import worker_pids
+from test_workers import alive, jsonl_records, needs_balancing, worker_pids
 
 from trio_echo.cli.options import parse_args
 from trio_echo.config import Config
 from trio_echo.lifecycle import MIN_DRAIN_TIMEOUT
+from trio_echo.net.bind import REUSEPORT_BALANCES, reuseport_balances
 from trio_echo.server import app
 from trio_echo.server.serve import ServerHandle
 from trio_echo.workers.worker import WorkerSpec, force_message
-
-REUSEPORT_MESSAGE = (
-    "--workers needs SO_REUSEPORT, which this platform lacks (use --fd with one inherited "
-    "socket, or run one process)"
-)
 
 # A sitecustomize that hides socket.SO_REUSEPORT, as on a platform without it.
 # (Out of socket.__all__ too: trio copies every name listed there.)
@@ -55,6 +52,19 @@ if "SO_REUSEPORT" in socket.__all__:
     socket.__all__.remove("SO_REUSEPORT")
 """
 
+# A sitecustomize for a platform whose SO_REUSEPORT exists but does not balance (macOS): the
+# real socket module, and trio_echo told it runs on macOS.  Trio, and the standard library it
+# imports, are imported first and keep Linux (their I/O is epoll on this machine).
+MACOS_SITE = """\
+import sys
+import trio
+
+sys.platform = "darwin"
+"""
+
+# The debug line of a supervisor whose workers share one set of listening sockets.
+SHARED_LINE = "DEBUG the workers share one set of listening sockets"
+
 # How much later than grace + one drain period a stopped server may exit: the Python exit
 # and the closing of the connections; well under the two more drain periods (at least 2 s)
 # that draining one after another in worker, relay and supervisor cost.
@@ -64,17 +74,35 @@ SHUTDOWN_SLACK = 1.0
 DEV_ARGS = ("--port", "0", "--workers", "2", "--host", "127.0.0.1")
 
 
-# ---- 9: no SO_REUSEPORT --------------------------------------------------------------------
+# ---- 9: where SO_REUSEPORT does not balance: one shared set of sockets -------------------------
 
 
-def test_workers_without_reuseport_is_a_usage_error(monkeypatch, capsys):
+@pytest.mark.parametrize(
+    ("platform", "has_reuseport", "balances"),
+    [
+        ("linux", True, True),
+        ("dragonfly", True, True),
+        ("darwin", True, False),
+        ("freebsd14", True, False),
+        ("openbsd7", True, False),
+        ("netbsd10", True, False),
+        ("linux", False, False),
+        ("sunos5", False, False),
+    ],
+)
+def test_only_linux_and_dragonfly_balance_with_reuseport(platform, has_reuseport, balances):
+    assert reuseport_balances(platform, has_reuseport) is balances
+
+
+def test_this_process_decides_by_its_own_platform():
+    assert REUSEPORT_BALANCES is reuseport_balances(sys.platform, hasattr(socket, "SO_REUSEPORT"))
+
+
+def test_workers_without_reuseport_are_no_usage_error(monkeypatch):
     monkeypatch.delattr(socket, "SO_REUSEPORT", raising=False)
-    with pytest.raises(SystemExit) as exit_info:
-        parse_args(["--workers", "2", "--port", "0"])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert REUSEPORT_MESSAGE in err
-    assert len(err.splitlines()) == 1
+    config, _, _ = parse_args(["--workers", "2", "--port", "0"])
+    assert config.workers == 2
+    assert config.fds == ()
 
 
 def test_workers_with_an_inherited_socket_need_no_reuseport(monkeypatch):
@@ -94,24 +122,56 @@ def test_one_worker_needs_no_reuseport(monkeypatch):
     assert config.workers == 1
 
 
-@pytest.fixture
-def no_reuseport_env(tmp_path) -> dict[str, str]:
-    """The environment of a program that runs where ``socket.SO_REUSEPORT`` does not exist."""
-    (tmp_path / "sitecustomize.py").write_text(NO_REUSEPORT_SITE)
+def _site_env(tmp_path, site: str) -> dict[str, str]:
+    """The environment of a program that runs with ``site`` as its sitecustomize."""
+    (tmp_path / "sitecustomize.py").write_text(site)
     return {**os.environ, "PYTHONPATH": str(tmp_path)}
 
 
-def test_workers_without_reuseport_is_one_line_end_to_end(no_reuseport_env):
-    result = subprocess.run(
-        [*SERVER_COMMAND, "--workers", "2", "--port", "0"],
-        capture_output=True,
-        text=True,
-        env=no_reuseport_env,
-        timeout=STARTUP_TIMEOUT,
+@pytest.fixture
+def no_reuseport_env(tmp_path) -> dict[str, str]:
+    """The environment of a program that runs where ``socket.SO_REUSEPORT`` does not exist."""
+    return _site_env(tmp_path, NO_REUSEPORT_SITE)
+
+
+# Where the workers share one set of sockets: SO_REUSEPORT missing, or there but not balancing
+# (then, under nox -s portable, missing too: the hiding wins).
+SHARED_PLATFORMS = [
+    pytest.param(NO_REUSEPORT_SITE, "SO_REUSEPORT is missing", id="no-reuseport"),
+    pytest.param(
+        MACOS_SITE,
+        "SO_REUSEPORT does not balance here"
+        if hasattr(socket, "SO_REUSEPORT")
+        else "SO_REUSEPORT is missing",
+        id="macos",
+    ),
+]
+
+
+@pytest.mark.parametrize(("site", "why"), SHARED_PLATFORMS)
+def test_workers_share_one_set_of_sockets_where_reuseport_does_not_balance(
+    spawn, connect, tmp_path, site, why
+):
+    server = spawn(
+        [*SERVER_COMMAND, *DEV_ARGS, "--log-level", "debug"], (), env=_site_env(tmp_path, site)
     )
-    assert result.returncode == 2
-    assert result.stderr == f"trio-echo: error: {REUSEPORT_MESSAGE} (see --help)\n"
-    assert result.stdout == ""
+    server.wait_listening()
+    assert f"{SHARED_LINE} ({why})" in server.stderr
+    pids = worker_pids(server)
+    clients = 10
+    for i in range(clients):
+        client = connect(server.port)
+        client.sendall(b"shared %d\n" % i)
+        client.close()
+    server.wait_stdout(lambda data: data.count(b"] shared ") == clients)
+    assert all(alive(pid) for pid in pids.values())
+    assert server.stop() == 0
+    stderr = server.all_stderr()
+    assert f"NOTICE stopped: served {clients} connections, " in stderr
+    assert "restarted" not in stderr
+    assert_no_traceback(stderr)
+    # The supervisor's copy closed too: refused, not a queue that nobody serves.
+    assert_refused(server.port, socket.AF_INET)
 
 
 def test_workers_share_an_inherited_socket_without_reuseport(spawn, connect, no_reuseport_env):
@@ -120,11 +180,12 @@ def test_workers_share_an_inherited_socket_without_reuseport(spawn, connect, no_
         listener.listen()
         fd, port = listener.fileno(), listener.getsockname()[1]
         server = spawn(
-            [*SERVER_COMMAND, "--workers", "2", "--fd", str(fd)],
+            [*SERVER_COMMAND, "--workers", "2", "--fd", str(fd), "--log-level", "debug"],
             pass_fds=[fd],
             env=no_reuseport_env,
         )
     assert server.wait_listening().port == port
+    assert "DEBUG the workers share the inherited listening sockets" in server.stderr
     client = connect(port)
     client.sendall(b"no reuseport\n")
     client.close()
@@ -133,10 +194,52 @@ def test_workers_share_an_inherited_socket_without_reuseport(spawn, connect, no_
     assert_no_traceback(server.all_stderr())
 
 
+def _served_by(server: ServerProcess, port: int, count: int, tag: bytes) -> set[object]:
+    """The workers that served ``count`` new clients, each sending one ``tag`` line (jsonl)."""
+    clients = []
+    for _ in range(count):
+        client = socket.create_connection(("127.0.0.1", port), timeout=EVENT_TIMEOUT)
+        client.sendall(tag + b"\n")
+        clients.append(client)
+    text = tag.decode()
+    try:
+        server.wait_stdout(lambda data: data.count(f'"data": "{text}"'.encode()) == count)
+    finally:
+        for client in clients:
+            client.close()
+    return {r["worker"] for r in jsonl_records(server.stdout) if r.get("data") == text}
+
+
+def test_every_worker_accepts_from_the_shared_socket(spawn, no_reuseport_env):
+    """Stop one worker (SIGSTOP), and the other serves every new client; then the other way
+    round.  With SO_REUSEPORT's per-worker sockets, the stopped worker's share of the clients
+    would wait; with one shared socket, whichever worker is free accepts.  (Which worker takes
+    a client is the kernel's choice: with 50 clients at once one worker may still take all, so
+    this is what can be tested reliably.)"""
+    server = spawn(
+        [*SERVER_COMMAND, *DEV_ARGS, "--format", "jsonl", "--log-level", "debug"],
+        (),
+        env=no_reuseport_env,
+    )
+    server.wait_listening()
+    assert SHARED_LINE in server.stderr
+    pids = worker_pids(server)
+    for stopped, serving in ((1, 2), (2, 1)):
+        os.kill(pids[stopped], signal.SIGSTOP)
+        try:
+            tag = b"while %d is stopped" % stopped
+            assert _served_by(server, server.port, 5, tag) == {serving}
+        finally:
+            os.kill(pids[stopped], signal.SIGCONT)
+    assert server.stop() == 0
+    stderr = server.all_stderr()
+    assert "NOTICE stopped: served 10 connections, " in stderr
+    assert_no_traceback(stderr)
+
+
 # ---- 10: clean under -X dev -W error ---------------------------------------------------------
 
 
-@needs_reuseport
 def test_workers_run_clean_under_dev_mode_and_warnings_as_errors(connect):
     # Not ServerProcess: the interpreter flags go before "-m trio_echo".
     proc = subprocess.Popen(
@@ -275,7 +378,6 @@ else:
 """
 
 
-@needs_reuseport
 def test_a_signal_during_the_workers_start_up_is_a_graceful_stop(tmp_path):
     (tmp_path / "sitecustomize.py").write_text(EARLY_SIGNAL_SITE)
     result = subprocess.run(
@@ -421,7 +523,7 @@ def test_an_orphaned_worker_says_so_and_exits_1(lone_worker):
     assert_no_traceback(stderr)
 
 
-@needs_reuseport
+@needs_balancing
 def test_the_supervisor_summary_names_the_forced_workers(start_server, connect):
     server = start_server("--workers", "2", "--grace", "30", "--host", "127.0.0.1")
     pids = worker_pids(server)
@@ -475,7 +577,6 @@ def _fill_until_stalled(port: int) -> socket.socket:
                 return client
 
 
-@needs_reuseport
 def test_a_stalled_stdout_bounds_the_workers_shutdown_by_grace_and_one_drain(start_server):
     grace = 0.5
     drain = max(grace, MIN_DRAIN_TIMEOUT)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import sys
 from collections.abc import Sequence
 
@@ -23,7 +22,7 @@ from trio_echo.config import DEFAULT_HOSTS, DEFAULT_PORT, Config
 from trio_echo.logs import LEVELS
 from trio_echo.models import HARDENING_FLAGS, MODELS, SCALE_OUT_FLAGS
 from trio_echo.net.access import Network, parse_network
-from trio_echo.net.bind import REUSEPORT_MISSING, inherited_problem, systemd_fds
+from trio_echo.net.bind import inherited_problem, systemd_fds
 from trio_echo.net.tls import DEFAULT_HANDSHAKE_TIMEOUT, TLSSetupError, server_context
 from trio_echo.output.format import DEFAULT_MAX_LINE, OutputFormat
 
@@ -96,9 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=worker_count,
         default=1,
         metavar="N",
-        help="serve with N worker processes sharing the port (SO_REUSEPORT), one per core "
-        "with 'auto'; a supervisor restarts a worker that dies and stops them all on "
-        "SIGINT/SIGTERM (default: %(default)s, this process serves; trio model only)",
+        help="serve with N worker processes sharing the port, one per core with 'auto': on "
+        "Linux each has its own sockets and SO_REUSEPORT spreads the clients, elsewhere they "
+        "all accept from one shared listening socket; a supervisor restarts a worker that "
+        "dies and stops them all on SIGINT/SIGTERM (default: %(default)s, this process "
+        "serves; trio model only)",
     )
     net.add_argument(
         "--proxy-protocol",
@@ -235,7 +236,6 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, str, str]:
     deny = _networks(parser, "--deny", args.deny)
     _check_tls(parser, args.tls_cert, args.tls_key)
     fds = _listening_fds(parser, args, given, model.name)
-    _check_workers(parser, args.workers, fds)
     config = Config(
         hosts=args.host or DEFAULT_HOSTS,
         port=args.port,
@@ -305,15 +305,6 @@ def _listening_fds(
         return systemd_fds(os.environ) or ()
     except ValueError as exc:
         parser.error(str(exc))
-
-
-def _check_workers(parser: argparse.ArgumentParser, workers: int, fds: tuple[int, ...]) -> None:
-    """``--workers N`` binds a set of ``SO_REUSEPORT`` sockets per worker, which some platforms
-    (some BSDs, Windows) cannot do: a usage error now, not a crash once the supervisor runs.
-    Inherited sockets (``--fd``, systemd) are one socket that every worker shares, and one
-    worker is the plain server: neither needs it."""
-    if workers > 1 and not fds and not hasattr(socket, "SO_REUSEPORT"):
-        parser.error(REUSEPORT_MISSING)
 
 
 def _check_tls(parser: argparse.ArgumentParser, cert: str | None, key: str | None) -> None:

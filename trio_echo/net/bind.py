@@ -12,6 +12,7 @@ import ipaddress
 import os
 import socket
 import stat
+import sys
 
 from trio_echo.logs import LOGGER
 from trio_echo.output.format import format_peer
@@ -20,7 +21,7 @@ __all__ = [
     "ACCEPT_CAPACITY_ERRNOS",
     "ACCEPT_RETRY_SLEEP",
     "BACKLOG",
-    "REUSEPORT_MISSING",
+    "REUSEPORT_BALANCES",
     "SD_LISTEN_FDS_START",
     "ListenError",
     "adopt_sockets",
@@ -29,6 +30,7 @@ __all__ = [
     "describe_addresses",
     "inherited_problem",
     "is_loopback",
+    "reuseport_balances",
     "systemd_fds",
     "warn_if_exposed",
 ]
@@ -50,12 +52,21 @@ ACCEPT_RETRY_SLEEP = 0.100
 # another; a fresh pick almost always fits, so a few attempts make "0 picks a free port" true.
 PORT_ZERO_ATTEMPTS = 20
 
-# What --workers without inherited sockets needs and some platforms (some BSDs, Windows) lack:
-# the usage error (cli.options) and bind_reuseport say it in the same words.
-REUSEPORT_MISSING = (
-    "--workers needs SO_REUSEPORT, which this platform lacks (use --fd with one inherited "
-    "socket, or run one process)"
-)
+
+def reuseport_balances(platform: str, has_reuseport: bool) -> bool:
+    """Does ``SO_REUSEPORT`` spread new connections over the sockets bound with it, on
+    ``platform`` (a ``sys.platform``)?  Only :data:`REUSEPORT_BALANCES` should ask."""
+    # Linux and DragonFly BSD balance by a hash of the client's address; macOS's and the other
+    # BSDs' SO_REUSEPORT lets sockets share a port but gives one of them every connection.
+    # (FreeBSD 12+ balances with SO_REUSEPORT_LB, socket.SO_REUSEPORT_LB from Python 3.14:
+    # a possible later addition.)
+    return has_reuseport and platform.startswith(("linux", "dragonfly"))
+
+
+# The one place that decides how --workers shares the port: True, every worker gets listening
+# sockets of its own (bind_reuseport) and the kernel balances; False, the supervisor binds once
+# and every worker accepts from those sockets (workers.supervisor).
+REUSEPORT_BALANCES = reuseport_balances(sys.platform, hasattr(socket, "SO_REUSEPORT"))
 
 # systemd passes its sockets as descriptors 3, 4, ... (sd_listen_fds(3)).
 SD_LISTEN_FDS_START = 3
@@ -144,16 +155,16 @@ def _new_socket(family: int, *, reuse_port: bool = False) -> socket.socket:
 def bind_reuseport(addresses: list[tuple[object, ...]]) -> list[socket.socket]:
     """One more listening socket on each of ``addresses`` (as ``getsockname`` gave them, the
     port included), with ``SO_REUSEPORT``: the sockets of ``--workers``, one set per worker,
-    among which the kernel spreads new connections.
+    among which the kernel spreads new connections (only where :data:`REUSEPORT_BALANCES`).
 
     The caller first binds the addresses *without* ``SO_REUSEPORT`` (:func:`bind_sockets`) and
     closes them: that is what turns "port in use" into a clear error, even against another
     server that uses ``SO_REUSEPORT`` and that these sockets would otherwise silently join.
-    Where the platform lacks ``SO_REUSEPORT`` (the command line checks it first), a
-    :class:`ListenError` says so in one line.
+    Where the platform lacks ``SO_REUSEPORT`` (the supervisor shares one set of sockets there
+    instead, and never calls this), a :class:`ListenError` says so in one line.
     """
     if not hasattr(socket, "SO_REUSEPORT"):
-        raise ListenError(REUSEPORT_MISSING)
+        raise ListenError("cannot bind a socket per worker: this platform lacks SO_REUSEPORT")
     sockets: list[socket.socket] = []
     try:
         for address in addresses:

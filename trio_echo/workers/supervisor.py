@@ -4,15 +4,21 @@ One Trio process uses one core.  With ``--workers N`` the process started from t
 becomes a small supervisor (this module, Trio too) and N workers
 (:mod:`trio_echo.workers.worker`) do the serving, each the ordinary server on its own core:
 
-* **Sharing the port.**  The supervisor first binds the addresses the ordinary way, without
-  ``SO_REUSEPORT``, and closes them again: a port in use is then the usual one-line error, and
-  ``--port 0`` picks the port once for everybody.  Then every worker gets a set of listening
-  sockets of its own, bound with ``SO_REUSEPORT`` to those addresses; the kernel spreads new
-  connections over them by a hash of the client's address and port.  The supervisor keeps no
-  copy: when a worker dies, its sockets close with it and the kernel sends new clients to the
-  others (the few that were waiting in the dead worker's accept queue are reset -- a worker
-  dies only by a crash or a kill).  Its replacement gets a new set.  Inherited sockets (``--fd``,
-  systemd) are one socket that every worker accepts from.
+* **Sharing the port**, one of two ways, chosen by :data:`~trio_echo.net.bind.REUSEPORT_BALANCES`
+  (the supervisor says which at debug level).  Where ``SO_REUSEPORT`` balances (Linux): the
+  supervisor first binds the addresses the ordinary way, without ``SO_REUSEPORT``, and closes
+  them again: a port in use is then the usual one-line error, and ``--port 0`` picks the port
+  once for everybody.  Then every worker gets a set of listening sockets of its own, bound with
+  ``SO_REUSEPORT`` to those addresses; the kernel spreads new connections over them by a hash
+  of the client's address and port.  The supervisor keeps no copy: when a worker dies, its
+  sockets close with it and the kernel sends new clients to the others (the few that were
+  waiting in the dead worker's accept queue are reset -- a worker dies only by a crash or a
+  kill).  Its replacement gets a new set.  Everywhere else (macOS and most BSDs, where
+  ``SO_REUSEPORT`` lets sockets share a port but gives one of them every connection, and where
+  it is missing): the supervisor binds the addresses once, the ordinary way, and keeps them;
+  every worker accepts from those same sockets, whichever is free takes the next client, and a
+  dead worker's replacement gets them again (clients wait in the queue meanwhile, none is
+  reset).  Inherited sockets (``--fd``, systemd) are shared that way too.
 * **Restarts.**  A worker that exits while nobody asked it to is started again after a
   back-off (``RESTART_FIRST_DELAY``, doubling up to ``RESTART_MAX_DELAY``, back to the first
   after ``HEALTHY_AFTER`` of good service), with a warning line each time.  A worker of the
@@ -62,7 +68,13 @@ import trio
 from trio_echo.config import Config
 from trio_echo.lifecycle import MIN_DRAIN_TIMEOUT, STOP_SIGNALS, Outcome, WorkerError, log_listening
 from trio_echo.logs import LOGGER, NOTICE
-from trio_echo.net.bind import ListenError, adopt_sockets, bind_reuseport, bind_sockets
+from trio_echo.net.bind import (
+    REUSEPORT_BALANCES,
+    ListenError,
+    adopt_sockets,
+    bind_reuseport,
+    bind_sockets,
+)
 from trio_echo.output.frames import FrameDecoder
 from trio_echo.output.queue import OutputQueue, open_output_queue
 from trio_echo.output.writer import write_stdout
@@ -139,8 +151,9 @@ class Supervisor:
     config: Config
     log_level: str
     queue: OutputQueue
-    # The addresses every worker listens on (port resolved), and the inherited sockets that
-    # they all share (--fd, systemd), if any.
+    # The addresses every worker listens on (port resolved), and the listening sockets that
+    # they all share, if any: inherited (--fd, systemd), or bound once by the supervisor where
+    # SO_REUSEPORT does not balance.  Empty: each worker gets its own (bind_reuseport).
     addresses: list[tuple[object, ...]]
     shared: list[socket.socket] = attrs.field(factory=list)
     stats: ServerStats = attrs.field(factory=ServerStats)
@@ -172,8 +185,8 @@ class Supervisor:
             if not self.stop_requested.is_set():
                 self.stop_deadline = trio.current_time() + self.config.grace + self.drain_timeout
                 self.stop_requested.set()
-                # Our copies of inherited sockets: the socket closes when the workers close
-                # theirs, so that a balancer sees refusals, not a queue nobody serves.
+                # Our copies of the shared sockets: each closes when the workers close theirs,
+                # so that a client or a balancer sees refusals, not a queue nobody serves.
                 for sock in self.shared:
                     sock.close()
                 LOGGER.log(
@@ -278,7 +291,10 @@ class Supervisor:
         """Start worker ``number``, relay its output and messages until it exits; its exit
         status (negative: killed by that signal)."""
         if self.shared:
-            sockets = self.shared
+            # Duplicates, taken before any checkpoint (run_slot saw no stop): the first signal
+            # closes self.shared while the process may still be forked in a thread, and its
+            # descriptor numbers must stay valid (and ours) until then.
+            sockets = [sock.dup() for sock in self.shared]
         else:
             sockets = await trio.to_thread.run_sync(bind_reuseport, self.addresses)
         fds = tuple(sock.fileno() for sock in sockets)
@@ -305,12 +321,12 @@ class Supervisor:
             ours.close()
             raise
         finally:
-            # The worker has its copies now; its listening sockets live and die with it.
+            # The worker has its copies now; its listening sockets live and die with it (its
+            # own, or its copies of the shared ones).
             os.close(write_fd)
             theirs.close()
-            if not self.shared:
-                for sock in sockets:
-                    sock.close()
+            for sock in sockets:
+                sock.close()
         self.live[number] = process
         self.controls[number] = ours
         if self.stop_requested.is_set():
@@ -391,12 +407,23 @@ async def supervise(config: Config, log_level: str) -> Outcome:
         if config.fds:
             shared = adopt_sockets(config.fds)
             addresses = [sock.getsockname() for sock in shared]
-        else:
+            LOGGER.debug("the workers share the inherited listening sockets")
+        elif REUSEPORT_BALANCES:
             # Bound without SO_REUSEPORT, then closed: see the module docstring.
             probe = await trio.to_thread.run_sync(bind_sockets, config.hosts, config.port)
             addresses = [sock.getsockname() for sock in probe]
             for sock in probe:
                 sock.close()
+            LOGGER.debug(
+                "each worker gets listening sockets of its own (SO_REUSEPORT balances here)"
+            )
+        else:
+            shared = await trio.to_thread.run_sync(bind_sockets, config.hosts, config.port)
+            addresses = [sock.getsockname() for sock in shared]
+            LOGGER.debug(
+                "the workers share one set of listening sockets (SO_REUSEPORT %s)",
+                "does not balance here" if hasattr(socket, "SO_REUSEPORT") else "is missing",
+            )
         queue, reader = open_output_queue(config.queue_bytes)
         supervisor = Supervisor(config, log_level, queue, addresses, shared)
         try:

@@ -59,10 +59,6 @@ needs_epoll = pytest.mark.skipif(
     not hasattr(select, "epoll"),
     reason="needs select.epoll: Linux only (hidden by nox -s portable)",
 )
-needs_reuseport = pytest.mark.skipif(
-    not hasattr(socket, "SO_REUSEPORT"),
-    reason="--workers N shares the port with SO_REUSEPORT (hidden by nox -s portable)",
-)
 
 
 class _PipeReader:

@@ -23,7 +23,7 @@ from typing import Any
 
 import attrs
 import pytest
-from conftest import needs_epoll, needs_reuseport
+from conftest import needs_epoll
 
 from trio_echo.bench import baseline, loadgen
 from trio_echo.bench import server as bench_server
@@ -662,7 +662,6 @@ def _gone(pid: int) -> bool:
         return True
 
 
-@needs_reuseport
 def test_a_2_worker_server_is_measured_over_its_process_tree_on_every_cpu(monkeypatch):
     """CPU time, memory and threads of trio-w2 are the supervisor's plus its workers'; it runs
     on every CPU even when the bench itself is pinned to one; killing it kills the workers."""
@@ -806,7 +805,6 @@ def test_a_baseline_that_cannot_be_run_is_one_line_and_status_1():
 
 @needs_cc
 @needs_epoll  # loadgen.c is an epoll program
-@needs_reuseport  # the trio-w2 row is --workers 2
 @pytest.mark.slow
 def test_quick_run_compares_every_model_in_every_scenario(tmp_path):
     pytest.importorskip("matplotlib")

@@ -35,7 +35,6 @@ from conftest import (
     FAMILIES,
     SERVER_COMMAND,
     assert_no_traceback,
-    needs_reuseport,
     peer_name,
     recv_eof,
     recv_exactly,
@@ -235,7 +234,7 @@ def tree_rss(pid: int) -> int:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs /proc")
-@pytest.mark.parametrize("workers", ["1", pytest.param("2", marks=needs_reuseport)])
+@pytest.mark.parametrize("workers", ["1", "2"])
 def test_backpressure_keeps_memory_flat_while_stdout_stalls(start_server, connect, workers):
     """Also through a --workers supervisor: its queue, the pipe and the worker's queue are all
     bounded, so a stalled stdout stalls the client with every process's memory flat."""

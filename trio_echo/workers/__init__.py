@@ -1,2 +1,3 @@
 """``--workers N``: a Trio supervisor (:mod:`.supervisor`) and N worker processes
-(:mod:`.worker`) sharing the port with ``SO_REUSEPORT``."""
+(:mod:`.worker`) sharing the port: each with its own ``SO_REUSEPORT`` sockets where the kernel
+balances them (Linux), else all accepting from one shared listening socket."""

@@ -3,8 +3,9 @@ supervisor (:mod:`trio_echo.workers.supervisor`), never by hand.
 
 A worker is the ordinary Trio server (:func:`trio_echo.server.app.run`) with three differences:
 
-* it serves the listening sockets its supervisor opened for it (``SO_REUSEPORT``, or the one
-  inherited socket every worker shares) and does not bind anything itself;
+* it serves the listening sockets its supervisor opened for it (its own ``SO_REUSEPORT`` set
+  where the kernel balances those, else the one set every worker shares, bound by the
+  supervisor or inherited) and does not bind anything itself;
 * its stdout is a pipe to the supervisor, written in frames (:mod:`trio_echo.output.frames`): the
   supervisor alone writes the real stdout, whole batches at a time;
 * it talks to the supervisor over the control socket ``CONTROL_FD``: the :class:`WorkerSpec`

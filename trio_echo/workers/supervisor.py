@@ -4,21 +4,8 @@ One Trio process uses one core.  With ``--workers N`` the process started from t
 becomes a small supervisor (this module, Trio too) and N workers
 (:mod:`trio_echo.workers.worker`) do the serving, each the ordinary server on its own core:
 
-* **Sharing the port**, one of two ways, chosen by :data:`~trio_echo.net.bind.REUSEPORT_BALANCES`
-  (the supervisor says which at debug level).  Where ``SO_REUSEPORT`` balances (Linux): the
-  supervisor first binds the addresses the ordinary way, without ``SO_REUSEPORT``, and closes
-  them again: a port in use is then the usual one-line error, and ``--port 0`` picks the port
-  once for everybody.  Then every worker gets a set of listening sockets of its own, bound with
-  ``SO_REUSEPORT`` to those addresses; the kernel spreads new connections over them by a hash
-  of the client's address and port.  The supervisor keeps no copy: when a worker dies, its
-  sockets close with it and the kernel sends new clients to the others (the few that were
-  waiting in the dead worker's accept queue are reset -- a worker dies only by a crash or a
-  kill).  Its replacement gets a new set.  Everywhere else (macOS and most BSDs, where
-  ``SO_REUSEPORT`` lets sockets share a port but gives one of them every connection, and where
-  it is missing): the supervisor binds the addresses once, the ordinary way, and keeps them;
-  every worker accepts from those same sockets, whichever is free takes the next client, and a
-  dead worker's replacement gets them again (clients wait in the queue meanwhile, none is
-  reset).  Inherited sockets (``--fd``, systemd) are shared that way too.
+* **Sharing the port**: :mod:`trio_echo.workers.ports` (``SO_REUSEPORT`` sockets per worker
+  where the kernel balances them, else one set every worker accepts from).
 * **Restarts.**  A worker that exits while nobody asked it to is started again after a
   back-off (``RESTART_FIRST_DELAY``, doubling up to ``RESTART_MAX_DELAY``, back to the first
   after ``HEALTHY_AFTER`` of good service), with a warning line each time.  A worker of the
@@ -68,17 +55,13 @@ import trio
 from trio_echo.config import Config
 from trio_echo.lifecycle import MIN_DRAIN_TIMEOUT, STOP_SIGNALS, Outcome, WorkerError, log_listening
 from trio_echo.logs import LOGGER, NOTICE
-from trio_echo.net.bind import (
-    REUSEPORT_BALANCES,
-    ListenError,
-    adopt_sockets,
-    bind_reuseport,
-    bind_sockets,
-)
+from trio_echo.net.bind import ListenError, bind_reuseport
 from trio_echo.output.frames import FrameDecoder
 from trio_echo.output.queue import OutputQueue, open_output_queue
 from trio_echo.output.writer import write_stdout
 from trio_echo.stats import ServerStats
+from trio_echo.workers.ports import open_port
+from trio_echo.workers.process import describe_exit, grow_pipe, interpreter_flags
 from trio_echo.workers.worker import WorkerSpec, force_message
 
 __all__ = [
@@ -107,40 +90,9 @@ HEALTHY_AFTER = 30.0
 # later is stuck, and killed.
 KILL_AFTER_FORCE = 2.0
 
-# The most read from a worker's pipe at a time, and the pipe's size (F_SETPIPE_SZ, best
-# effort): a whole batch of the worker's writer (up to 1 MiB, and a frame is read in one piece
-# up to this size) fits, so the worker seldom waits for the supervisor.
+# The most read from a worker's pipe at a time: a whole batch of the worker's writer (up to
+# 1 MiB, and a frame is read in one piece up to this size) fits in one read.
 RELAY_READ_SIZE = 2 * 1024 * 1024
-PIPE_SIZE = 1024 * 1024
-
-
-def describe_exit(returncode: int | None) -> str:
-    """``exited with status 1`` / ``was killed by SIGKILL``."""
-    if returncode is None:
-        return "could not be started"
-    if returncode < 0:
-        try:
-            return f"was killed by {signal.Signals(-returncode).name}"
-        except ValueError:
-            return f"was killed by signal {-returncode}"
-    return f"exited with status {returncode}"
-
-
-def interpreter_flags() -> list[str]:
-    """The interpreter options of this process (``-X dev``, ``-W error``, ...) for a worker's
-    command line, as :mod:`multiprocessing` passes them on: a program run under ``python -X
-    dev -W error`` is run so in all its processes, workers included."""
-    flags: list[str] = subprocess._args_from_interpreter_flags()  # type: ignore[attr-defined]
-    return flags
-
-
-def _grow_pipe(fd: int) -> None:
-    try:
-        import fcntl
-
-        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-    except (ImportError, AttributeError, OSError):
-        pass  # the default (64 KiB on Linux) works too, with more round trips
 
 
 @attrs.define(eq=False)
@@ -304,7 +256,7 @@ class Supervisor:
         ours, theirs = socket.socketpair()
         read_fd, write_fd = os.pipe()
         try:
-            _grow_pipe(write_fd)
+            grow_pipe(write_fd)
             ours.sendall(pickle.dumps(spec))
             process = await trio.lowlevel.open_process(
                 [
@@ -403,27 +355,7 @@ async def supervise(config: Config, log_level: str) -> Outcome:
     """Run ``config.workers`` workers until a signal stops them; the exit status as for one
     process (see :mod:`trio_echo.server.app`)."""
     with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
-        shared: list[socket.socket] = []
-        if config.fds:
-            shared = adopt_sockets(config.fds)
-            addresses = [sock.getsockname() for sock in shared]
-            LOGGER.debug("the workers share the inherited listening sockets")
-        elif REUSEPORT_BALANCES:
-            # Bound without SO_REUSEPORT, then closed: see the module docstring.
-            probe = await trio.to_thread.run_sync(bind_sockets, config.hosts, config.port)
-            addresses = [sock.getsockname() for sock in probe]
-            for sock in probe:
-                sock.close()
-            LOGGER.debug(
-                "each worker gets listening sockets of its own (SO_REUSEPORT balances here)"
-            )
-        else:
-            shared = await trio.to_thread.run_sync(bind_sockets, config.hosts, config.port)
-            addresses = [sock.getsockname() for sock in shared]
-            LOGGER.debug(
-                "the workers share one set of listening sockets (SO_REUSEPORT %s)",
-                "does not balance here" if hasattr(socket, "SO_REUSEPORT") else "is missing",
-            )
+        shared, addresses = await open_port(config)
         queue, reader = open_output_queue(config.queue_bytes)
         supervisor = Supervisor(config, log_level, queue, addresses, shared)
         try:

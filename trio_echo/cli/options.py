@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=number_type("a number of seconds", 0, strict=True),
         default=None,
         metavar="SECONDS",
-        help="close a connection that sent nothing for this long (default: off)",
+        help="close a connection that sent nothing for this long, or did not read its echo "
+        "for this long (default: off)",
     )
     net.add_argument(
         "--grace",

@@ -199,12 +199,18 @@ class LeanSocketStream(trio.abc.HalfCloseableStream):
         except OSError as exc:
             raise _translate(exc) from exc
 
-    async def wait_send_all_might_not_block(self) -> None:
+    async def _refuse_to_send(self) -> None:
+        """What Trio's streams do when a send-side method cannot run: ``BusyResourceError`` at
+        once if another task is sending, ``ClosedResourceError`` after a checkpoint once
+        closed.  (``receive_some`` and ``send_all`` check the same inline: the hot path.)"""
         if self._sending:
             raise trio.BusyResourceError("another task is already sending on this stream")
         if self._closed:
             await trio.lowlevel.checkpoint()
             raise trio.ClosedResourceError("this stream was closed")
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._refuse_to_send()
         self._sending = True
         try:
             self._waited_in_trio = True
@@ -213,11 +219,7 @@ class LeanSocketStream(trio.abc.HalfCloseableStream):
             self._sending = False
 
     async def send_eof(self) -> None:
-        if self._sending:
-            raise trio.BusyResourceError("another task is already sending on this stream")
-        if self._closed:
-            await trio.lowlevel.checkpoint()
-            raise trio.ClosedResourceError("this stream was closed")
+        await self._refuse_to_send()
         await trio.lowlevel.checkpoint()
         self._eof_sent = True
         # ENOTCONN: the peer is already gone; the write side is closed either way.

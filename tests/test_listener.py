@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+import struct
 from collections.abc import AsyncIterator
 
 import pytest
@@ -26,8 +27,11 @@ from trio_echo.server.listener import (
     IGNORED_ACCEPT_ERRNOS,
     LeanSocketListener,
     LimitedListener,
+    ShortageLog,
+    peer_address,
 )
 from trio_echo.server.stream import LeanSocketStream
+from trio_echo.server.wrappers import SlotStream
 
 
 class FlakySocket(socket.socket):
@@ -99,7 +103,7 @@ async def test_running_out_of_descriptors_pauses_accepting(
     autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     sock = listening([OSError(errno.EMFILE, "Too many open files") for _ in range(5)])
-    listener = LeanSocketListener(sock, active=lambda: 7)
+    listener = LeanSocketListener(sock, shortage=ShortageLog(lambda: 7))
     with socket.create_connection(sock.getsockname()):
         t0 = trio.current_time()
         stream = await listener.accept()
@@ -225,4 +229,47 @@ async def test_max_connections_listener_holds_a_slot_per_stream(
         await second.aclose()
         await second.aclose()  # idempotent: the slot is given back once
         assert limiter.borrowed_tokens == 0
+    await listener.aclose()
+
+
+async def test_the_shortage_is_logged_once_for_all_listeners(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # IPv4 and IPv6 listeners run out of descriptors together: one line a second says it.
+    shortage = ShortageLog()
+    socks = [listening([OSError(errno.EMFILE, "Too many open files")] * 3) for _ in range(2)]
+    listeners = [LeanSocketListener(sock, shortage=shortage) for sock in socks]
+    clients = [socket.create_connection(sock.getsockname()) for sock in socks]
+    streams: list[LeanSocketStream] = []
+
+    async def accept(listener: LeanSocketListener) -> None:
+        streams.append(await listener.accept())
+
+    async with trio.open_nursery() as nursery:
+        for listener in listeners:
+            nursery.start_soon(accept, listener)
+    # Three failures each, 100 ms apart, both listeners at once: 0.3 s, one line.
+    assert caplog.text.count("EMFILE") == 1
+    for stream in streams:
+        await stream.aclose()
+    for client in clients:
+        client.close()
+    for listener in listeners:
+        await listener.aclose()
+
+
+async def test_a_client_that_resets_at_once_keeps_its_name() -> None:
+    # The address comes from accept() itself: by the time the handler asks the socket, a
+    # client that reset has no peer name any more ("unknown" in the log and the jsonl).
+    sock = listening()
+    listener = LeanSocketListener(sock)
+    client = socket.create_connection(sock.getsockname())
+    name = client.getsockname()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.close()  # RST
+    with trio.fail_after(5):
+        stream = await listener.accept()
+    assert peer_address(stream) == name
+    assert peer_address(SlotStream(stream, trio.CapacityLimiter(1))) == name
+    await stream.aclose()
     await listener.aclose()

@@ -30,6 +30,7 @@ __all__ = [
     "AccessListener",
     "LeanSocketListener",
     "LimitedListener",
+    "ShortageLog",
     "peer_address",
 ]
 
@@ -73,6 +74,9 @@ IGNORED_ACCEPT_ERRNOS = frozenset(
 
 def peer_address(stream: trio.abc.Stream) -> object:
     """The client's address (``"memory"`` for an in-memory stream, as tests use)."""
+    known = getattr(stream, "peer", None)
+    if known is not None:
+        return known
     sock = getattr(stream, "socket", None)
     if sock is None:
         return "memory"
@@ -81,6 +85,28 @@ def peer_address(stream: trio.abc.Stream) -> object:
     except OSError:
         # The client already reset the connection between accept and here.
         return "unknown"
+
+
+class ShortageLog:
+    """The out-of-descriptors line, at most once per ``CAPACITY_LOG_INTERVAL`` for the whole
+    server: every listener (IPv4 and IPv6, say) fails at once when the process is out of
+    descriptors, and one line says it for all of them."""
+
+    def __init__(self, active: Callable[[], int] = lambda: 0) -> None:
+        # How many clients are connected, for the line.
+        self._active = active
+        self._logged = -math.inf
+
+    def log(self, exc: OSError) -> None:
+        now = time.monotonic()
+        if now - self._logged >= CAPACITY_LOG_INTERVAL:
+            self._logged = now
+            LOGGER.error(
+                "accept failed: %s (%s); pausing accepts, %d clients connected",
+                errno.errorcode.get(exc.errno or 0, "?"),
+                os.strerror(exc.errno or 0),
+                self._active(),
+            )
 
 
 def _log_refused(address: object, why: str) -> None:
@@ -105,16 +131,15 @@ class LeanSocketListener(trio.abc.Listener[LeanSocketStream]):
         *,
         hub: ReadinessHub | None = None,
         access: AccessPolicy | None = None,
-        active: Callable[[], int] = lambda: 0,
+        shortage: ShortageLog | None = None,
     ) -> None:
         sock.setblocking(False)
         self.socket = sock
         self._hub = hub
         self._access = access
-        # How many clients are connected, for the out-of-descriptors line.
-        self._active = active
+        # Shared by the server's listeners (see ShortageLog).
+        self._shortage = shortage or ShortageLog()
         self._in_a_row = 0
-        self._capacity_logged = -math.inf
 
     async def accept(self) -> LeanSocketStream:
         listening, access = self.socket, self._access
@@ -141,7 +166,7 @@ class LeanSocketListener(trio.abc.Listener[LeanSocketStream]):
                 _log_refused(address, why)
                 continue
             try:
-                return LeanSocketStream(client, self._hub)
+                return LeanSocketStream(client, self._hub, address)
             except OSError as exc:
                 # Setting the client up failed (epoll's ENOSPC, a socket option the peer's
                 # reset made fail): that costs this client, never the accept loop.
@@ -157,15 +182,7 @@ class LeanSocketListener(trio.abc.Listener[LeanSocketStream]):
             return
         if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
             raise exc
-        now = time.monotonic()
-        if now - self._capacity_logged >= CAPACITY_LOG_INTERVAL:
-            self._capacity_logged = now
-            LOGGER.error(
-                "accept failed: %s (%s); pausing accepts, %d clients connected",
-                errno.errorcode.get(exc.errno or 0, "?"),
-                os.strerror(exc.errno or 0),
-                self._active(),
-            )
+        self._shortage.log(exc)
         await trio.sleep(ACCEPT_RETRY_SLEEP)
 
     async def aclose(self) -> None:

@@ -34,7 +34,12 @@ from trio_echo.net.tls import server_context
 from trio_echo.output.queue import OutputQueue
 from trio_echo.server import hub
 from trio_echo.server.handler import Handler
-from trio_echo.server.listener import AccessListener, LeanSocketListener, LimitedListener
+from trio_echo.server.listener import (
+    AccessListener,
+    LeanSocketListener,
+    LimitedListener,
+    ShortageLog,
+)
 from trio_echo.server.shutdown import Registry, ServerHandle
 from trio_echo.stats import ServerStats
 
@@ -92,9 +97,9 @@ async def serve(
             if owned and config.accelerate and hub.AVAILABLE:
                 readiness = hub.ReadinessHub()
                 services.start_soon(readiness.run)
-            active = partial(getattr, stats, "active")
+            shortage = ShortageLog(partial(getattr, stats, "active"))
             serving: list[Listener] = [
-                LeanSocketListener(sock, hub=readiness, access=access, active=active)
+                LeanSocketListener(sock, hub=readiness, access=access, shortage=shortage)
                 for sock in owned
             ]
             for listener in listeners or ():

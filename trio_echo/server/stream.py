@@ -63,16 +63,22 @@ class LeanSocketStream(trio.abc.HalfCloseableStream):
         "_sending",
         "_waited_in_trio",
         "_waiting",
+        "peer",
         "socket",
     )
 
-    def __init__(self, sock: socket.socket, hub: ReadinessHub | None = None) -> None:
+    def __init__(
+        self, sock: socket.socket, hub: ReadinessHub | None = None, peer: object = None
+    ) -> None:
         sock.setblocking(False)
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             # Like trio.SocketStream: small writes (an echo, a prompt) go out at once.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         #: The kernel socket (a plain ``socket.socket``), for its addresses and options.
         self.socket = sock
+        #: The client's address as ``accept()`` gave it (``None``: ask the socket): a client
+        #: that resets at once has no ``getpeername()`` any more, but still a name in the log.
+        self.peer = peer
         self._fd = sock.fileno()
         self._hub = hub
         if hub is not None:

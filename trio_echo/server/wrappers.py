@@ -66,6 +66,11 @@ class _Wrapper(trio.abc.Stream):
         """The kernel socket underneath, if any (for the client's address)."""
         return getattr(self.inner, "socket", None)
 
+    @property
+    def peer(self) -> object:
+        """The client's address as the inner stream knows it, if it does."""
+        return getattr(self.inner, "peer", None)
+
 
 class LimitedStream(_Wrapper):
     """``--max-bytes``: a client may send at most ``limit`` bytes; the next one ends the

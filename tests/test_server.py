@@ -66,6 +66,14 @@ class MemoryListener(trio.abc.Listener[trio.abc.Stream]):
 
     async def aclose(self) -> None:
         self.closed = True
+        # Like the kernel resetting a closed socket's backlog: clients never accepted see
+        # their connection end.
+        while True:
+            try:
+                pending = self.receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+            await trio.aclose_forcefully(pending)
         await self.receive.aclose()
         await trio.lowlevel.checkpoint()
 
@@ -90,6 +98,10 @@ class Collected:
     def lines(self) -> list[str]:
         return self.data.decode().splitlines()
 
+
+# How often to run a race whose order Trio's scheduler picks at random: a bug that shows in
+# one order of two survives this many runs with a chance of 2**-RACE_RUNS.
+RACE_RUNS = 20
 
 # The streams a handler is tested over: in-memory pairs, our LeanSocketStream on loopback with
 # and without the epoll hub, and Trio's own SocketStream (trio.SocketListener): the handler takes
@@ -350,19 +362,21 @@ async def test_a_client_accepted_as_shutdown_starts_is_served_within_the_grace_p
 
 
 async def test_a_handler_started_after_a_zero_grace_shutdown_never_serves(
-    start: Callable[..., Any],
+    start: Callable[..., Any], memory_only: None
 ) -> None:
-    # --grace 0: the closer looks once and finds nobody.  A client accepted in the same
-    # scheduler batch as the signal has a handler that starts only afterwards; it must close
-    # its client instead of serving it without any limit (review finding 2).
-    h = await start(grace=0)
-    client = await h.listener.connect()
-    h.handle.shutdown(0)
-    await h.done.wait()
-    with trio.fail_after(5):
-        assert await client.receive_some(10) == b""
-    assert h.handle.stats.active == 0
-    await client.aclose()
+    # --grace 0: the closer looks once.  A client accepted in the same scheduler batch as the
+    # signal has a handler that starts only in a later one; whichever of the two Trio runs
+    # first, the client must be closed, never served without any limit (review finding 2).
+    # The order is Trio's choice, so the race is run many times.
+    for _ in range(RACE_RUNS):
+        h = await start(grace=0)
+        h.listener.after_accept = partial(h.handle.shutdown, 0)
+        client = await h.listener.connect()
+        with trio.fail_after(5):
+            await h.done.wait()
+            assert await client.receive_some(10) == b""
+        assert h.handle.stats.active == 0
+        await client.aclose()
 
 
 @attrs.define(eq=False)

@@ -62,12 +62,14 @@ class Handler:
     async def __call__(self, stream: trio.abc.Stream) -> None:
         """Serve the client on ``stream`` until it leaves (or the server stops)."""
         config, output, registry = self.config, self.output, self.registry
+        registry.admitted -= 1  # started: counted as active from here (or leaving at once)
         if registry.closing:
             # Accepted before shutdown began, but started only after the grace period ended
             # (with --grace 0, the same scheduler batch as the signal): the closer has already
             # looked for handlers to close, so this one closes its client itself rather than
             # serve it without any limit.  A client accepted before the signal is otherwise
             # served within the grace period like every other.
+            registry.left()
             await trio.aclose_forcefully(stream)
             return
         setting_up = config.proxy_protocol or self.tls is not None

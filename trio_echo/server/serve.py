@@ -40,7 +40,7 @@ from trio_echo.server.listener import (
     LimitedListener,
     ShortageLog,
 )
-from trio_echo.server.shutdown import Registry, ServerHandle
+from trio_echo.server.shutdown import AdmittingListener, Registry, ServerHandle
 from trio_echo.stats import ServerStats
 
 __all__ = ["ServerHandle", "ServerStats", "serve"]
@@ -107,6 +107,7 @@ async def serve(
             if config.max_connections is not None:
                 limiter = trio.CapacityLimiter(config.max_connections)
                 serving = [LimitedListener(listener, limiter) for listener in serving]
+            serving = [AdmittingListener(listener, registry) for listener in serving]
             addresses = [a for a in map(_bound_address, serving) if a is not None]
             async with trio.open_nursery() as connections:
                 async with trio.open_nursery() as accepting:

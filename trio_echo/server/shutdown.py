@@ -16,7 +16,7 @@ from trio_echo.connection import Connection
 from trio_echo.server.wrappers import end_receiving
 from trio_echo.stats import ServerStats
 
-__all__ = ["STRAGGLER_CHECK_INTERVAL", "Registry", "ServerHandle"]
+__all__ = ["STRAGGLER_CHECK_INTERVAL", "AdmittingListener", "Registry", "ServerHandle"]
 
 # At the end of the grace period, how often to look for handlers that did not end when their
 # client's stream was ended (see Registry.close_after_grace).
@@ -90,6 +90,10 @@ class Registry:
     live: dict[Connection, tuple[trio.CancelScope, trio.abc.Stream]] = attrs.field(factory=dict)
     # True once the grace period is over and the closer is ending the handlers.
     closing: bool = False
+    # Clients accepted whose handler has not started yet (serve_listeners starts it in a later
+    # scheduler turn): the closer must not take "nobody is connected" for over while these
+    # are on their way.  Counted by AdmittingListener, uncounted by the handler's first step.
+    admitted: int = 0
     # Unparked whenever a client leaves: the closer, waiting for everyone to leave, looks again.
     _left: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot)
 
@@ -121,7 +125,7 @@ class Registry:
         """
         with handle._grace_scope:
             await handle._shutdown_started.wait()
-            while self.stats.active:
+            while self.stats.active or self.admitted:
                 await self._left.park()
             return
         self.closing = True
@@ -136,3 +140,26 @@ class Registry:
             with trio.move_on_after(STRAGGLER_CHECK_INTERVAL):
                 while self.live:
                     await self._left.park()
+
+
+class AdmittingListener(trio.abc.Listener[trio.abc.Stream]):
+    """Counts each client as admitted the moment ``accept`` returns it, before Trio's
+    ``serve_listeners`` starts its handler in a later scheduler turn, so that the end of the
+    grace period never misses it (see :attr:`Registry.admitted`)."""
+
+    def __init__(self, inner: trio.abc.Listener[trio.abc.Stream], registry: Registry) -> None:
+        self.inner = inner
+        self._registry = registry
+
+    async def accept(self) -> trio.abc.Stream:
+        stream = await self.inner.accept()
+        self._registry.admitted += 1
+        return stream
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    @property
+    def socket(self) -> object:
+        """The inner listener's socket, if any (for the bound address)."""
+        return getattr(self.inner, "socket", None)

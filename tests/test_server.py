@@ -151,18 +151,29 @@ def memory_only() -> None:
     in a way no socket does): ``start`` then gives the in-memory transport only."""
 
 
-@pytest.fixture(params=TRANSPORTS)
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """``start`` once per transport (the in-memory one only for ``memory_only`` tests)."""
+    if "start" not in metafunc.fixturenames:
+        return
+    transports = ["memory"] if "memory_only" in metafunc.fixturenames else TRANSPORTS
+    no_hub = pytest.mark.skipif(
+        not hub.AVAILABLE, reason="no epoll here: the hub is Linux's accelerator"
+    )
+    metafunc.parametrize(
+        "start",
+        [pytest.param(t, marks=no_hub if t == "lean+hub" else ()) for t in transports],
+        indirect=True,
+    )
+
+
+@pytest.fixture
 def start(
     request: pytest.FixtureRequest,
     nursery: trio.Nursery,
 ) -> Callable[..., Any]:
-    """``await start(**config)``: a server on a listener of each transport, its output
-    collected (tests marked ``memory_only`` get the in-memory one only)."""
+    """``await start(**config)``: a server on a listener of the transport the test is
+    parametrized with, its output collected."""
     transport = request.param
-    if "memory_only" in request.fixturenames and transport != "memory":
-        pytest.skip("stages what only an in-memory listener can")
-    if transport == "lean+hub" and not hub.AVAILABLE:
-        pytest.skip("no epoll here: the hub is Linux's accelerator")
 
     async def _start(**overrides: Any) -> Harness:
         config = Config(port=0, accelerate=transport == "lean+hub", **overrides)

@@ -180,3 +180,19 @@ async def test_send_some_nowait_sends_what_fits_without_a_checkpoint() -> None:
     await stream.aclose()
     with pytest.raises(trio.ClosedResourceError):
         stream.send_some_nowait(b"x")
+
+
+async def test_closing_a_closed_stream_in_a_cancelled_scope_costs_nothing() -> None:
+    # serve_listeners ends every handler with aclose_forcefully (aclose in a cancelled scope);
+    # the handler closed the stream already, so there is nothing to do: no Cancelled raised
+    # only to be caught, no scheduler trip.  An open stream still closes, then raises.
+    left, right = socket.socketpair()
+    closed, still_open = LeanSocketStream(left), LeanSocketStream(right)
+    await closed.aclose()
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        with trio.testing.assert_no_checkpoints():
+            await closed.aclose()
+        with pytest.raises(trio.Cancelled):
+            await still_open.aclose()
+    assert still_open.socket.fileno() == -1

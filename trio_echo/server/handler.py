@@ -80,6 +80,8 @@ class Handler:
             printing=output is not None,
             announce=not setting_up,
         )
+        # The stream serve_listeners gave us, under any wrappers put around it below.
+        accepted = stream
         # While set-up runs: what its refused line says if it is cut short from outside.
         refused: _Refused | None = None
         tls: trio.SSLStream[trio.abc.Stream] | None = None
@@ -166,11 +168,12 @@ class Handler:
                     # put_nowait: this must happen even while the handler is being cancelled.
                     output.put_nowait(last)
             registry.left()
-            # The stream itself is closed by our caller, trio.serve_listeners, once we return
-            # (at once for a socket: no second scheduler trip per client, which ten thousand
-            # clients leaving together would feel); a TLS stream first says goodbye.
+            # A TLS stream says goodbye first.  Then we close the stream ourselves, although
+            # serve_listeners closes it again after us: its aclose_forcefully then finds it
+            # closed, which costs our stream nothing (see LeanSocketStream.aclose).
             if tls is not None:
                 await _close_tls(tls)
+            await accepted.aclose()
 
     async def _after_proxy_header(
         self, stream: trio.abc.Stream, conn: Connection

@@ -4,7 +4,7 @@ Structure (after hypercorn's trio runner)::
 
     serve()
     └── services nursery          <- the readiness hub (an optional accelerator) lives here
-        └── connections nursery   <- handle.abort() cancels it; nothing else does
+        └── connections nursery   <- handle.abort() cancels it (its scope); nothing else does
             ├── accepting scope   <- handle.shutdown() cancels it: serve_listeners stops and
             │   │                    closes every listener
             │   └── trio.serve_listeners(handler, listeners, handler_nursery=connections)
@@ -88,9 +88,8 @@ async def serve(
         else:
             owned = await trio.to_thread.run_sync(bind_sockets, config.hosts, config.port)
     stats = ServerStats()
-    registry = Registry(stats)
     access = AccessPolicy.of(config.allow, config.deny)
-    handler = Handler(config, output, stats, registry, tls)
+    handle: ServerHandle | None = None
     try:
         async with trio.open_nursery() as services:
             readiness = None
@@ -107,31 +106,36 @@ async def serve(
             if config.max_connections is not None:
                 limiter = trio.CapacityLimiter(config.max_connections)
                 serving = [LimitedListener(listener, limiter) for listener in serving]
-            serving = [AdmittingListener(listener, registry) for listener in serving]
             addresses = [a for a in map(_bound_address, serving) if a is not None]
-            async with trio.open_nursery() as connections:
-                async with trio.open_nursery() as accepting:
-                    handle = ServerHandle(
-                        addresses,
-                        stats,
-                        config.grace,
-                        accepting.cancel_scope,
-                        connections.cancel_scope,
-                    )
-                    registry.handle = handle
-                    connections.start_soon(registry.close_after_grace, handle)
-                    await accepting.start(
-                        partial(trio.serve_listeners, handler, serving, handler_nursery=connections)
-                    )
-                    task_status.started(handle)
-                # serve_listeners closed every listener on its way out.
-                handle.accepting_stopped.set()
+            # The scopes the handle cancels, made before the nurseries they will wrap, so that
+            # everything below gets what it needs when it is made.
+            accepting, everything = trio.CancelScope(), trio.CancelScope()
+            handle = ServerHandle(addresses, stats, config.grace, accepting, everything)
+            registry = Registry(stats, handle)
+            handler = Handler(config, output, stats, registry, tls)
+            serving = [AdmittingListener(listener, registry) for listener in serving]
+            with everything:
+                async with trio.open_nursery() as connections:
+                    connections.start_soon(registry.close_after_grace)
+                    with accepting:
+                        async with trio.open_nursery() as accept:
+                            await accept.start(
+                                partial(
+                                    trio.serve_listeners,
+                                    handler,
+                                    serving,
+                                    handler_nursery=connections,
+                                )
+                            )
+                            task_status.started(handle)
+                    # serve_listeners closed every listener on its way out.
+                    handle.accepting_stopped.set()
             # Every handler is gone: the hub has nothing left to watch.
             services.cancel_scope.cancel()
     finally:
         # Normally the listeners closed them; this covers a failure before they could.
         for sock in owned:
             sock.close()
-        if registry.handle is not None:
-            registry.handle.stopped.set()
+        if handle is not None:
+            handle.stopped.set()
     return stats

@@ -84,7 +84,7 @@ class Registry:
     of the grace period can reach them."""
 
     stats: ServerStats
-    handle: ServerHandle | None = None
+    handle: ServerHandle
     # Each handler's cancel scope and stream, from its start to its end (the handler adds and
     # removes itself: no context manager object per connection, for c10k's memory).
     live: dict[Connection, tuple[trio.CancelScope, trio.abc.Stream]] = attrs.field(factory=dict)
@@ -107,9 +107,9 @@ class Registry:
         self._left.unpark_all()
 
     def cancel_reason(self) -> str:
-        return "server stopped" if self.handle is None else self.handle.cancel_reason()
+        return self.handle.cancel_reason()
 
-    async def close_after_grace(self, handle: ServerHandle) -> None:
+    async def close_after_grace(self) -> None:
         """Once shutdown has begun, wait until every client has left or the grace period is
         over; then close the ones still there.
 
@@ -123,6 +123,7 @@ class Registry:
         that way, like TLS) is cancelled, through its own scope, so that it too returns
         normally.
         """
+        handle = self.handle
         with handle._grace_scope:
             await handle._shutdown_started.wait()
             while self.stats.active or self.admitted:

@@ -428,6 +428,17 @@ def assert_refused(port: int, family: socket.AddressFamily) -> None:
             sock.connect(address)
 
 
+def one_line_clients(
+    connect: Callable[..., socket.socket], port: int, lines: Sequence[bytes]
+) -> None:
+    """One short-lived client per line: connects, sends its line, closes (the way the
+    ``--workers`` tests spread clients over the workers)."""
+    for line in lines:
+        client = connect(port)
+        client.sendall(line)
+        client.close()
+
+
 @pytest.fixture
 def connect() -> Iterator[Callable[..., socket.socket]]:
     """A factory: ``connect(port, family=socket.AF_INET)`` opens a blocking loopback client.

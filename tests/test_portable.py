@@ -26,7 +26,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import LISTENING_RE, assert_no_traceback, peer_name, run_command
+from conftest import (
+    LISTENING_RE,
+    assert_no_traceback,
+    one_line_clients,
+    peer_name,
+    run_command,
+)
 from test_workers import alive, worker_pids
 
 from trio_echo.cli.main import WINDOWS_REFUSAL, main
@@ -177,10 +183,7 @@ def test_workers_serve_without_epoll_and_reuseport(spawn, connect):
     assert server.wait_stderr(LISTENING_RE)["mode"] == "print, text, 2 workers"
     pids = worker_pids(server)
     clients = 5
-    for i in range(clients):
-        client = connect(server.port)
-        client.sendall(b"worker line %d\n" % i)
-        client.close()
+    one_line_clients(connect, server.port, [b"worker line %d\n" % i for i in range(clients)])
     server.wait_stdout(lambda data: data.count(b"] worker line ") == clients)
     assert all(alive(pid) for pid in pids.values())
     assert server.stop(signal.SIGTERM) == 0

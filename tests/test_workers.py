@@ -27,6 +27,7 @@ from conftest import (
     ServerProcess,
     assert_no_traceback,
     assert_refused,
+    one_line_clients,
     peer_name,
     run_cli,
 )
@@ -160,10 +161,7 @@ def test_both_workers_serve_and_jsonl_names_the_worker(start_server, connect):
     assert server.wait_stderr(LISTENING_RE)["mode"] == "print, jsonl, 2 workers"
     pids = worker_pids(server)
     clients = 40
-    for i in range(clients):
-        client = connect(server.port)
-        client.sendall(b"line %d\n" % i)
-        client.close()
+    one_line_clients(connect, server.port, [b"line %d\n" % i for i in range(clients)])
     server.wait_stdout(lambda data: data.count(b'"event": "close"') == clients)
     records = jsonl_records(server.stdout)
     data = [r for r in records if r["event"] == "data"]
@@ -184,10 +182,11 @@ def test_workers_behind_a_balancer_name_the_real_clients(start_server, connect):
     server = start_server("--workers", "2", "--proxy-protocol", "--format", "jsonl")
     assert server.wait_stderr(LISTENING_RE)["mode"] == "print, jsonl, proxy protocol, 2 workers"
     clients = 30
-    for i in range(clients):
-        client = connect(server.port)
-        client.sendall(b"PROXY TCP4 203.0.113.%d 10.0.0.1 4%04d 8888\r\nhi\n" % (i, i))
-        client.close()
+    one_line_clients(
+        connect,
+        server.port,
+        [b"PROXY TCP4 203.0.113.%d 10.0.0.1 4%04d 8888\r\nhi\n" % (i, i) for i in range(clients)],
+    )
     server.wait_stdout(lambda data: data.count(b'"event": "close"') == clients)
     data = [r for r in jsonl_records(server.stdout) if r["event"] == "data"]
     assert sorted(str(r["peer"]) for r in data) == sorted(

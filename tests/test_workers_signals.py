@@ -30,6 +30,7 @@ from conftest import (
     ServerProcess,
     assert_no_traceback,
     assert_refused,
+    one_line_clients,
 )
 from test_workers import alive, jsonl_records, needs_balancing, worker_pids
 
@@ -159,10 +160,7 @@ def test_workers_share_one_set_of_sockets_where_reuseport_does_not_balance(
     assert f"{SHARED_LINE} ({why})" in server.stderr
     pids = worker_pids(server)
     clients = 10
-    for i in range(clients):
-        client = connect(server.port)
-        client.sendall(b"shared %d\n" % i)
-        client.close()
+    one_line_clients(connect, server.port, [b"shared %d\n" % i for i in range(clients)])
     server.wait_stdout(lambda data: data.count(b"] shared ") == clients)
     assert all(alive(pid) for pid in pids.values())
     assert server.stop() == 0

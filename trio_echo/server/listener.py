@@ -31,6 +31,7 @@ __all__ = [
     "LeanSocketListener",
     "LimitedListener",
     "ShortageLog",
+    "WrappingListener",
     "peer_address",
 ]
 
@@ -191,12 +192,28 @@ class LeanSocketListener(trio.abc.Listener[LeanSocketStream]):
         await trio.lowlevel.checkpoint()
 
 
-class AccessListener(trio.abc.Listener[trio.abc.Stream]):
+class WrappingListener(trio.abc.Listener[trio.abc.Stream]):
+    """A listener that changes only how ``inner`` accepts: closing and the bound socket are
+    ``inner``'s own."""
+
+    def __init__(self, inner: trio.abc.Listener[trio.abc.Stream]) -> None:
+        self.inner = inner
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    @property
+    def socket(self) -> object:
+        """The inner listener's socket, if any (for the bound address)."""
+        return getattr(self.inner, "socket", None)
+
+
+class AccessListener(WrappingListener):
     """``--allow``/``--deny`` for any listener (an embedding application's, Trio's own):
     a refused client is closed before it reaches a handler."""
 
     def __init__(self, inner: trio.abc.Listener[trio.abc.Stream], access: AccessPolicy) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self._access = access
 
     async def accept(self) -> trio.abc.Stream:
@@ -209,11 +226,8 @@ class AccessListener(trio.abc.Listener[trio.abc.Stream]):
             await trio.aclose_forcefully(stream)
             _log_refused(address, why)
 
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
-
-class LimitedListener(trio.abc.Listener[trio.abc.Stream]):
+class LimitedListener(WrappingListener):
     """``--max-connections``: ``accept`` waits while every slot of ``limiter`` is taken, and
     each stream it returns holds a slot until it is closed.
 
@@ -227,7 +241,7 @@ class LimitedListener(trio.abc.Listener[trio.abc.Stream]):
     def __init__(
         self, inner: trio.abc.Listener[trio.abc.Stream], limiter: trio.CapacityLimiter
     ) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self._limiter = limiter
 
     async def accept(self) -> trio.abc.Stream:
@@ -247,11 +261,3 @@ class LimitedListener(trio.abc.Listener[trio.abc.Stream]):
                 await trio.aclose_forcefully(stream)
                 raise
         return slot
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-    @property
-    def socket(self) -> object:
-        """The inner listener's socket, if any (for the bound address)."""
-        return getattr(self.inner, "socket", None)

@@ -13,6 +13,7 @@ import attrs
 import trio
 
 from trio_echo.connection import Connection
+from trio_echo.server.listener import WrappingListener
 from trio_echo.server.wrappers import end_receiving
 from trio_echo.stats import ServerStats
 
@@ -143,24 +144,16 @@ class Registry:
                     await self._left.park()
 
 
-class AdmittingListener(trio.abc.Listener[trio.abc.Stream]):
+class AdmittingListener(WrappingListener):
     """Counts each client as admitted the moment ``accept`` returns it, before Trio's
     ``serve_listeners`` starts its handler in a later scheduler turn, so that the end of the
     grace period never misses it (see :attr:`Registry.admitted`)."""
 
     def __init__(self, inner: trio.abc.Listener[trio.abc.Stream], registry: Registry) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self._registry = registry
 
     async def accept(self) -> trio.abc.Stream:
         stream = await self.inner.accept()
         self._registry.admitted += 1
         return stream
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-    @property
-    def socket(self) -> object:
-        """The inner listener's socket, if any (for the bound address)."""
-        return getattr(self.inner, "socket", None)

@@ -71,6 +71,13 @@ MODELS: dict[str, Model] = {
             "trio_echo.server.app:run_trio",
         ),
         Model(
+            "trio-stock",
+            "the trio model's server and handler on Trio's stock SocketListener and "
+            "SocketStream (what serve_tcp gives), to show what our fast stream gains",
+            "trio_echo.models.trio_stock:run",
+            unsupported=frozenset({"--fd", "--workers"}),
+        ),
+        Model(
             "asyncio",
             "asyncio streams (start_server), a task per connection kept in a set; "
             "cancelled when --grace is over",

@@ -33,7 +33,7 @@ from trio_echo.lifecycle import (
 from trio_echo.logs import LOGGER
 from trio_echo.output.queue import open_output_queue
 from trio_echo.output.writer import write_stdout
-from trio_echo.server.serve import ServerHandle, serve
+from trio_echo.server.serve import Listener, ServerHandle, serve
 from trio_echo.stats import ServerStats
 
 __all__ = ["run", "run_trio"]
@@ -106,6 +106,7 @@ async def run(
     framed: bool = False,
     announce: Callable[[ServerHandle], None] | None = None,
     stop_when: Callable[[], Awaitable[str]] | None = None,
+    listeners: Callable[[], Awaitable[list[Listener]]] | None = None,
 ) -> Outcome:
     """Serve until a signal stops us; see the module docstring for the exit statuses.
 
@@ -113,7 +114,8 @@ async def run(
     ``--workers`` worker (:mod:`trio_echo.workers.worker`) passes its listening ``sockets``, writes
     ``framed`` output, announces itself to its supervisor (``announce``) instead of the
     start-up line, and closes everything when ``stop_when`` returns (its supervisor says so, or
-    is gone).
+    is gone).  ``listeners``, if given, opens the Trio listeners to serve in place of ours
+    (the ``trio-stock`` model's).
     """
 
     # Listen for signals before anything else, so that a signal during start-up is not lost.
@@ -127,8 +129,11 @@ async def run(
             async with trio.open_nursery() as work:
                 work.start_soon(partial(write_stdout, queue, reader, stdout_fd, framed=framed))
                 try:
+                    serving = None if listeners is None else await listeners()
                     handle = await work.start(
-                        partial(serve, sockets=sockets), config, None if config.quiet else queue
+                        partial(serve, sockets=sockets, listeners=serving),
+                        config,
+                        None if config.quiet else queue,
                     )
                     watcher.handle = handle
                     if announce is None:

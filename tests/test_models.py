@@ -44,7 +44,16 @@ UVLOOP = pytest.param(
         importlib.util.find_spec("uvloop") is None, reason="uvloop is not installed"
     ),
 )
-CONCURRENT = ["trio-stock", "threads", "asyncio", "asyncio-sock", UVLOOP]
+ANYIO = [
+    pytest.param(
+        name,
+        marks=pytest.mark.skipif(
+            importlib.util.find_spec("anyio") is None, reason="anyio is not installed"
+        ),
+    )
+    for name in ["anyio-trio"]
+]
+CONCURRENT = ["trio-stock", "threads", "asyncio", "asyncio-sock", UVLOOP, *ANYIO]
 # trio is the reference: every test that applies to it runs on it too, and is its only test of
 # that behaviour (test_e2e.py keeps what is trio's alone and the deeper tests), which shows that
 # what they check is the behaviour, not one model's quirks.

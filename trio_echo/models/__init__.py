@@ -78,6 +78,14 @@ MODELS: dict[str, Model] = {
             unsupported=frozenset({"--fd", "--workers"}),
         ),
         Model(
+            "anyio-trio",
+            "anyio's idiom (MultiListener.serve in a task group, cancel scopes for the "
+            "shutdown) on the trio backend (needs anyio: the bench extra)",
+            "trio_echo.models.anyio_model:run_trio",
+            unsupported=frozenset({"--max-connections"}) | TRIO_ONLY,
+            requires="anyio",
+        ),
+        Model(
             "asyncio",
             "asyncio streams (start_server), a task per connection kept in a set; "
             "cancelled when --grace is over",

@@ -8,18 +8,16 @@ the accepting scope (the listeners close) and puts a deadline of now + grace on 
 connections' scope; a second one cancels everything.  Stdout is written by one task through a
 byte budget, so that a slow stdout slows the clients.  ``--max-connections`` is not supported.
 
-Each write runs in a daemon thread of its own rather than ``anyio.to_thread.run_sync``: on
-asyncio, anyio's worker threads are joined at exit, so a write stuck on a stalled stdout would
-keep a stopped server alive.  (The same code on anyio's asyncio backend does not yet push back
-on a client when stdout stalls -- anyio-asyncio is left for later, see issue 13.)
+Each write is ``anyio.to_thread.run_sync(..., abandon_on_cancel=True)``: on the trio backend a
+write stuck on a stalled stdout is abandoned at a forced exit (Trio's worker threads are
+daemons).  On anyio's asyncio backend the worker threads are joined at exit instead, and a
+stalled stdout does not push back on the clients yet: anyio-asyncio is left for later (issue 13).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from functools import partial
 
 import anyio
@@ -44,26 +42,6 @@ from trio_echo.output.stdout import WRITE_BATCH_BYTES, write_batch
 from trio_echo.stats import ServerStats
 
 __all__ = ["run_trio"]
-
-
-async def _write_in_daemon_thread(fd: int, items: Sequence[bytes]) -> None:
-    """A blocking ``writev`` off the event loop, in a thread that can be abandoned."""
-    token = anyio.lowlevel.current_token()
-    done = anyio.Event()
-    errors: list[Exception] = []
-
-    def work() -> None:
-        try:
-            write_batch(fd, items)
-        except Exception as exc:
-            errors.append(exc)
-        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is waiting
-            anyio.from_thread.run_sync(done.set, token=token)
-
-    threading.Thread(target=work, name="stdout write", daemon=True).start()
-    await done.wait()
-    if errors:
-        raise errors[0]
 
 
 class _Stdout:
@@ -110,7 +88,7 @@ class _Stdout:
                         break
                     batch.append(item)
                     size += len(item)
-                await _write_in_daemon_thread(self._fd, batch)
+                await anyio.to_thread.run_sync(write_batch, self._fd, batch, abandon_on_cancel=True)
                 self._used -= size
                 self._room.set()
             self.done.set()

@@ -300,6 +300,11 @@ def _git(repo: Path, *args: str) -> str:
 
 # A stand-in for the server of another revision: it says where it was imported from, then
 # serves nothing until SIGTERM (what ServerProcess needs: a listening line on stderr).
+def _has_line(text: str, start: str) -> bool:
+    """Whether `text` holds a whole line (newline included) that begins with `start`."""
+    return any(line.startswith(start) for line in text.splitlines(keepends=True) if line.endswith("\n"))
+
+
 FAKE_MAIN = """\
 import signal, sys, time, trio_echo
 print("NOTICE listening on 127.0.0.1:4242, [::1]:4242 (print, text)", file=sys.stderr)
@@ -342,10 +347,12 @@ def test_a_revision_is_exported_once_and_its_server_imports_it(tmp_path, variant
     model = baseline.register(found)
     with ServerProcess(model.name, ["--echo"]) as server:
         assert server.port == 4242
+        # The line may arrive in pieces: poll for all of it, ending in its newline.
+        expected = f"from {found.source / 'trio_echo/__init__.py'} args --model trio"
         deadline = time.monotonic() + 10
-        while "args" not in server.stderr and time.monotonic() < deadline:
+        while not _has_line(server.stderr, "from ") and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert f"from {found.source / 'trio_echo/__init__.py'} args --model trio" in server.stderr
+        assert expected in server.stderr
         assert server.stop()[0] == 0
 
 

@@ -37,6 +37,7 @@ from typing import Any
 import attrs
 
 from trio_echo.bench import baseline, loadgen
+from trio_echo.bench.labpage import render_lab_page
 from trio_echo.bench.lineup import (
     BARE_MODEL,
     NOHUB_MODEL,
@@ -46,6 +47,7 @@ from trio_echo.bench.lineup import (
     with_baseline,
 )
 from trio_echo.bench.machine import machine_info
+from trio_echo.bench.markdown import render_markdown
 from trio_echo.bench.plot import PlotUnavailable, write_plot
 from trio_echo.bench.ratios import accelerator_gain, baseline_gain, workers_gain
 from trio_echo.bench.report import headroom, render_table, write_json
@@ -122,6 +124,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--plot", type=Path, metavar="PATH", help="write a PNG chart here")
     parser.add_argument(
+        "--markdown",
+        type=Path,
+        metavar="PATH",
+        help="write the report as a markdown page here (what docs/benchmarks.md is)",
+    )
+    parser.add_argument(
+        "--lab-page",
+        type=Path,
+        metavar="PATH",
+        help="write 'reading the lab' here: each model's code beside its figures (docs/lab.md)",
+    )
+    parser.add_argument(
         "--check",
         action="store_true",
         help="exit 1 if a performance target evaluated fails (one line each on stderr); "
@@ -184,7 +198,29 @@ def _targets(report: dict[str, Any]) -> list[dict[str, Any]]:
     return [{**e.to_json(), "line": e.line()} for e in evaluate(report)]
 
 
-def _replay(source: Path, plot: Path | None, check: bool) -> int:
+def _write_pages(
+    report: dict[str, Any], markdown: Path | None, lab_page: Path | None, plot: Path | None
+) -> None:
+    """The markdown pages (linking the JSON and the chart by their names beside them)."""
+    pages = []
+    if markdown is not None:
+        json_name = report.get("json_name") or "benchmarks.json"
+        plot_name = None if plot is None else plot.name
+        pages.append((markdown, render_markdown(report, json_name=json_name, plot_name=plot_name)))
+    if lab_page is not None:
+        pages.append((lab_page, render_lab_page(report)))
+    for path, text in pages:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+def _replay(
+    source: Path,
+    plot: Path | None,
+    check: bool,
+    markdown: Path | None = None,
+    lab_page: Path | None = None,
+) -> int:
     """``--from-json``: the table and the chart of a saved run, without running anything (the
     targets are evaluated again, on the saved figures)."""
     try:
@@ -194,6 +230,8 @@ def _replay(source: Path, plot: Path | None, check: bool) -> int:
         print(f"{PROG}: error: cannot read {source}: {exc}", file=sys.stderr)
         return 1
     sys.stdout.write(render_table(report))
+    report["json_name"] = source.name
+    _write_pages(report, markdown, lab_page, plot)
     status = _write_plot(report, plot) if plot is not None else 0
     return status or (_check(report) if check else 0)
 
@@ -202,7 +240,7 @@ def main(argv: Sequence[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(list(argv))
     if args.from_json is not None:
-        return _replay(args.from_json, args.plot, args.check)
+        return _replay(args.from_json, args.plot, args.check, args.markdown, args.lab_page)
     models = bench_models()
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     before: baseline.Baseline | None = None
@@ -303,6 +341,8 @@ def main(argv: Sequence[str]) -> int:
     )
     if args.json is not None:
         write_json(report, args.json)
+        report["json_name"] = args.json.name
+    _write_pages(report, args.markdown, args.lab_page, args.plot)
     if args.plot is not None and (status := _write_plot(report, args.plot)):
         return status
     return _check(report) if args.check else 0

@@ -1,0 +1,179 @@
+"""``bench --markdown PATH``: docs/benchmarks.md, written from a run's report and nothing else.
+
+Why generated: a figure typed into prose goes stale the day the code changes (the page this
+replaced described a server two rewrites old).  Everything here is computed from the JSON-shaped
+report, so ``bench --from-json docs/benchmarks.json --markdown docs/benchmarks.md`` rebuilds the
+page without running anything, and a test renders it from a saved report.
+
+A run is publishable only from committed code on a quiet machine.  The report says which
+commit ran (``+dirty`` with local changes) and how much CPU other work took during each
+scenario (``other_cpu``); above :data:`QUIET_OTHER_CPU` the page says so at its top, next to
+the figures it concerns, rather than passing a noisy run off as a clean one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from trio_echo.bench.lab import model_sizes, shared_lines
+from trio_echo.bench.report import _rows_for as rows_for
+from trio_echo.models import MODELS
+
+__all__ = ["QUIET_OTHER_CPU", "noisy_scenarios", "render_markdown"]
+
+# Cores of CPU time taken by other work during a scenario above which its figures are marked as
+# measured on a busy machine: a tenth of a core is what the kernel's own network work charged
+# to neither process reaches at most in a quiet run (docs/benchmarks.json keeps every value).
+QUIET_OTHER_CPU = 0.10
+
+# A section: its title, then what the report gives for it (None: the section is left out).
+Section = tuple[str, Callable[[Mapping[str, Any]], str | None]]
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A GitHub markdown table; the first column left-aligned, the others right-aligned."""
+    align = ["---", *("---:" for _ in header[1:])]
+    lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "| " + " | ".join(align) + " |"]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def noisy_scenarios(report: Mapping[str, Any]) -> list[tuple[str, str, float]]:
+    """(model, scenario, cores) wherever other work took more than :data:`QUIET_OTHER_CPU`."""
+    found = []
+    for name, entry in report["models"].items():
+        for key, figures in entry.get("scenarios", {}).items():
+            other = figures.get("other_cpu")
+            if isinstance(other, (int, float)) and other > QUIET_OTHER_CPU:
+                found.append((name, key, float(other)))
+    return found
+
+
+def _keys(report: Mapping[str, Any]) -> list[str]:
+    keys: list[str] = []
+    for entry in report["models"].values():
+        keys += [k for k in entry.get("scenarios", {}) if k not in keys]
+    return keys
+
+
+def scenario_table(report: Mapping[str, Any], key: str) -> str:
+    """One scenario as a table: a row per model, a column per figure; a skipped model's row
+    gives the reason in its first figure's cell."""
+    rows_spec = rows_for(key)
+    rows = []
+    for name, entry in report["models"].items():
+        result = entry.get("scenarios", {}).get(key)
+        if result is None:
+            result = {"skipped": entry.get("skipped") or "not run"}
+        if "skipped" in result:
+            mark = "limited" if "partial" in result else "skipped"
+            rows.append([name, f"{mark}: {result['skipped']}", *("" for _ in rows_spec[1:])])
+            continue
+        cells = []
+        for _, fmt in rows_spec:
+            try:
+                cells.append(fmt(result))
+            except (KeyError, TypeError, ValueError):
+                cells.append("?")
+        rows.append([name, *cells])
+    return table(["model", *(label for label, _ in rows_spec)], rows)
+
+
+def _run_facts(report: Mapping[str, Any]) -> str:
+    machine = report.get("machine", {})
+    source = machine.get("trio_echo_source") or "unknown"
+    versions = ", ".join(
+        f"{name} {machine[name]}"
+        for name in ("trio", "uvloop", "anyio", "gevent")
+        if machine.get(name)
+    )
+    lines = [
+        "```sh",
+        report.get("command", "python -m trio_echo bench"),
+        "```",
+        "",
+        f"Run on {report.get('started_utc', '?')} in {report.get('elapsed_s', '?')} s, from "
+        f"commit `{source}`, on {machine.get('cpu', '?')} ({machine.get('cores', '?')} cores, "
+        f"{machine.get('memory_gb', '?')} GB, {machine.get('os', '?')}), CPython "
+        f"{machine.get('python', '?')}" + (f", {versions}" if versions else "") + ".",
+    ]
+    if "+dirty" in source or source == "unknown":
+        lines += ["", "> **Not from committed code**: the source had uncommitted changes."]
+    if report.get("quick"):
+        lines += ["", "> **A `--quick` run**: tiny sizes, for checking the bench, not the models."]
+    noisy = noisy_scenarios(report)
+    if noisy:
+        worst = max(noisy, key=lambda n: n[2])
+        lines += [
+            "",
+            f"> **Not a quiet run**: other work took more than {QUIET_OTHER_CPU:g} cores during "
+            f"{len(noisy)} scenario(s), at most {worst[2]:.2f} ({worst[0]}, {worst[1]}); "
+            "treat those figures with care.",
+        ]
+    else:
+        lines += [
+            "",
+            f"Other work on the machine stayed at or below {QUIET_OTHER_CPU:g} cores in every "
+            "scenario (`other_cpu` in the JSON).",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _sizes_table(_: Mapping[str, Any]) -> str:
+    sizes = model_sizes()
+    rows = [
+        [
+            f"`{name}`",
+            str(size.lines),
+            ", ".join(m.removeprefix("trio_echo.") for m in size.modules),
+        ]
+        for name, size in sizes.items()
+    ]
+    return (
+        f"Code lines (neither blank, comment nor docstring) each model runs beyond the "
+        f"{shared_lines()} lines all of them share (configuration, output formats, listening "
+        "sockets); counted by `trio_echo.bench.lab` from the source, not typed.\n\n"
+        + table(["model", "own code lines", "its modules"], rows)
+    )
+
+
+def render_markdown(
+    report: Mapping[str, Any],
+    *,
+    sections_before: Sequence[Section] = (),
+    sections_after: Sequence[Section] = (),
+    json_name: str = "benchmarks.json",
+    plot_name: str | None = "benchmarks.png",
+) -> str:
+    """The whole page: the run, the sections given first, a table per speed scenario, the
+    sections given after, the models' sizes."""
+    out = [
+        "# Benchmarks\n",
+        "Generated by `python -m trio_echo bench --markdown` from one run; every figure is in "
+        f"[{json_name}]({json_name}), and `python -m trio_echo bench --from-json {json_name} "
+        "--markdown OUT.md` rebuilds this page from it. What each scenario does, and how to "
+        "read the figures: [lab.md](lab.md).\n",
+        "## The run\n",
+        _run_facts(report),
+    ]
+    for title, render in sections_before:
+        if (text := render(report)) is not None:
+            out += [f"## {title}\n", text]
+    titles: Mapping[str, str] = report.get("scenario_titles", {})
+    out.append("## Speed and resources\n")
+    if plot_name:
+        out.append(f"![benchmark chart]({plot_name})\n")
+    for key in _keys(report):
+        out += [f"### {titles.get(key, key)}\n", scenario_table(report, key)]
+    for title, render in sections_after:
+        if (text := render(report)) is not None:
+            out += [f"## {title}\n", text]
+    out += ["## The models and their size\n", _sizes_table(report)]
+    summaries = [[f"`{n}`", m.summary] for n, m in MODELS.items()]
+    out.append(table(["model", "what it is"], summaries))
+    return "\n".join(out)

@@ -86,6 +86,13 @@ MODELS: dict[str, Model] = {
             requires="anyio",
         ),
         Model(
+            "anyio-asyncio",
+            "the anyio-trio model's code on anyio's asyncio backend (needs anyio: the bench extra)",
+            "trio_echo.models.anyio_model:run_asyncio",
+            unsupported=frozenset({"--max-connections"}) | TRIO_ONLY,
+            requires="anyio",
+        ),
+        Model(
             "asyncio",
             "asyncio streams (start_server), a task per connection kept in a set; "
             "cancelled when --grace is over",

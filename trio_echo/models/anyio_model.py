@@ -1,4 +1,4 @@
-"""The ``anyio-trio`` model: the server in anyio's idiom, on anyio's trio backend.
+"""The ``anyio-trio`` and ``anyio-asyncio`` models: the server in anyio's idiom, on each backend.
 
 The bound sockets (:func:`trio_echo.net.bind.bind_sockets`) become anyio ``SocketListener``\\ s
 in one ``MultiListener``, whose ``serve(handler, task_group)`` starts a handler per client in
@@ -8,16 +8,18 @@ the accepting scope (the listeners close) and puts a deadline of now + grace on 
 connections' scope; a second one cancels everything.  Stdout is written by one task through a
 byte budget, so that a slow stdout slows the clients.  ``--max-connections`` is not supported.
 
-Each write is ``anyio.to_thread.run_sync(..., abandon_on_cancel=True)``: on the trio backend a
-write stuck on a stalled stdout is abandoned at a forced exit (Trio's worker threads are
-daemons).  On anyio's asyncio backend the worker threads are joined at exit instead, and a
-stalled stdout does not push back on the clients yet: anyio-asyncio is left for later (issue 13).
+The same code runs on both backends but for two things the asyncio backend needs (each
+explained where it is done): its socket stream reads ahead without bound unless paused
+(:func:`_reading_only_in_receive`), and its worker threads would keep the process alive on a
+stalled stdout (:func:`_write_in_daemon_thread`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 
 import anyio
@@ -41,14 +43,48 @@ from trio_echo.net.bind import bind_sockets
 from trio_echo.output.stdout import WRITE_BATCH_BYTES, write_batch
 from trio_echo.stats import ServerStats
 
-__all__ = ["run_trio"]
+__all__ = ["run_asyncio", "run_trio"]
+
+
+# Writes a batch to stdout off the event loop; abandoned at a forced exit (see below).
+_Write = Callable[[int, list[bytes]], Awaitable[None]]
+
+
+async def _write_in_worker(fd: int, batch: list[bytes]) -> None:
+    """anyio's idiom: a worker thread (on the trio backend a daemon, abandoned if stuck)."""
+    await anyio.to_thread.run_sync(write_batch, fd, batch, abandon_on_cancel=True)
+
+
+async def _write_in_daemon_thread(fd: int, batch: list[bytes]) -> None:
+    """A daemon thread per batch, for the asyncio backend.
+
+    There ``to_thread``'s workers are not daemons: a write stuck on a stalled stdout, even
+    abandoned, would keep the stopped server's interpreter from exiting.  The thread reports
+    back through ``from_thread`` with the loop's token; if the run is over, nobody waits.
+    """
+    token = anyio.lowlevel.current_token()
+    done = anyio.Event()
+    failure: list[Exception] = []
+
+    def work() -> None:
+        try:
+            write_batch(fd, batch)
+        except Exception as exc:
+            failure.append(exc)
+        with contextlib.suppress(RuntimeError):  # RunFinishedError: the loop is gone
+            anyio.from_thread.run_sync(done.set, token=token)
+
+    threading.Thread(target=work, name="stdout write", daemon=True).start()
+    await done.wait()
+    if failure:
+        raise failure[0]
 
 
 class _Stdout:
     """One writer task behind a byte budget: ``put`` waits while it is spent."""
 
-    def __init__(self, fd: int, limit: int) -> None:
-        self._fd, self._limit, self._used = fd, limit, 0
+    def __init__(self, fd: int, limit: int, write: _Write) -> None:
+        self._fd, self._limit, self._used, self._write = fd, limit, 0, write
         self._send, self._receive = anyio.create_memory_object_stream[bytes](math.inf)
         self._room = anyio.Event()
         self.failed = False
@@ -88,7 +124,7 @@ class _Stdout:
                         break
                     batch.append(item)
                     size += len(item)
-                await anyio.to_thread.run_sync(write_batch, self._fd, batch, abandon_on_cancel=True)
+                await self._write(self._fd, batch)
                 self._used -= size
                 self._room.set()
             self.done.set()
@@ -98,11 +134,39 @@ class _Stdout:
             raise
 
 
+def _reading_only_in_receive(
+    stream: anyio.abc.SocketStream,
+) -> Callable[[int], Awaitable[bytes]]:
+    """``stream.receive``, made to keep anyio's asyncio backend from reading ahead without end.
+
+    That backend's stream is an ``asyncio.Protocol`` that appends whatever its transport reads to
+    an unbounded deque; ``receive`` pauses the transport only after it had to wait for data.
+    But the transport starts reading at once, and a ``receive`` that finds data queued does not
+    pause it: so while the handler waits for room on stdout, the transport reads everything the
+    client sends -- no backpressure, the memory grows with the client's speed (GiBs on loopback).
+    Pausing after every ``receive`` keeps the transport reading only inside one, as anyio means
+    to.  Its transport is private (``_transport``): found by name, and the trio backend's
+    stream, which reads only when asked, has none.
+    """
+    transport = getattr(stream, "_transport", None)
+    if transport is None:
+        return stream.receive
+    transport.pause_reading()
+
+    async def receive(max_bytes: int) -> bytes:
+        try:
+            return await stream.receive(max_bytes)
+        finally:
+            transport.pause_reading()
+
+    return receive
+
+
 class _Server:
-    def __init__(self, config: Config, stdout_fd: int = 1) -> None:
+    def __init__(self, config: Config, write: _Write, stdout_fd: int = 1) -> None:
         self.config = config
         self.stats = ServerStats()
-        self.stdout = None if config.quiet else _Stdout(stdout_fd, config.queue_bytes)
+        self.stdout = None if config.quiet else _Stdout(stdout_fd, config.queue_bytes, write)
         self.accepting = anyio.CancelScope()
         self.closed = anyio.Event()  # the listeners are closed
         self.stopped_by: int | None = None
@@ -137,13 +201,14 @@ class _Server:
         config = self.config
         address = stream.extra(anyio.abc.SocketAttribute.remote_address, "unknown")
         conn = Connection.open(config, self.stats, address)
+        receive = _reading_only_in_receive(stream)
         try:
             async with stream:
                 await self.print(conn.opened())
                 while True:
                     try:
                         with anyio.fail_after(config.idle_timeout):
-                            data = await stream.receive(config.receive_size)
+                            data = await receive(config.receive_size)
                     except anyio.EndOfStream:
                         break
                     await self.print(conn.feed(data))
@@ -208,9 +273,13 @@ class _Server:
         return Outcome.stopped(self.stats)
 
 
-async def _main(config: Config) -> Outcome:
-    return await _Server(config).serve()
+async def _main(config: Config, write: _Write) -> Outcome:
+    return await _Server(config, write).serve()
 
 
 def run_trio(config: Config) -> Outcome:
-    return anyio.run(partial(_main, config), backend="trio")
+    return anyio.run(partial(_main, config, _write_in_worker), backend="trio")
+
+
+def run_asyncio(config: Config) -> Outcome:
+    return anyio.run(partial(_main, config, _write_in_daemon_thread), backend="asyncio")

@@ -1,0 +1,345 @@
+"""``python -m trio_echo.bench.outside``: the bench checked by a client nobody here wrote.
+
+The bench's figures come from our own load generator (``loadgen.c``); a bug in it would bias
+every model alike and no ratio inside the bench could show it.  So this runs MagicStack
+vmbench's ``echo_client`` (:mod:`.vmbench`) and our load generator, with the same connections
+and message size, against the same server, in turns (vmbench, ours, ours, vmbench, ...), both
+pinned to the CPU the bench gives its load generator, and compares their requests/s per model
+and setting.
+
+Each run records the client's CPU next to the server's.  Where neither client was saturated
+(below the bench's ``SATURATED`` cores) both measured the same thing, and the figures must agree
+within ±15 %; where a client was saturated its figure is a bound on that client, and the table
+says so instead of calling it a disagreement.  CPU per request (µs) says why two figures
+differ: the client's own time is part of every round trip, and a server serves the same
+requests at a different cost when they come in batches (our epoll client) or one at a time
+(vmbench's blocking processes).
+
+Writes ``build/outside.json`` and a markdown table (``build/outside.md``); ``nox -s outside``.
+Not part of CI: it needs the client (see :mod:`.vmbench`) and a quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from trio_echo.bench import loadgen
+from trio_echo.bench.scenarios.common import SATURATED, CpuWindow
+from trio_echo.bench.server import ServerProcess
+from trio_echo.bench.stats import percentile
+from trio_echo.bench.vmbench import (
+    CLIENT_SHA256,
+    PIN_COMMIT,
+    REPO_URL,
+    OutsideError,
+    Run,
+    find_client,
+    startup_cpu,
+    vmbench_run,
+)
+from trio_echo.cli.argtypes import OneLineParser, number_type
+
+__all__ = ["AGREEMENT", "CELLS", "Verdict", "judge", "loadgen_run", "main", "render_markdown"]
+
+PROG = "python -m trio_echo.bench.outside"
+# The claim checked: the two clients' requests/s agree within this fraction.
+AGREEMENT = 0.15
+# The models compared by default: one of each kind (Trio, asyncio, uvloop, threads).
+MODELS = ("trio", "asyncio", "uvloop", "threads")
+# (connections, message bytes): our bench's single-client echo settings (echo_1x64,
+# echo_1x1024), then vmbench's own (concurrency 10; 1, 10 and 100 KiB) and 64 B at 10.
+CELLS = ((1, 64), (1, 1024), (10, 64), (10, 1024), (10, 10240), (10, 102400))
+# Cores of other work on the machine (other processes, the kernel's network work charged to
+# none) above which a disagreement may be noise, and the table says so.
+NOISY = 0.25
+# Seconds of discarded load before each cell's measured runs (a fresh server runs slower).
+WARMUP = 0.5
+
+
+@attrs.frozen
+class Setup:
+    """What every cell of the run shares."""
+
+    duration: int  # seconds per measured run (vmbench takes whole seconds)
+    repeats: int  # measured runs per client and cell
+    binary: Path  # our load generator
+    client: Path  # vmbench's echo_client
+    server_cpus: tuple[int, ...] | None
+    startup_cpu: float  # CPU seconds of the client's start-up, subtracted from each run
+
+
+@attrs.frozen
+class Verdict:
+    """The comparison of one cell: vmbench ÷ loadgen, and what it means."""
+
+    ratio: float | None
+    within: bool  # the ratio is within ±AGREEMENT
+    comparable: bool  # neither client was saturated: both measured the server
+    text: str
+
+    @property
+    def flagged(self) -> bool:
+        """Outside ±AGREEMENT (or no ratio): the table marks it."""
+        return not self.within
+
+    @property
+    def disagrees(self) -> bool:
+        """Outside ±AGREEMENT where both measured the same thing: what ``--check`` fails on."""
+        return self.comparable and not self.within
+
+
+def loadgen_run(result: Mapping[str, Any], cpu: Mapping[str, Any]) -> Run:
+    """Our load generator's result (and the bench's CPU window) as a :class:`Run`."""
+    histogram = result["latency_us"]
+    count = sum(c for _, c in histogram)
+    mean = sum(v * c for v, c in histogram) / count / 1000 if count else None
+    p50, p99 = percentile(histogram, 0.5), percentile(histogram, 0.99)
+    elapsed = result["elapsed"]
+    return Run(
+        rps=round(result["requests"] / elapsed, 1) if elapsed else 0.0,
+        p50_ms=None if p50 is None else p50 / 1000,
+        p99_ms=None if p99 is None else p99 / 1000,
+        mean_ms=None if mean is None else round(mean, 3),
+        client_cpu=cpu.get("loadgen_cpu"),
+        server_cpu=cpu.get("server_cpu"),
+        other_cpu=cpu.get("other_cpu"),
+    )
+
+
+def judge(vmbench: Run, ours: Run, agreement: float = AGREEMENT) -> Verdict:
+    """Do the two clients agree?  Within ±``agreement`` of each other's requests/s, and
+    whether that is a fair test: a client at ``SATURATED`` cores or more measured itself."""
+    if not ours.rps or not vmbench.rps:
+        return Verdict(None, False, False, "no requests from one client")
+    ratio = vmbench.rps / ours.rps
+    within = abs(ratio - 1) <= agreement
+    busy = [
+        f"{name} client saturated ({cpu:.2f} cores)"
+        for name, cpu in (("vmbench", vmbench.client_cpu), ("loadgen", ours.client_cpu))
+        if cpu is not None and cpu >= SATURATED
+    ]
+    if not busy:
+        other = max(vmbench.other_cpu or 0.0, ours.other_cpu or 0.0)
+        if within:
+            return Verdict(ratio, True, True, "agree")
+        noisy = f" (other work took {other:.2f} cores: run again)" if other >= NOISY else ""
+        return Verdict(ratio, False, True, "DISAGREE" + noisy)
+    bound = "its figure is a bound on the client" if not within else "agree even so"
+    return Verdict(ratio, within, False, f"{', '.join(busy)}: {bound}")
+
+
+# ---- the client -------------------------------------------------------------------------------
+
+
+# ---- the run ----------------------------------------------------------------------------------
+
+
+def _ours(binary: Path, server: ServerProcess, connections: int, size: int, d: float) -> Run:
+    window = CpuWindow(server)
+    result = loadgen.run(
+        binary,
+        "echo",
+        server.port,
+        timeout=d + 60,
+        on_start=window.start,
+        **{"c": connections, "s": size, "d": d, "w": 5, "t": d + 30},
+    )
+    return loadgen_run(result, window.figures(result))
+
+
+def _median(runs: list[Run]) -> Run:
+    ordered = sorted(runs, key=lambda run: run.rps)
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def measure_cell(
+    measure: Callable[[str], Run], repeats: int
+) -> tuple[Run, Run, list[float], list[float]]:
+    """``repeats`` runs of each client, in turns (vmbench first, then ours first, ...), so that
+    drift on a shared machine falls on both: the median run of each, and every run's req/s."""
+    runs: dict[str, list[Run]] = {"vmbench": [], "loadgen": []}
+    for i in range(repeats):
+        for name in ("vmbench", "loadgen") if i % 2 == 0 else ("loadgen", "vmbench"):
+            runs[name].append(measure(name))
+    vm, ours = runs["vmbench"], runs["loadgen"]
+    return _median(vm), _median(ours), [r.rps for r in vm], [r.rps for r in ours]
+
+
+def run_model(model: str, cells: Sequence[tuple[int, int]], setup: Setup) -> list[dict[str, Any]]:
+    """Every cell for one model, on one fresh server; each cell after a warm-up of its load."""
+    out: list[dict[str, Any]] = []
+    duration, binary, client = setup.duration, setup.binary, setup.client
+    try:
+        server = ServerProcess(model, ["--echo", "--quiet"], cpus=setup.server_cpus)
+    except Exception as exc:  # a model not installed, a server that does not start
+        return [{"model": model, "skipped": f"{type(exc).__name__}: {exc}"}]
+    with server:
+        for connections, size in cells:
+            cell: dict[str, Any] = {"model": model, "connections": connections, "size": size}
+
+            def measure(name: str, c: int = connections, s: int = size) -> Run:
+                if name == "vmbench":
+                    return vmbench_run(client, server, c, s, duration, setup.startup_cpu)
+                return _ours(binary, server, c, s, duration)
+
+            try:
+                _ours(binary, server, connections, size, WARMUP)
+                vm, ours, vm_all, ours_all = measure_cell(measure, setup.repeats)
+            except (OutsideError, loadgen.LoadgenError, OSError, subprocess.SubprocessError) as e:
+                cell["skipped"] = str(e)
+            else:
+                verdict = judge(vm, ours)
+                cell |= {"vmbench": attrs.asdict(vm), "loadgen": attrs.asdict(ours)}
+                cell |= {"vmbench_rps_runs": vm_all, "loadgen_rps_runs": ours_all}
+                cell |= {"ratio": None if verdict.ratio is None else round(verdict.ratio, 3)}
+                cell |= {"within": verdict.within, "comparable": verdict.comparable}
+                cell |= {"verdict": verdict.text}
+            out.append(cell)
+            print(f"{model} {connections}x{size}: {cell.get('verdict', cell.get('skipped'))}")
+        server.stop()
+    return out
+
+
+# ---- the outputs ------------------------------------------------------------------------------
+
+
+def _f(value: float | None, digits: int = 2) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def per_request_us(cores: float | None, rps: float) -> float | None:
+    """CPU microseconds per request: what a process spends on each, saturated or not."""
+    return None if cores is None or not rps else cores / rps * 1e6
+
+
+def _pair(vm: Mapping[str, Any], lg: Mapping[str, Any], key: str, digits: int = 2) -> str:
+    return f"{_f(vm[key], digits)} / {_f(lg[key], digits)}"
+
+
+def _per_request(vm: Mapping[str, Any], lg: Mapping[str, Any], key: str) -> str:
+    return " / ".join(_f(per_request_us(run[key], run["rps"]), 0) for run in (vm, lg))
+
+
+HEADER = (
+    "| model | conns × bytes | vmbench req/s | loadgen req/s | ratio "
+    "| client CPU, cores (vm / lg) | client CPU µs/req | server CPU, cores | server CPU µs/req "
+    "| p50 ms | other CPU | verdict |",
+    "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
+)
+
+
+def render_markdown(report: Mapping[str, Any]) -> str:
+    """The table of docs/outside-check.md: one row per model and cell; each pair of figures
+    is vmbench's run / ours; a ratio outside ±15 % is in bold."""
+    lines = list(HEADER)
+    for cell in report["cells"]:
+        where = f"{cell.get('connections', '–')} × {cell.get('size', '–')}"
+        if "skipped" in cell:
+            lines.append(f"| {cell['model']} | {where} |" + " |" * 9 + f" {cell['skipped']} |")
+            continue
+        vm, lg = cell["vmbench"], cell["loadgen"]
+        ratio = _f(cell["ratio"]) if cell["within"] else f"**{_f(cell['ratio'])}**"
+        other = max(vm["other_cpu"] or 0.0, lg["other_cpu"] or 0.0)
+        lines.append(
+            f"| {cell['model']} | {where} | {vm['rps']:,.0f} | {lg['rps']:,.0f} | {ratio} "
+            f"| {_pair(vm, lg, 'client_cpu')} | {_per_request(vm, lg, 'client_cpu')} "
+            f"| {_pair(vm, lg, 'server_cpu')} | {_per_request(vm, lg, 'server_cpu')} "
+            f"| {_pair(vm, lg, 'p50_ms', 3)} | {_f(other)} | {cell['verdict']} |"
+        )
+    s = report["summary"]
+    lines += [
+        "",
+        f"Comparable cells (neither client saturated): {s['comparable']}, of which within "
+        f"±{AGREEMENT:.0%}: {s['comparable_within']}.  All cells within ±{AGREEMENT:.0%}: "
+        f"{s['within']} of {s['measured']}.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def summarize(cells: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    measured = [c for c in cells if "ratio" in c]
+    comparable = [c for c in measured if c["comparable"]]
+    return {
+        "measured": len(measured),
+        "within": sum(1 for c in measured if c["within"]),
+        "comparable": len(comparable),
+        "comparable_within": sum(1 for c in comparable if c["within"]),
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(
+        prog=PROG,
+        description="Run MagicStack vmbench's echo_client and our load generator against the "
+        "same echo servers, in turns, and compare their requests/s (±15 %%).",
+    )
+    parser.add_argument("--models", default=",".join(MODELS), help="default: %(default)s")
+    duration = number_type("a whole number of seconds", 1, strict=False, integer=True)
+    parser.add_argument("--duration", type=duration, default=2, help="seconds per run (2)")
+    repeats = number_type("a whole number", 1, strict=False, integer=True)
+    parser.add_argument("--repeats", type=repeats, default=2, help="runs per client (2)")
+    parser.add_argument("--client", help="vmbench's echo_client (default: VMBENCH_ECHO_CLIENT)")
+    parser.add_argument("--json", type=Path, default=Path("build/outside.json"))
+    parser.add_argument("--markdown", type=Path, default=Path("build/outside.md"))
+    parser.add_argument(
+        "--check", action="store_true", help="exit 1 on a comparable cell outside ±15 %%"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from trio_echo.bench.cli import pin_cpus  # the bench's CPU split: server / client
+
+    args = build_parser().parse_args(argv)
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    try:
+        client = find_client(args.json.parent, args.client)
+        binary = loadgen.build()
+    except (OutsideError, loadgen.LoadgenError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    started = time.monotonic()
+    server_cpus, client_cpus = pin_cpus()
+    setup = Setup(
+        duration=int(args.duration),
+        repeats=int(args.repeats),
+        binary=binary,
+        client=client,
+        server_cpus=server_cpus,
+        startup_cpu=startup_cpu(),
+    )
+    cells = [cell for model in models for cell in run_model(model, CELLS, setup)]
+    report = {
+        "command": f"{PROG} " + " ".join(sys.argv[1:] if argv is None else argv),
+        "client": {"repo": REPO_URL, "commit": PIN_COMMIT, "sha256": CLIENT_SHA256},
+        "python": sys.version.split()[0],
+        "duration_s": setup.duration,
+        "repeats": setup.repeats,
+        "client_startup_cpu_s": round(setup.startup_cpu, 3),
+        "cpus": {"server": server_cpus, "clients": client_cpus},
+        "load_average": os.getloadavg(),
+        "elapsed_s": round(time.monotonic() - started, 1),
+        "cells": cells,
+        "summary": summarize(cells),
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=1) + "\n")
+    table = render_markdown(report)
+    args.markdown.write_text(table)
+    sys.stdout.write(table)
+    bad = [c for c in cells if "ratio" in c and c["comparable"] and not c["within"]]
+    return 1 if args.check and bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

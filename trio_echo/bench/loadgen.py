@@ -1,14 +1,16 @@
 """The load generator: ``loadgen.c``, compiled on first use, run as a child process.
 
 Why a compiled tool: the benchmark must measure the servers, not the client.  A single-process
-pure-Python client tops out well below what uvloop serves; the C epoll loop in ``loadgen.c``
-drives thousands of connections with a fraction of a core and reports its own CPU time, so the
-report can state its headroom instead of asserting it.
+pure-Python client tops out well below what uvloop serves; the C event loop in ``loadgen.c``
+(epoll on Linux, poll() elsewhere) drives thousands of connections with a fraction of a core
+and reports its own CPU time, so the report can state its headroom instead of asserting it.
 
 The source ships as package data; it is compiled with ``cc -O2`` into a cache directory keyed by
-the hash of the source (``$XDG_CACHE_HOME/trio_echo`` or ``~/.cache/trio_echo``), so a changed
-source is recompiled and an unchanged one only once.  Without a C compiler the bench stops with
-one line (:class:`LoadgenError`): there is no silent fallback to a slower, unfair client.
+the hash of the source and the flags (``$XDG_CACHE_HOME/trio_echo`` or ``~/.cache/trio_echo``),
+so a changed source is recompiled and an unchanged one only once.  ``build(backend="poll")``
+builds the poll() variant, which macOS and the BSDs get anyway, so that Linux tests it too.
+Without a C compiler the bench stops with one line (:class:`LoadgenError`): there is no silent
+fallback to a slower, unfair client.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Callable
@@ -26,10 +29,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Background", "Hold", "LoadgenError", "build", "run"]
+__all__ = ["BACKENDS", "Background", "Hold", "LoadgenError", "build", "run"]
 
 SOURCE_NAME = "loadgen.c"
 CFLAGS = ("-O2", "-std=gnu11", "-Wall")
+# The event loops loadgen.c has: "native" is what the platform gets (epoll on Linux, poll()
+# elsewhere); "poll" forces poll() on Linux too (-DLOADGEN_POLL), so the portable backend is
+# tested where the suite runs.
+BACKENDS: dict[str, tuple[str, ...]] = {"native": (), "poll": ("-DLOADGEN_POLL",)}
 
 
 class LoadgenError(Exception):
@@ -45,15 +52,28 @@ def source() -> bytes:
     return resources.files(__package__).joinpath(SOURCE_NAME).read_bytes()
 
 
-def build() -> Path:
+def flags(backend: str = "native") -> tuple[str, ...]:
+    """The compiler flags of ``backend`` (a key of :data:`BACKENDS`)."""
+    try:
+        return CFLAGS + BACKENDS[backend]
+    except KeyError:
+        raise LoadgenError(
+            f"unknown load generator backend {backend!r} (one of {', '.join(BACKENDS)})"
+        ) from None
+
+
+def build(backend: str = "native") -> Path:
     """The path of the compiled load generator, compiling it if this source is new.
 
-    Compiles into a temporary file and renames it into place, so two bench runs at once never
-    execute a half-written binary.
+    ``backend``: ``"native"`` (epoll on Linux, poll() elsewhere) or ``"poll"``.  Compiles into a
+    temporary file and renames it into place, so two bench runs at once never execute a
+    half-written binary.
     """
+    cflags = flags(backend)
     code = source()
-    digest = hashlib.sha256(code + " ".join(CFLAGS).encode()).hexdigest()[:16]
-    target = cache_dir() / f"loadgen-{digest}"
+    digest = hashlib.sha256(code + " ".join(cflags).encode()).hexdigest()[:16]
+    suffix = "" if backend == "native" else f"-{backend}"
+    target = cache_dir() / f"loadgen-{digest}{suffix}"
     if target.is_file() and os.access(target, os.X_OK):
         return target
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
@@ -68,7 +88,7 @@ def build() -> Path:
         src.write_bytes(code)
         out = Path(tmp) / "loadgen"
         result = subprocess.run(
-            [compiler, *CFLAGS, "-o", str(out), str(src)],
+            [compiler, *cflags, "-o", str(out), str(src)],
             capture_output=True,
             text=True,
             check=False,
@@ -247,6 +267,7 @@ class Background(_Interactive):
         return self
 
 
-def version_line(binary: Path) -> str:
+def version_line(binary: Path, backend: str = "native") -> str:
     """What the report says the load generator is."""
-    return f"loadgen.c (C, epoll, one process), built with {' '.join(CFLAGS)} at {binary}"
+    loop = "poll" if backend == "poll" or not sys.platform.startswith("linux") else "epoll"
+    return f"loadgen.c (C, {loop}, one process), built with {' '.join(flags(backend))} at {binary}"

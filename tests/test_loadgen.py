@@ -1,0 +1,292 @@
+"""The load generator's open loop (latency without coordinated omission), its poll() backend,
+large messages, and the percentiles of its histogram.
+
+The servers here are tiny single-threaded Python echo servers in a thread of the test process
+(:class:`StallingEcho`): one of them stops for 100 ms every N requests, as a server behind a
+garbage-collector pause or a blocking call does, and the test shows what the bench's open loop
+exists for -- the stall is in the open loop's p99.9, and the closed loop, which asks a stalled
+server less, hides it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import selectors
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from trio_echo.bench import loadgen
+from trio_echo.bench.stats import PERCENTILES, latency_ms, merge_histograms, percentile
+
+needs_cc = pytest.mark.skipif(
+    shutil.which("cc") is None and shutil.which("gcc") is None, reason="no C compiler"
+)
+
+STALL = 0.1  # seconds: the issue's server that "stalls 100 ms"
+TIMEOUT = 30  # backstop for one load generator run
+
+
+class StallingEcho:
+    """An echo server on 127.0.0.1 in a thread: one selector loop for every client, so a stall
+    stops them all (a client gone mid-write is its own business: suppressed).  Before echoing
+    its ``every``-th line (counted over all clients) it sleeps ``stall`` seconds -- the
+    server's fault the bench must see, not a synchronisation.  With ``echo=False`` it reads
+    and discards (the ``stream`` mode's sink) and closes at EOF."""
+
+    def __init__(self, every: int = 0, stall: float = STALL, echo: bool = True) -> None:
+        self.every = every
+        self.stall = stall
+        self.echo = echo
+        self.lines = 0
+        self.stalls = 0
+        self._listener = socket.create_server(("127.0.0.1", 0), backlog=128)
+        self._listener.setblocking(False)
+        self.port: int = self._listener.getsockname()[1]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self) -> StallingEcho:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        assert not self._thread.is_alive()
+
+    def _serve(self) -> None:
+        pending: dict[socket.socket, bytearray] = {}
+        with selectors.DefaultSelector() as sel, self._listener:
+            sel.register(self._listener, selectors.EVENT_READ)
+            while not self._stop.is_set():
+                for key, mask in sel.select(timeout=0.05):
+                    sock: socket.socket = key.fileobj  # type: ignore[assignment]
+                    if sock is self._listener:
+                        with contextlib.suppress(BlockingIOError, ConnectionError):
+                            conn, _ = sock.accept()
+                            conn.setblocking(False)
+                            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                            pending[conn] = bytearray()
+                            sel.register(conn, selectors.EVENT_READ)
+                        continue
+                    if mask & selectors.EVENT_READ and not self._read(sock, pending[sock]):
+                        sel.unregister(sock)
+                        del pending[sock]
+                        sock.close()
+                        continue
+                    self._flush(sel, sock, pending[sock])
+            for sock in pending:
+                sock.close()
+
+    def _read(self, sock: socket.socket, out: bytearray) -> bool:
+        """Read what came (echoing it); False at EOF or a reset."""
+        try:
+            data = sock.recv(65536)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        if not data:
+            return False
+        for _ in range(data.count(b"\n")):
+            self.lines += 1
+            if self.every and self.lines % self.every == 0:
+                self.stalls += 1
+                time.sleep(self.stall)  # the stall under test: every client waits
+        if self.echo:
+            out += data
+        return True
+
+    def _flush(self, sel: selectors.BaseSelector, sock: socket.socket, out: bytearray) -> None:
+        if out:
+            with contextlib.suppress(BlockingIOError, ConnectionError):
+                del out[: sock.send(out)]
+        sel.modify(sock, selectors.EVENT_READ | (selectors.EVENT_WRITE if out else 0))
+
+
+@pytest.fixture(scope="module", params=["native", "poll"])
+def binary(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """The load generator, built with the platform's backend and with poll() forced."""
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler")
+    return loadgen.build(request.param)
+
+
+@pytest.fixture(scope="module")
+def native() -> Any:
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler")
+    return loadgen.build()
+
+
+def _figures(result: dict[str, Any]) -> dict[str, float | None]:
+    return latency_ms(result["latency_us"], result["latency_max_us"])
+
+
+# ---- the key test: a stall shows up in the open loop's p99.9, the closed loop hides it ----------
+
+
+@needs_cc
+def test_a_100ms_stall_shows_in_the_open_loops_p99_9_and_the_closed_loop_hides_it(native):
+    # The same server twice: a stall of 100 ms before every 1000th answer.
+    with StallingEcho(every=1000) as server:
+        closed = loadgen.run(native, "echo", server.port, timeout=TIMEOUT, c=1, s=64, n=2500, t=20)
+        assert server.stalls == 2
+    with StallingEcho(every=1000) as server:
+        opened = loadgen.run(
+            native, "open", server.port, timeout=TIMEOUT, c=2, s=64, r=1000, d=1.5, t=20
+        )
+        assert server.stalls == 1
+    closed_ms, open_ms = _figures(closed), _figures(opened)
+    # The closed loop met each stall once: it is in its maximum, nowhere else -- 2 requests of
+    # 2500 were slow, because while the server stalled this client did not ask.
+    assert closed["requests"] == 2500
+    assert closed_ms["max_ms"] >= STALL * 1000 * 0.9
+    assert closed_ms["p99_9_ms"] is not None
+    assert closed_ms["p99_9_ms"] < 30
+    # The open loop kept asking on schedule: ~100 requests fell due during the stall and each
+    # waited from its due time, so p99.9 (and even p99) is the stall.
+    assert opened["due"] == 1500
+    assert opened["requests"] == 1500
+    assert opened["unfinished"] == 0
+    assert opened["backlogged"] > 0  # requests due while their connection waited
+    assert open_ms["p99_9_ms"] is not None
+    assert open_ms["p99_9_ms"] >= 50
+    assert open_ms["p99_ms"] is not None
+    assert open_ms["p99_ms"] >= 20
+    assert open_ms["p99_9_ms"] > 3 * closed_ms["p99_9_ms"]
+
+
+# ---- the schedule -------------------------------------------------------------------------
+
+
+@needs_cc
+def test_the_open_loop_sends_rate_times_duration_requests_and_reports_the_achieved_rate(binary):
+    with StallingEcho() as server:
+        result = loadgen.run(
+            binary, "open", server.port, timeout=TIMEOUT, c=4, s=64, r=800, d=0.75, t=20
+        )
+        lines = server.lines
+    assert result["mode"] == "open"
+    assert result["due"] == 600  # every j with j / 800 < 0.75
+    assert result["sent"] == 600
+    assert result["requests"] == 600
+    assert result["unfinished"] == 0
+    assert lines == 600 + 4  # and one unmeasured warm-up request per connection
+    assert result["target_rate"] == 800
+    assert result["achieved_rate"] == pytest.approx(800, rel=0.1)
+    assert result["elapsed"] >= 0.75
+    assert 0 <= result["cpu"] < result["wall"] + 0.1  # what the generator itself used
+    assert result["dispatch_lag_mean_us"] < 5000  # it sent on time, not in bursts
+    assert sum(count for _, count in result["latency_us"]) == 600
+
+
+@needs_cc
+def test_an_open_loop_faster_than_the_server_is_reported_short_of_its_target(native):
+    # 200 ms of stall per 50 requests: the server can answer ~250/s, the schedule asks 1000/s.
+    with StallingEcho(every=50, stall=0.2) as server:
+        result = loadgen.run(
+            native, "open", server.port, timeout=TIMEOUT, c=2, s=64, r=1000, d=0.5, g=0.3, t=20
+        )
+    assert result["due"] == 500
+    assert result["requests"] < 500
+    assert result["unfinished"] == 500 - result["requests"]
+    assert result["achieved_rate"] < 0.6 * result["target_rate"]
+    assert result["backlogged"] > 0
+
+
+@needs_cc
+def test_the_open_loop_refuses_a_missing_rate(native):
+    import subprocess
+
+    result = subprocess.run(
+        [str(native), "open", "-p", "9", "-d", "1"], capture_output=True, text=True, timeout=10
+    )
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert "-r RATE" in result.stderr
+
+
+# ---- every mode on both backends, large messages ---------------------------------------------
+
+
+@needs_cc
+@pytest.mark.parametrize("size", [10 * 1024, 100 * 1024])
+def test_large_messages_are_echoed_whole_in_both_loops(binary, size):
+    with StallingEcho() as server:
+        closed = loadgen.run(binary, "echo", server.port, timeout=TIMEOUT, c=3, s=size, n=20, t=20)
+        opened = loadgen.run(
+            binary, "open", server.port, timeout=TIMEOUT, c=3, s=size, r=100, d=0.3, t=20
+        )
+    assert closed["requests"] == 60
+    assert closed["errors"] == 0
+    assert opened["requests"] == opened["due"] == 30
+    assert opened["errors"] == 0
+
+
+@needs_cc
+def test_stream_and_hold_run_on_both_backends(binary):
+    with StallingEcho(echo=False) as sink:
+        stream = loadgen.run(binary, "stream", sink.port, timeout=TIMEOUT, c=2, s=64, d=0.2, t=20)
+    assert stream["bytes"] > 0
+    assert stream["eofs"] == 2
+    assert stream["still_open"] == 0
+    with StallingEcho() as server, loadgen.Hold(binary, server.port, 5, timeout=10) as hold:
+        ready = hold.ready()
+        assert ready["echoed"] == 5
+        result = hold.finish()
+    assert result["mode"] == "hold"
+    assert result["connected"] == 5
+
+
+# ---- the histogram and its percentiles --------------------------------------------------------
+
+
+@needs_cc
+def test_the_generators_percentiles_are_stats_percentiles_of_its_histogram(native):
+    with StallingEcho(every=200, stall=0.02) as server:
+        result = loadgen.run(
+            native, "open", server.port, timeout=TIMEOUT, c=2, s=64, r=1000, d=0.5, t=20
+        )
+    histogram = result["latency_us"]
+    for name, fraction in PERCENTILES.items():
+        assert result[f"{name}_us"] == percentile(histogram, fraction)
+    for value, _ in histogram:
+        # Log-linear: exact below 1024 us, above that 10 significant bits (<= 0.2 % error).
+        if value >= 1024:
+            shift = value.bit_length() - 10
+            assert (value >> shift) << shift == value
+    assert max(value for value, _ in histogram) <= result["latency_max_us"]
+
+
+def test_p99_9_is_the_nearest_rank_of_a_thousand():
+    histogram = [[100, 998], [5000, 1], [90000, 1]]
+    assert percentile(histogram, 0.999) == 5000  # the 999th of 1000
+    assert percentile(histogram, 0.99) == 100
+    assert percentile(histogram, 1.0) == 90000
+    # 0.07 * 100 is 7.000000000000001 in floats: the rank is still the 7th sample.
+    assert percentile([[1, 7], [2, 93]], 0.07) == 1
+
+
+def test_latency_ms_gives_every_percentile_and_the_exact_maximum():
+    histogram = merge_histograms([[1000, 900]], [[2000, 90], [50000, 9], [100000, 1]])
+    figures = latency_ms(histogram, 100123)
+    assert figures == {
+        "p50_ms": 1.0,
+        "p90_ms": 1.0,
+        "p99_ms": 2.0,
+        "p99_9_ms": 50.0,
+        "max_ms": 100.123,
+    }
+    empty = latency_ms([], 0)
+    assert empty["p99_9_ms"] is None
+    assert empty["max_ms"] == 0
+    assert set(figures) == {f"{name}_ms" for name in PERCENTILES} | {"max_ms"}
+    assert math.isclose(sum(c for _, c in histogram), 1000)

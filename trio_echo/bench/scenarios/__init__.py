@@ -17,6 +17,8 @@ report); the rest is one module per job:
 * :mod:`.common` -- what several scenarios share: the CPU window, latency figures, the median
   run, a driven server, failures as skipped results;
 * :mod:`.article` -- the article's experiment: four paced clients;
+* :mod:`.correctness` -- what a shutdown keeps: numbered lines, SIGTERM (once, twice, with a
+  stalled stdout), the lines lost or torn (its table comes first in the report);
 * :mod:`.echo` -- echo request/response (:class:`EchoSession`: its measured runs in turns);
 * :mod:`.stream` -- streaming into the print path, ``--raw`` and text;
 * :mod:`.idle` -- memory per idle connection;
@@ -27,7 +29,16 @@ report); the rest is one module per job:
 
 from __future__ import annotations
 
-from trio_echo.bench.scenarios import article, echo, idle, many, shutdown, storm, stream
+from trio_echo.bench.scenarios import (
+    article,
+    correctness,
+    echo,
+    idle,
+    many,
+    shutdown,
+    storm,
+    stream,
+)
 from trio_echo.bench.scenarios.base import Context, Result, Scenario, Session, Sizes
 from trio_echo.bench.scenarios.common import median_index
 from trio_echo.bench.scenarios.echo import EchoSession
@@ -47,6 +58,17 @@ def scenarios_for(sizes: Sizes) -> list[Scenario]:
     """Every scenario, in the order they run and appear in the report."""
     found: list[Scenario] = [
         Scenario("article", "article: 4 paced clients", ("--format",), article.article),
+    ]
+    # What a shutdown keeps: right after the article (which the tests expect first), and the
+    # first table of the report (report.render_correctness).
+    found += [
+        Scenario(
+            f"correctness_{variant.key}",
+            variant.title,
+            correctness.FLAGS,
+            correctness.correctness(variant),
+        )
+        for variant in correctness.VARIANTS
     ]
     for connections in sizes.echo_connections:
         for size in sizes.echo_sizes:

@@ -58,6 +58,16 @@ class Sizes:
     # connected and served once (thousands of connects can overflow the listen backlog, and the
     # kernel retries a dropped SYN after a second).
     hold_timeout: float = 15.0
+    # What a shutdown keeps (the correctness scenarios): clients streaming numbered lines of 64 B
+    # at this rate each, for ``correctness_lead`` seconds before the SIGTERM, with this --grace.
+    correctness_clients: int = 20
+    correctness_rate: float = 100.0  # lines a second per client
+    correctness_lead: float = 1.5
+    correctness_grace: float = 1.0
+    # The stalled-stdout variant: seconds after the SIGTERM until the reader comes back; beyond
+    # the grace period and the drain timeout after it (max(grace, 1) s), so that a server which
+    # waits for its reader shows it.
+    correctness_stall: float = 2.5
 
     @classmethod
     def quick(cls, duration: float | None = None, repeats: int | None = None) -> Sizes:
@@ -78,6 +88,13 @@ class Sizes:
             many_grace=0.2,
             serve_timeout=1.0,
             hold_timeout=1.0,
+            correctness_clients=8,
+            # Enough lines from one client to fill the stalled pipe before the signal (the
+            # sync model serves one client).
+            correctness_rate=200.0,
+            correctness_lead=0.3,
+            correctness_grace=0.3,
+            correctness_stall=1.5,
         )
 
 

@@ -660,6 +660,11 @@ def _own_rss(pid: int) -> int:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
 
 
+def _parent(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
 def _gone(pid: int) -> bool:
     """Exited (a zombie nobody reaped counts: it runs no more)."""
     try:
@@ -669,9 +674,10 @@ def _gone(pid: int) -> bool:
         return True
 
 
-def test_a_2_worker_server_is_measured_over_its_process_tree_on_every_cpu(monkeypatch):
-    """CPU time, memory and threads of trio-w2 are the supervisor's plus its workers'; it runs
-    on every CPU even when the bench itself is pinned to one; killing it kills the workers."""
+def test_a_2_worker_server_is_measured_over_its_process_tree_on_every_cpu():
+    """CPU time, memory, threads and context switches of trio-w2 are the supervisor's plus its
+    workers' (through psutil, checked against /proc); it runs on every CPU even when the bench
+    itself is pinned to one; killing it kills the workers."""
     cpus = sorted(os.sched_getaffinity(0))
     ctx = Context(
         binary=Path("loadgen"),
@@ -690,14 +696,14 @@ def test_a_2_worker_server_is_measured_over_its_process_tree_on_every_cpu(monkey
         tree = server.processes()
         assert tree[0] == supervisor
         assert len(tree) == 3  # the supervisor and its 2 workers
-        # Without /proc/PID/task/TID/children, the parent pids of /proc/*/stat give the same.
-        monkeypatch.setattr(bench_server, "HAVE_CHILDREN_FILES", False)
-        assert sorted(process_tree(supervisor)) == sorted(tree)
-        monkeypatch.undo()
+        # psutil's tree is the kernel's: the workers' parent is the supervisor.
+        assert [_parent(pid) for pid in tree[1:]] == [supervisor, supervisor]
+        assert process_tree(supervisor) == tree
         for pid in tree:
             assert os.sched_getaffinity(pid) == set(cpus)
 
         cpu_before, own_before = server.cpu_seconds(), _own_cpu_seconds(supervisor)
+        counters_before = server.counters()
         # Echo traffic on a few connections (spread over both workers by the kernel's hash).
         clients = [
             socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(8)
@@ -717,6 +723,10 @@ def test_a_2_worker_server_is_measured_over_its_process_tree_on_every_cpu(monkey
         cpu_after, own_after = server.cpu_seconds(), _own_cpu_seconds(supervisor)
         # The workers did the work: the tree's time grew more than the supervisor's own.
         assert cpu_after - cpu_before > own_after - own_before
+        # Each of the 600 rounds, a worker waited for the next requests at least once.
+        counters_after = server.counters()
+        assert counters_after.voluntary_switches - counters_before.voluntary_switches >= 600
+        assert counters_after.cpu_seconds >= cpu_after
         # (Sums of clock ticks in seconds: compared to the tick, not to float rounding.)
         assert round(cpu_after, 2) >= round(separately, 2) > _own_cpu_seconds(supervisor)
         assert server.rss_bytes() > 2 * _own_rss(supervisor)

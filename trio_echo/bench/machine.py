@@ -1,20 +1,88 @@
-"""What the JSON says about where the numbers come from: CPU, cores, OS, software versions.
+"""What the JSON says about where the numbers come from: CPU, cores, OS, software versions; and
+what the machine's counters say (:func:`busy_cpu_seconds`).
 
 Benchmark figures mean little without the machine; these are recorded with every run so that
 two JSON files can be compared knowingly.
+
+The counters of processes and of the machine come through ``psutil`` (in the ``bench`` extra), so
+that the lab measures the same way on Linux, macOS and the BSDs; without it the bench says so in
+one line (:data:`PSUTIL_MISSING`) rather than guessing from ``/proc``.  What psutil does not know
+(the CPU's name, the listen backlog limit) comes from ``/proc`` on Linux and ``sysctl``
+elsewhere.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
 import importlib.metadata
 import os
 import platform
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["machine_info"]
+__all__ = [
+    "PSUTIL_MISSING",
+    "busy_cpu_seconds",
+    "load_psutil",
+    "machine_info",
+    "missing_process_figures",
+]
+
+PSUTIL_MISSING = (
+    "psutil is not installed: the bench reads CPU time, memory, threads and context switches "
+    "through it (pip install 'trio-echo[bench]')"
+)
+
+
+@functools.cache
+def load_psutil() -> Any:
+    """The ``psutil`` module, or None.  Imported on first use (and typed ``Any``: psutil ships no
+    type hints), so that the rest of the package imports without it."""
+    try:
+        return importlib.import_module("psutil")
+    except ImportError:
+        return None
+
+
+def missing_process_figures() -> str | None:
+    """:data:`PSUTIL_MISSING` if psutil is missing (the bench cannot run without it), else None."""
+    return PSUTIL_MISSING if load_psutil() is None else None
+
+
+def busy_cpu_seconds() -> float:
+    """CPU seconds every core of the machine has spent busy since boot (all but idle and
+    iowait), so that a scenario can tell how much of the machine went to something else than
+    the server and the load generator: other work on a shared machine, and the kernel's network
+    work that the scheduler charges to no process.  NaN without psutil."""
+    psutil = load_psutil()
+    if psutil is None:
+        return float("nan")
+    times = psutil.cpu_times()
+    total = float(sum(times))
+    # Linux counts a guest's time in user and nice already (psutil's own cpu_percent does this).
+    total -= getattr(times, "guest", 0.0) + getattr(times, "guest_nice", 0.0)
+    return total - float(times.idle) - float(getattr(times, "iowait", 0.0))
+
+
+def _sysctl_command(name: str) -> str | None:
+    """``sysctl -n NAME`` (macOS, the BSDs), or None."""
+    # Not on a user's PATH on some systems: /usr/sbin is for administrators.
+    sysctl = shutil.which("sysctl") or shutil.which("sysctl", path="/usr/sbin:/sbin")
+    if sysctl is None:
+        return None
+    try:
+        result = subprocess.run(
+            [sysctl, "-n", name], capture_output=True, text=True, timeout=5, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if result.returncode != 0:
+        return None
+    return result.stdout.strip() or None
 
 
 def _cpu_model() -> str:
@@ -24,7 +92,10 @@ def _cpu_model() -> str:
                 if line.startswith("model name"):
                     return line.split(":", 1)[1].strip()
     except OSError:
-        pass
+        # macOS names its CPU in machdep.cpu.brand_string, the BSDs in hw.model.
+        for name in ("machdep.cpu.brand_string", "hw.model"):
+            if found := _sysctl_command(name):
+                return found
     return platform.processor() or platform.machine()
 
 
@@ -36,18 +107,23 @@ def _version(distribution: str) -> str | None:
 
 
 def _memory_gb() -> float | None:
-    try:
-        return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
-    except (ValueError, OSError):
-        return None
+    psutil = load_psutil()
+    return None if psutil is None else round(psutil.virtual_memory().total / 2**30, 1)
 
 
-def _sysctl(name: str) -> str | None:
+def _physical_cores() -> int | None:
+    psutil = load_psutil()
+    return None if psutil is None else psutil.cpu_count(logical=False)
+
+
+def _sysctl(linux: str, bsd: str) -> str | None:
+    """A kernel setting: ``/proc/sys/...`` on Linux (``linux`` in dotted form), ``sysctl -n``
+    of ``bsd`` elsewhere."""
     try:
-        with open("/proc/sys/" + name.replace(".", "/")) as f:
+        with open("/proc/sys/" + linux.replace(".", "/")) as f:
             return f.read().strip()
     except OSError:
-        return None
+        return None if sys.platform.startswith("linux") else _sysctl_command(bsd)
 
 
 def _source_revision() -> str | None:
@@ -80,6 +156,7 @@ def machine_info() -> dict[str, Any]:
     return {
         "cpu": _cpu_model(),
         "cores": os.cpu_count(),
+        "physical_cores": _physical_cores(),
         "usable_cores": usable,
         "memory_gb": _memory_gb(),
         "os": f"{platform.system()} {platform.release()}",
@@ -90,5 +167,6 @@ def machine_info() -> dict[str, Any]:
         "uvloop": _version("uvloop"),
         "trio_echo": _version("trio-echo"),
         "trio_echo_source": _source_revision(),
-        "somaxconn": _sysctl("net.core.somaxconn"),
+        "psutil": _version("psutil"),
+        "somaxconn": _sysctl("net.core.somaxconn", "kern.ipc.somaxconn"),
     }

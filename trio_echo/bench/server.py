@@ -7,9 +7,14 @@ from the ``NOTICE listening on ...`` line on stderr, polled with a deadline; std
 /dev/null or to a pipe the caller reads; stop is SIGTERM and a wait, and anything still running
 when the ``with`` block ends is killed.
 
-CPU time and memory come from ``/proc/PID/stat`` and ``/proc/PID/status``, summed over the
-server's whole process tree (:func:`process_tree`): every thread of the threads model counts, and
-so does every worker process of ``--workers`` (``trio-w2``), without touching the server.
+CPU time, memory, threads and context switches come from psutil (the ``bench`` extra; without it
+a server does not start and the reason is one line, :data:`.machine.PSUTIL_MISSING`), summed over
+the server's whole process tree (:func:`process_tree`): every thread of the threads model counts,
+and so does every worker process of ``--workers`` (``trio-w2``), without touching the server.
+
+A server may run under a ``wrapper`` that watches it (``strace -f -c``, :mod:`.syscalls`): the
+wrapper is the child the bench started and the server the wrapper's child; the figures and the
+SIGTERM of :meth:`ServerProcess.stop` are the server's, and the wrapper ends when the server does.
 
 A variant may run another revision's source (``bench --baseline REV``, :mod:`.baseline`): its
 server starts in that source tree, with the tree first on ``PYTHONPATH``, so that ``python -m
@@ -26,18 +31,20 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import attrs
 
 from trio_echo.bench.bare import BARE
+from trio_echo.bench.machine import PSUTIL_MISSING, load_psutil
 
 __all__ = [
     "NOHUB",
     "VARIANTS",
     "W2",
+    "Counters",
     "ServerError",
     "ServerProcess",
     "Variant",
@@ -53,8 +60,8 @@ PORT_RE = re.compile(r"127\.0\.0\.1:(?P<port>\d+)")
 # ``stopped: served 3 connections, 1234 bytes received, up 1.0 s``
 SUMMARY_RE = re.compile(r"served (?P<connections>\d+) connections?, (?P<bytes>\d+) bytes received")
 
+# Clock ticks per second, for the machine's busy time from /proc/stat (scenarios.common).
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
 @attrs.frozen
@@ -116,58 +123,34 @@ def server_environment(model: str) -> tuple[Path | None, dict[str, str] | None]:
 
 # ---- the process tree -------------------------------------------------------------------------
 
-# ``/proc/PID/task/TID/children`` (Linux >= 4.2 with CONFIG_PROC_CHILDREN); without it the tree is
-# found from the parent pids of every process in ``/proc/*/stat``.
-HAVE_CHILDREN_FILES = os.path.exists(f"/proc/self/task/{os.getpid()}/children")
+
+def _psutil() -> Any:
+    """psutil, or :class:`ServerError` with the one line that names the extra to install."""
+    psutil = load_psutil()
+    if psutil is None:
+        raise ServerError(PSUTIL_MISSING)
+    return psutil
 
 
-def _stat(pid: int) -> list[str]:
-    """The fields of ``/proc/PID/stat`` after the command name: [0] is the state (field 3 of
-    proc(5)), [1] the parent pid, [11] utime, [12] stime, [13] cutime, [14] cstime."""
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()
-
-
-def _children(pid: int) -> list[int]:
-    """The children of ``pid``: those of each of its threads, since a child is listed under the
-    thread that forked it (Trio starts processes from a worker thread)."""
-    found: list[int] = []
+def _tree(pid: int) -> list[Any]:
+    """``pid``'s psutil Process and every one below it (children, their children, ...), parents
+    first; none if ``pid`` is gone.  psutil finds children from every process's parent pid, so
+    a child forked by any thread of its parent is found (Trio starts processes from a worker
+    thread)."""
+    psutil = _psutil()
     try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return found  # gone
-    for tid in tasks:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/children") as f:
-                found += [int(child) for child in f.read().split()]
-        except OSError:
-            continue  # the thread ended meanwhile (its children went to another thread)
-    return found
-
-
-def _children_by_parent() -> dict[int, list[int]]:
-    """Every process's children, from the parent pids in ``/proc/*/stat``."""
-    children: dict[int, list[int]] = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                parent = int(_stat(int(name))[1])
-            except (OSError, IndexError, ValueError):
-                continue  # gone meanwhile
-            children.setdefault(parent, []).append(int(name))
-    return children
+        root = psutil.Process(pid)
+    except psutil.Error:
+        return []
+    try:
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return [root]  # gone meanwhile
 
 
 def process_tree(pid: int) -> list[int]:
     """``pid`` and every process below it (children, their children, ...), parents first."""
-    table = None if HAVE_CHILDREN_FILES else _children_by_parent()
-    tree = [pid]
-    index = 0
-    while index < len(tree):
-        parent = tree[index]
-        tree += _children(parent) if table is None else table.get(parent, [])
-        index += 1
-    return tree
+    return [process.pid for process in _tree(pid)] or [pid]
 
 
 def descendants(pid: int) -> list[int]:
@@ -175,18 +158,54 @@ def descendants(pid: int) -> list[int]:
     return process_tree(pid)[1:]
 
 
-def _rss(pid: int) -> int:
-    """``VmRSS`` of ``pid`` in bytes (0 for a zombie, which has none left)."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    with open(f"/proc/{pid}/statm") as f:  # no VmRSS line: a zombie, or an odd kernel
-        return int(f.read().split()[1]) * PAGE_SIZE
+def _switches(process: Any) -> tuple[int, int]:
+    """(voluntary, involuntary) context switches of every thread of ``process``.  On Linux
+    psutil gives the main thread's alone (``/proc/PID/status`` is the leader's): each thread,
+    as a process of its own id, gives its own.  Elsewhere psutil's figure is the process's."""
+    psutil = _psutil()
+    if not psutil.LINUX:
+        counts = process.num_ctx_switches()
+        return int(counts.voluntary), int(counts.involuntary)
+    voluntary = involuntary = 0
+    for thread in process.threads():
+        try:
+            counts = psutil.Process(thread.id).num_ctx_switches()
+        except psutil.Error:
+            continue  # the thread ended meanwhile (its switches went with it)
+        voluntary += int(counts.voluntary)
+        involuntary += int(counts.involuntary)
+    return voluntary, involuntary
+
+
+@attrs.frozen
+class Counters:
+    """The server's process tree's running totals at one moment; two of them, subtracted, are
+    what a measurement cost.  CPU time has the kernel's tick as resolution (10 ms on Linux)."""
+
+    cpu_seconds: float  # user + system, of every thread, and of children that were waited for
+    voluntary_switches: int  # the server waited (for the network, a lock, a timer)
+    involuntary_switches: int  # the kernel took its CPU away (its time slice ran out)
 
 
 class ServerError(Exception):
     """The server did not start or misbehaved; the message is one line."""
+
+
+@contextlib.contextmanager
+def _pinned(cpus: tuple[int, ...] | None) -> Iterator[None]:
+    """This thread on ``cpus`` for the time of a fork, so that the child starts there: set on
+    the child after the fork, a wrapper such as strace could fork the server first.  Every
+    thread the server makes later inherits the set.  Not where the OS has no CPU affinity."""
+    if not cpus or not hasattr(os, "sched_setaffinity"):
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    with contextlib.suppress(OSError):  # CPUs we may not use: the child runs where we do
+        os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 class ServerProcess:
@@ -200,22 +219,22 @@ class ServerProcess:
         stdout: int | IO[bytes] = subprocess.DEVNULL,
         startup_timeout: float = 20.0,
         cpus: tuple[int, ...] | None = None,
+        wrapper: Sequence[str] = (),
     ) -> None:
-        self.command = server_command(model, flags)
+        _psutil()  # before anything starts: without it, one line that names the extra
+        self.command = [*wrapper, *server_command(model, flags)]
         cwd, env = server_environment(model)
-        self.proc = subprocess.Popen(
-            self.command,
-            stdin=subprocess.DEVNULL,
-            stdout=stdout,
-            stderr=subprocess.PIPE,
-            cwd=cwd,
-            env=env,
-        )
-        if cpus:
-            # Right after the exec, before the interpreter has started any thread: every thread
-            # the server makes later inherits this set.
-            with contextlib.suppress(OSError):
-                os.sched_setaffinity(self.proc.pid, cpus)
+        with _pinned(cpus):
+            self.proc = subprocess.Popen(
+                self.command,
+                stdin=subprocess.DEVNULL,
+                stdout=stdout,
+                stderr=subprocess.PIPE,
+                cwd=cwd,
+                env=env,
+            )
+        # The server's pid: the process started, or the wrapper's child (found once listening).
+        self.pid = self.proc.pid
         self._stderr = bytearray()
         self._cond = threading.Condition()
         self._eof = False
@@ -225,8 +244,18 @@ class ServerProcess:
         self._waiter = threading.Thread(target=self._wait_exit, daemon=True)
         self._waiter.start()
         self.port = self._wait_port(startup_timeout)
+        if wrapper:
+            self.pid = self._wrapped_pid()
 
     # ---- start --------------------------------------------------------------------------------
+
+    def _wrapped_pid(self) -> int:
+        """The server under the wrapper: the wrapper's one child (there: it said it listens)."""
+        below = descendants(self.proc.pid)
+        if not below:
+            self.__exit__()
+            raise ServerError(f"{self.command[0]} started no server")
+        return below[0]
 
     def _read_stderr(self) -> None:
         assert self.proc.stderr is not None
@@ -274,45 +303,61 @@ class ServerProcess:
 
     def processes(self) -> list[int]:
         """The server's process tree: its process, then every process below it (the workers of
-        ``--workers``)."""
-        return process_tree(self.proc.pid)
+        ``--workers``); not the wrapper's (``strace``), which only watches."""
+        return process_tree(self.pid)
 
     def cpu_seconds(self) -> float:
-        """User + system CPU time so far of the whole process tree (10 ms resolution): every
-        thread of every process, and the children that already exited and were waited for (a
-        worker that died: its time moves into its parent's ``cutime``/``cstime``)."""
-        total = 0
-        for pid in self.processes():
+        """User + system CPU time so far of the whole process tree: every thread of every
+        process, and the children that already exited and were waited for (a worker that died:
+        its time moves into its parent's children times).  NaN once the server is gone."""
+        return self.counters().cpu_seconds
+
+    def counters(self) -> Counters:
+        """CPU time and context switches so far of the whole process tree (see
+        :meth:`cpu_seconds`): every thread's switches, of the processes alive now."""
+        psutil = _psutil()
+        cpu, voluntary, involuntary = 0.0, 0, 0
+        tree = _tree(self.pid)
+        for process in tree:
             try:
-                fields = _stat(pid)
-            except OSError:
-                if pid == self.proc.pid:
-                    return float("nan")
+                times = process.cpu_times()
+                switches = _switches(process)
+            except psutil.Error:
+                if process.pid == self.pid:
+                    tree = []
+                    break
                 continue  # a worker that ended meanwhile
-            total += sum(int(field) for field in fields[11:15])
-        return total / CLOCK_TICKS
+            cpu += times.user + times.system + times.children_user + times.children_system
+            voluntary += switches[0]
+            involuntary += switches[1]
+        if not tree:
+            return Counters(float("nan"), 0, 0)  # the server is gone
+        return Counters(cpu, voluntary, involuntary)
+
+    def _sum(self, figure: Callable[[Any], int]) -> int:
+        """``figure`` of every process of the tree, summed; :class:`ServerError` if it is gone."""
+        psutil = _psutil()
+        total = 0
+        tree = _tree(self.pid)
+        if not tree:
+            raise ServerError(f"the server (pid {self.pid}) is gone")
+        for process in tree:
+            try:
+                total += figure(process)
+            except psutil.Error as exc:
+                if process.pid == self.pid:
+                    raise ServerError(f"the server (pid {self.pid}) is gone: {exc}") from None
+        return total
 
     def rss_bytes(self) -> int:
-        """Resident memory of the whole process tree now: the sum of each process's ``VmRSS``
-        (``/proc/PID/status``).  Pages the processes share (the interpreter's own code) count
-        once per process; the difference between two moments, which the memory scenarios
-        report, is what the connections cost."""
-        total = 0
-        for pid in self.processes():
-            try:
-                total += _rss(pid)
-            except OSError:
-                if pid == self.proc.pid:
-                    raise
-        return total
+        """Resident memory of the whole process tree now: the sum of each process's RSS.  Pages
+        they share (the interpreter's code) count once per process; the difference between two
+        moments, which the memory scenarios report, is what the connections cost."""
+        return self._sum(lambda process: int(process.memory_info().rss))
 
     def threads(self) -> int:
         """Threads of the whole process tree."""
-        count = 0
-        for pid in self.processes():
-            with contextlib.suppress(OSError):
-                count += len(os.listdir(f"/proc/{pid}/task"))
-        return count
+        return self._sum(lambda process: int(process.num_threads()))
 
     # ---- stop ---------------------------------------------------------------------------------
 
@@ -321,7 +366,10 @@ class ServerProcess:
         the signal to the exit)."""
         sent = time.monotonic()
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            # The server's pid, not a wrapper's: strace passes the signal to the server, whose
+            # clean exit ends strace (which writes its summary then).
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGTERM)
         with self._cond:
             self._cond.wait_for(lambda: self._exited_at is not None, timeout)
             exited = self._exited_at
@@ -338,7 +386,8 @@ class ServerProcess:
 
     def kill(self) -> None:
         """SIGKILL for the server and every process below it (workers run in sessions of their
-        own: a kill of the supervisor alone would leave them serving until they notice)."""
+        own: a kill of the supervisor alone would leave them serving until they notice), and
+        the wrapper's, if any."""
         if self.proc.poll() is None:
             below = descendants(self.proc.pid)
             self.proc.kill()

@@ -6,10 +6,15 @@ a fraction of its steady rate (asyncio's streams serve ~45k requests/s when the 
 after it listens, ~110k once one connection came and went), and one run on a shared machine is one
 sample of noise.  :class:`EchoSession` is the same measurement in steps, so that the bench can
 take the measured runs of all models in turns (:func:`trio_echo.bench.runner.run_in_turns`).
+
+Beside the rate, what a request costs the server (:class:`RequestCosts`): CPU microseconds and
+context switches per request, so that a reader sees where a model's time goes, not only how much
+it serves.
 """
 
 from __future__ import annotations
 
+import math
 import socket
 import statistics
 from collections.abc import Callable
@@ -18,11 +23,18 @@ from typing import Any
 from trio_echo.bench import loadgen
 from trio_echo.bench.scenarios.base import Context, Figures, Result
 from trio_echo.bench.scenarios.common import GUARDED, CpuWindow, latency_figures, median_index
-from trio_echo.bench.server import ServerError, ServerProcess
+from trio_echo.bench.server import Counters, ServerError, ServerProcess
 from trio_echo.bench.stats import merge_histograms
 from trio_echo.models import Model
 
-__all__ = ["EchoSession", "echo", "echo_session"]
+__all__ = ["COST_KEYS", "EchoSession", "RequestCosts", "echo", "echo_session"]
+
+# The figures of :class:`RequestCosts`.
+COST_KEYS = (
+    "server_cpu_us_per_request",
+    "voluntary_ctx_switches_per_request",
+    "involuntary_ctx_switches_per_request",
+)
 
 
 def _probe(port: int, size: int, timeout: float) -> None:
@@ -39,6 +51,39 @@ def _probe(port: int, size: int, timeout: float) -> None:
             got += len(chunk)
 
 
+class RequestCosts:
+    """What the server's process tree spent per request over a measured run: CPU microseconds
+    (user + system), voluntary context switches (it waited: for the network, a lock, the other
+    threads) and involuntary ones (the kernel took its CPU away).
+
+    :meth:`start` when the load generator starts measuring, :meth:`figures` with the requests
+    it counted once it is done.  The server's closing of the connections after the measurement
+    falls in the window too: a few per connection, against thousands of requests.
+    """
+
+    def __init__(self, server: ServerProcess) -> None:
+        self.server = server
+        self.before: Counters | None = None
+
+    def start(self) -> None:
+        self.before = self.server.counters()
+
+    def figures(self, requests: int) -> Figures:
+        if self.before is None or requests <= 0:
+            return dict.fromkeys(COST_KEYS)
+        after = self.server.counters()
+        cpu = after.cpu_seconds - self.before.cpu_seconds
+        voluntary = after.voluntary_switches - self.before.voluntary_switches
+        involuntary = after.involuntary_switches - self.before.involuntary_switches
+        return {
+            "server_cpu_us_per_request": round(cpu * 1e6 / requests, 2)
+            if math.isfinite(cpu)
+            else None,
+            "voluntary_ctx_switches_per_request": round(voluntary / requests, 4),
+            "involuntary_ctx_switches_per_request": round(involuntary / requests, 4),
+        }
+
+
 class EchoSession:
     """One model's server through an echo scenario, in steps, so that the measured runs of
     several models can take turns (see :class:`.base.Scenario`'s ``session``):
@@ -48,7 +93,8 @@ class EchoSession:
     * :meth:`measure` -- one measured run of ``duration`` seconds (a no-op once the warm-up
       showed the model serves only some of the clients, or after a failure);
     * :meth:`finish` -- stop the server; the :class:`Result`: the median of the runs, with their
-      spread (min, max, every run), latency over all of them, CPU of the median run.
+      spread (min, max, every run), latency over all of them, CPU and costs per request
+      (:class:`RequestCosts`) of the median run.
 
     A context manager: the server is killed on the way out, whatever happened.
     """
@@ -92,18 +138,26 @@ class EchoSession:
             # A model that serves some clients only: measuring again would only wait out
             # the same timeout; the warm-up run is the (limited) result.
             self.limited_warmup = True
-            self.runs.append((warm, CpuWindow(self.server).figures(warm)))
+            unmeasured = {**CpuWindow(self.server).figures(warm), **dict.fromkeys(COST_KEYS)}
+            self.runs.append((warm, unmeasured))
 
     def measure(self) -> None:
         if self.failed is not None or self.limited_warmup or self.server is None:
             return
         window = CpuWindow(self.server)
+        costs = RequestCosts(self.server)
+
+        def started() -> None:
+            window.start()
+            costs.start()
+
         try:
-            result = self._load(self.ctx.sizes.duration, window.start)
+            result = self._load(self.ctx.sizes.duration, started)
+            figures = {**window.figures(result), **costs.figures(result["requests"])}
         except GUARDED as exc:
             self.failed = f"failed: {exc}"
             return
-        self.runs.append((result, window.figures(result)))
+        self.runs.append((result, figures))
 
     def finish(self) -> Result:
         if self.server is not None:

@@ -654,7 +654,8 @@ int main(int argc, char **argv) {
         if (mode == MODE_ECHO && measuring && duration > 0 && now >= deadline) break;
         if (mode == MODE_OPEN && measuring) {
             open_dispatch(now);
-            if (open_all_answered() || now >= deadline + (uint64_t)(grace * 1e9)) break;
+            if (open_count == 0 || open_all_answered()) break; /* all answered, or all gone */
+            if (now >= deadline + (uint64_t)(grace * 1e9)) break;
         }
         if (stdin_ended) break;
         if (mode == MODE_ECHO && measuring && per_conn > 0 && open_count == 0) break;

@@ -193,6 +193,7 @@ def test_the_trio_model_keeps_every_line_of_a_graceful_shutdown():
     assert figures["lines_lost"] == 0
     assert figures["lines_torn"] == figures["lines_duplicated"] == figures["lines_corrupt"] == 0
     assert figures["lines_printed"] >= figures["lines_sent_before_signal"]
+    assert figures["lines_read_not_printed"] == 0
     # The clients that finished within the grace period were served to their end.
     assert figures["finishers_shut_down"] == figures["finishers"] == 3
     assert figures["finishers_closed_eof"] == 3
@@ -214,7 +215,9 @@ def test_the_trio_model_with_a_stalled_stdout_drops_the_rest_and_exits_1():
     figures = _run("stalled")
     assert figures["stdout_unread_at_signal_bytes"] > 0
     assert figures["exit_status"] == 1
-    assert figures["lines_lost"] > 0  # read, never printed: dropped after the drain timeout
+    assert figures["lines_lost"] > 0
+    # Read, never printed: dropped after the drain timeout.
+    assert figures["lines_read_not_printed"] > 0
     assert figures["lines_corrupt"] == figures["lines_duplicated"] == 0
     # It did not wait for the reader to come back.
     assert figures["exit_s"] < SIZES.correctness_stall
@@ -274,7 +277,7 @@ def _report() -> dict[str, Any]:
         "models": {
             "trio": {
                 "scenarios": {
-                    "correctness_graceful": _figures(),
+                    "correctness_graceful": _figures(lines_read_not_printed=0),
                     "correctness_stalled": _figures(
                         lines_lost=2861, exit_status=1, exit_s=2.01, port_free=False
                     ),
@@ -312,6 +315,7 @@ def test_the_correctness_table_comes_first_a_row_per_model_and_variant():
         "sent<sig",
         "lost",
         "lost>sig",
+        "dropped",
         "torn",
         "dup/bad",
         "eof/reset/open",
@@ -322,8 +326,9 @@ def test_the_correctness_table_comes_first_a_row_per_model_and_variant():
     ]
     trio_graceful = next(line for line in lines if line.startswith("graceful (SIGTERM)"))
     rows = [" ".join(line.split()) for line in lines]
-    assert " ".join(trio_graceful.split()[2:]) == "trio 3000 0 2 0 0/0 20/0/0 1.00 0 free"
-    assert "sync 3000 2850 2 0 0/0 1/19/0 1.00 0 free" in rows
+    assert " ".join(trio_graceful.split()[2:]) == "trio 3000 0 2 0 0 0/0 20/0/0 1.00 0 free"
+    # A report from before the server's summary was read: "?" where a figure is missing.
+    assert "sync 3000 2850 2 ? 0 0/0 1/19/0 1.00 0 free" in rows
     stalled = [line for line in lines if "2861" in line]
     assert len(stalled) == 1
     assert stalled[0].split()[-3:] == ["2.01", "1", "BUSY"]
@@ -344,3 +349,13 @@ def test_a_report_without_the_scenarios_has_no_correctness_table():
         entry["scenarios"] = {k: v for k, v in entry["scenarios"].items() if k == "idle_memory"}
     assert render_correctness(report) == []
     assert render_table(report).splitlines()[0].split()[:2] == ["scenario", "figure"]
+
+
+def test_a_report_of_only_the_correctness_scenarios_has_no_empty_table():
+    report = _report()
+    for entry in report["models"].values():
+        del entry["scenarios"]["idle_memory"]
+    table = render_table(report)
+    assert table.startswith("What a shutdown keeps")
+    assert not any(line.startswith("scenario") for line in table.splitlines())
+    assert "CPU srv/load/other" not in table

@@ -12,11 +12,13 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from trio_echo.bench.keeps import CORRECTNESS, render_correctness
 from trio_echo.bench.plot import PlotUnavailable, write_plot
 from trio_echo.bench.ratios import accelerator_gain, baseline_gain, workers_gain
 from trio_echo.bench.targets import format_value
 
-# PlotUnavailable and write_plot are re-exported: they used to live here (now :mod:`.plot`).
+# PlotUnavailable and write_plot are re-exported: they used to live here (now :mod:`.plot`);
+# render_correctness, the table of what a shutdown keeps, is :mod:`.keeps`'s.
 __all__ = [
     "CORRECTNESS",
     "PlotUnavailable",
@@ -30,10 +32,6 @@ __all__ = [
 ]
 
 Row = tuple[str, Callable[[Mapping[str, Any]], str]]
-
-# The keys of the shutdown-correctness scenarios (``correctness_graceful``...): their table comes
-# first, a row per model (:func:`render_correctness`), not in the table of a column per model.
-CORRECTNESS = "correctness_"
 
 
 def _num(value: Any, digits: int = 1) -> str:
@@ -178,7 +176,10 @@ def render_table(report: Mapping[str, Any]) -> str:
         cells += [cell.rjust(width) for cell, width in zip(line[2:], widths[2:], strict=True)]
         return "  ".join(cells).rstrip()
 
-    out = [*first, *([""] if first else []), fmt_line(lines[0]), rule]
+    # The shutdown table first; the table of a column per model unless it would be empty.
+    out = [*first, *([""] if first and keys else [])]
+    if keys or not first:
+        out += [fmt_line(lines[0]), rule]
     for line in lines[1:]:
         if line[0] and out[-1] != rule:
             out.append("")
@@ -197,107 +198,18 @@ def render_table(report: Mapping[str, Any]) -> str:
     for ratios in (baseline_gain(report), accelerator_gain(report)):
         if ratios is not None:
             out += ["", *ratios["lines"]]
-    out += [
-        "",
-        "CPU srv/load/other: CPU cores used by the server / by the load generator / by the rest "
-        "of the machine (other processes, and kernel network work charged to neither)",
-    ]
+    if keys:
+        out += [
+            "",
+            "CPU srv/load/other: CPU cores used by the server / by the load generator / by the "
+            "rest of the machine (other processes, and kernel network work charged to neither)",
+        ]
     room = headroom(report)
     if room is not None:
         out.append(room["text"])
     if report.get("targets"):
         out += ["", *render_targets(report["targets"])]
     return "\n".join(out) + "\n"
-
-
-# The columns of the correctness table: (heading, format of a variant's figures).
-_KEEPS: list[Row] = [
-    ("sent<sig", lambda f: str(f["lines_sent_before_signal"])),
-    ("lost", lambda f: str(f["lines_lost"])),
-    ("lost>sig", lambda f: str(f["lines_lost_after_signal"])),
-    ("torn", lambda f: str(f["lines_torn"])),
-    ("dup/bad", lambda f: f"{f['lines_duplicated']}/{f['lines_corrupt']}"),
-    (
-        "eof/reset/open",
-        lambda f: f"{f['clients_closed_eof']}/{f['clients_reset']}/{f['clients_unclosed']}",
-    ),
-    ("exit s", lambda f: "killed" if f["killed"] else _num(f["exit_s"], 2)),
-    ("status", lambda f: str(f["exit_status"])),
-    ("port", lambda f: {True: "free", False: "BUSY"}.get(f["port_free"], "?")),
-]
-
-
-def render_correctness(report: Mapping[str, Any]) -> list[str]:
-    """The table of what a shutdown keeps: a block per variant (graceful, forced, stalled
-    stdout), a row per model; skipped rows point to numbered notes (``[c1]``) under it.  No
-    lines when the report has no correctness scenario."""
-    models: Mapping[str, Any] = report["models"]
-    titles: Mapping[str, str] = report.get("scenario_titles", {})
-    keys: list[str] = []
-    for entry in models.values():
-        keys += [k for k in entry.get("scenarios", {}) if k.startswith(CORRECTNESS)]
-    keys = list(dict.fromkeys(keys))
-    if not keys:
-        return []
-    sample = next(
-        (
-            f
-            for e in models.values()
-            for k, f in e["scenarios"].items()
-            if k in keys and "skipped" not in f
-        ),
-        None,
-    )
-    out = ["What a shutdown keeps"]
-    if sample is not None:
-        out[0] += (
-            f": {sample['clients']} clients streaming numbered {sample['line_bytes']} B lines "
-            f"({sample['lines_per_s_per_client']:g}/s each), SIGTERM after "
-            f"{sample['lead_s']:g} s, --grace {sample['grace_s']:g}; half the clients "
-            "stop within the grace period, half are cut at its end"
-        )
-    notes: list[str] = []
-    rows: list[list[str]] = [["", "model", *(heading for heading, _ in _KEEPS)]]
-    for key in keys:
-        for index, (name, entry) in enumerate(models.items()):
-            row = [titles.get(key, key) if index == 0 else "", name]
-            result = entry.get("scenarios", {}).get(key) or {
-                "skipped": entry.get("skipped") or "not run"
-            }
-            if "skipped" in result:
-                notes.append(f"{name}, {titles.get(key, key)}: {result['skipped']}")
-                rows.append([*row, f"skipped [c{len(notes)}]"])
-                continue
-            for _, fmt in _KEEPS:
-                try:
-                    row.append(fmt(result))
-                except (KeyError, TypeError, ValueError):
-                    row.append("?")
-            rows.append(row)
-    widths = [max(len(r[i]) for r in rows if len(r) > i) for i in range(len(rows[0]))]
-
-    def line(row: list[str]) -> str:
-        cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1])]
-        if len(row) == 3 and row[2].startswith("skipped"):
-            return "  ".join([*cells, row[2]]).rstrip()
-        cells += [c.rjust(w) for c, w in zip(row[2:], widths[2:], strict=True)]
-        return "  ".join(cells).rstrip()
-
-    out += ["", line(rows[0]), "  ".join("-" * w for w in widths)]
-    for row in rows[1:]:
-        if row[0] and out[-1][:1] != "-":
-            out.append("")
-        out.append(line(row))
-    out += [
-        "",
-        "sent<sig: lines written whole before the SIGTERM; lost: of those, never printed (not even "
-        "in part); lost>sig: written during the grace period, never printed; torn: printed cut "
-        "short though written whole; dup/bad: printed twice / printed but never sent; "
-        "eof/reset/open: how the clients' connections ended; port: free to bind at once after "
-        "the exit (SO_REUSEADDR)",
-    ]
-    out += [f"[c{i}] {text}" for i, text in enumerate(notes, 1)]
-    return out
 
 
 def render_targets(evaluations: Sequence[Mapping[str, Any]]) -> list[str]:

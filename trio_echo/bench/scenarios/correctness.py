@@ -267,6 +267,11 @@ class _Run:
             else round(self.exited_at - self.signalled_at, 3)
         )
         stderr = self.server.stderr.strip().splitlines()
+        # What the server read but never printed, from its own summary of the bytes it
+        # received (a client's line cut in its socket makes it at most a line high per client).
+        received = self.server.received()
+        read = None if received is None else received[1] // LINE_BYTES
+        dropped = None if read is None else max(0, read - counts.lines_printed - counts.lines_torn)
         return {
             "clients": self.count,
             "clients_connected": len(self.clients),
@@ -280,6 +285,8 @@ class _Run:
             # variant's pipe holds 4096: full means the server's writes were blocked).
             "stdout_unread_at_signal_bytes": self.unread_at_signal,
             **counts.to_json(),
+            "server_received_bytes": None if received is None else received[1],
+            "lines_read_not_printed": dropped,
             "clients_closed_eof": sum(c.outcome == EOF for c in self.clients),
             "clients_reset": sum(c.outcome == RESET for c in self.clients),
             "clients_unclosed": sum(c.outcome is None for c in self.clients),

@@ -13,7 +13,7 @@ import attrs
 import pytest
 
 from trio_echo.bench import outside, vmbench
-from trio_echo.bench.outside import judge, loadgen_run, render_markdown, summarize
+from trio_echo.bench.outside import compare, judge, loadgen_run, render_markdown, summarize
 from trio_echo.bench.vmbench import OutsideError, Run, find_client, parse_vmbench
 
 # What vmbench's echo_client (commit 5d39035) printed with --output-format=json, --msize=1024,
@@ -99,10 +99,22 @@ def test_judge_a_saturated_client_bounds_its_figure_instead_of_disagreeing() -> 
     assert "agree even so" in close.text
 
 
-def test_judge_says_when_other_work_may_explain_a_disagreement() -> None:
+def test_judge_other_work_makes_a_cell_noisy_not_a_disagreement() -> None:
     verdict = judge(run(700, other_cpu=0.6), run(1000))
-    assert verdict.disagrees
-    assert verdict.text.startswith("DISAGREE (other work took 0.60 cores")
+    assert verdict.flagged
+    assert not verdict.comparable
+    assert not verdict.disagrees
+    assert verdict.text == "noisy: other work took 0.60 cores, run again"
+    assert judge(run(1000, other_cpu=0.6), run(1000)).text == "agree (other work took 0.60 cores)"
+
+
+def test_per_server_cpu_takes_out_what_the_server_was_given() -> None:
+    # Half the requests/s on half the server CPU: the same server work per request.
+    slow = Run(500, None, None, None, 0.3, server_cpu=0.45, other_cpu=0.5)
+    fast = Run(1000, None, None, None, 0.3, server_cpu=0.9, other_cpu=0.0)
+    assert compare(slow, fast)["ratio"] == 0.5
+    assert compare(slow, fast)["ratio_per_server_cpu"] == 1.0
+    assert compare(slow, attrs.evolve(fast, server_cpu=None))["ratio_per_server_cpu"] is None
 
 
 def test_judge_without_requests_is_flagged() -> None:
@@ -113,18 +125,7 @@ def test_judge_without_requests_is_flagged() -> None:
 
 
 def _cell(model: str, vm: Run, ours: Run) -> dict[str, Any]:
-    verdict = judge(vm, ours)
-    return {
-        "model": model,
-        "connections": 10,
-        "size": 1024,
-        "vmbench": attrs.asdict(vm),
-        "loadgen": attrs.asdict(ours),
-        "ratio": verdict.ratio,
-        "within": verdict.within,
-        "comparable": verdict.comparable,
-        "verdict": verdict.text,
-    }
+    return {"model": model, "connections": 10, "size": 1024, **compare(vm, ours)}
 
 
 def test_markdown_marks_the_flagged_ratio_and_counts() -> None:
@@ -146,7 +147,7 @@ def test_markdown_marks_the_flagged_ratio_and_counts() -> None:
     assert "| 500 / 476 |" in trio_row
     assert any(r.startswith("| uvloop ") and "No module named" in r for r in rows)
     assert summarize(cells) == {"measured": 2, "within": 1, "comparable": 2, "comparable_within": 1}
-    assert "Comparable cells (neither client saturated): 2, of which within ±15%: 1." in table
+    assert "other work under 0.25 cores): 2, of which within ±15%: 1." in table
 
 
 def test_find_client_missing_says_what_it_needs(

@@ -49,7 +49,16 @@ from trio_echo.bench.vmbench import (
 )
 from trio_echo.cli.argtypes import OneLineParser, number_type
 
-__all__ = ["AGREEMENT", "CELLS", "Verdict", "judge", "loadgen_run", "main", "render_markdown"]
+__all__ = [
+    "AGREEMENT",
+    "CELLS",
+    "Verdict",
+    "compare",
+    "judge",
+    "loadgen_run",
+    "main",
+    "render_markdown",
+]
 
 PROG = "python -m trio_echo.bench.outside"
 # The claim checked: the two clients' requests/s agree within this fraction.
@@ -84,7 +93,7 @@ class Verdict:
 
     ratio: float | None
     within: bool  # the ratio is within ±AGREEMENT
-    comparable: bool  # neither client was saturated: both measured the server
+    comparable: bool  # no client saturated, the machine quiet: both measured the same thing
     text: str
 
     @property
@@ -117,8 +126,10 @@ def loadgen_run(result: Mapping[str, Any], cpu: Mapping[str, Any]) -> Run:
 
 
 def judge(vmbench: Run, ours: Run, agreement: float = AGREEMENT) -> Verdict:
-    """Do the two clients agree?  Within ±``agreement`` of each other's requests/s, and
-    whether that is a fair test: a client at ``SATURATED`` cores or more measured itself."""
+    """Do the two clients agree?  Within ±``agreement`` of each other's requests/s, and whether
+    that was a fair test: it is not when a client ran at ``SATURATED`` cores or more (it
+    measured itself: its figure is a bound on the client), nor when other work took ``NOISY``
+    cores or more of the machine during a run (it took them from the server or a client)."""
     if not ours.rps or not vmbench.rps:
         return Verdict(None, False, False, "no requests from one client")
     ratio = vmbench.rps / ours.rps
@@ -128,17 +139,42 @@ def judge(vmbench: Run, ours: Run, agreement: float = AGREEMENT) -> Verdict:
         for name, cpu in (("vmbench", vmbench.client_cpu), ("loadgen", ours.client_cpu))
         if cpu is not None and cpu >= SATURATED
     ]
-    if not busy:
-        other = max(vmbench.other_cpu or 0.0, ours.other_cpu or 0.0)
-        if within:
-            return Verdict(ratio, True, True, "agree")
-        noisy = f" (other work took {other:.2f} cores: run again)" if other >= NOISY else ""
-        return Verdict(ratio, False, True, "DISAGREE" + noisy)
-    bound = "its figure is a bound on the client" if not within else "agree even so"
-    return Verdict(ratio, within, False, f"{', '.join(busy)}: {bound}")
+    other = max(vmbench.other_cpu or 0.0, ours.other_cpu or 0.0)
+    if busy:
+        bound = "agree even so" if within else "its figure is a bound on the client"
+        return Verdict(ratio, within, False, f"{', '.join(busy)}: {bound}")
+    if other >= NOISY:
+        why = f"other work took {other:.2f} cores"
+        text = f"agree ({why})" if within else f"noisy: {why}, run again"
+        return Verdict(ratio, within, False, text)
+    return Verdict(ratio, within, True, "agree" if within else "DISAGREE")
 
 
-# ---- the client -------------------------------------------------------------------------------
+def per_server_cpu(vmbench: Run, ours: Run) -> float | None:
+    """The ratio of requests per second of server CPU: vmbench's ÷ ours.  Where the server was
+    the bottleneck it got what other work left it, and its requests/s moved with that; per CPU
+    second, the figure the server itself earns is left (a check, not the claim)."""
+    if not (vmbench.server_cpu and ours.server_cpu and ours.rps):
+        return None
+    return (vmbench.rps / vmbench.server_cpu) / (ours.rps / ours.server_cpu)
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def compare(vmbench: Run, ours: Run) -> dict[str, Any]:
+    """One cell's figures and verdict, as the JSON and the table have them."""
+    verdict = judge(vmbench, ours)
+    return {
+        "vmbench": attrs.asdict(vmbench),
+        "loadgen": attrs.asdict(ours),
+        "ratio": _round(verdict.ratio),
+        "ratio_per_server_cpu": _round(per_server_cpu(vmbench, ours)),
+        "within": verdict.within,
+        "comparable": verdict.comparable,
+        "verdict": verdict.text,
+    }
 
 
 # ---- the run ----------------------------------------------------------------------------------
@@ -198,12 +234,8 @@ def run_model(model: str, cells: Sequence[tuple[int, int]], setup: Setup) -> lis
             except (OutsideError, loadgen.LoadgenError, OSError, subprocess.SubprocessError) as e:
                 cell["skipped"] = str(e)
             else:
-                verdict = judge(vm, ours)
-                cell |= {"vmbench": attrs.asdict(vm), "loadgen": attrs.asdict(ours)}
+                cell |= compare(vm, ours)
                 cell |= {"vmbench_rps_runs": vm_all, "loadgen_rps_runs": ours_all}
-                cell |= {"ratio": None if verdict.ratio is None else round(verdict.ratio, 3)}
-                cell |= {"within": verdict.within, "comparable": verdict.comparable}
-                cell |= {"verdict": verdict.text}
             out.append(cell)
             print(f"{model} {connections}x{size}: {cell.get('verdict', cell.get('skipped'))}")
         server.stop()
@@ -231,10 +263,10 @@ def _per_request(vm: Mapping[str, Any], lg: Mapping[str, Any], key: str) -> str:
 
 
 HEADER = (
-    "| model | conns × bytes | vmbench req/s | loadgen req/s | ratio "
+    "| model | conns × bytes | vmbench req/s | loadgen req/s | ratio | ratio per server CPU "
     "| client CPU, cores (vm / lg) | client CPU µs/req | server CPU, cores | server CPU µs/req "
     "| p50 ms | other CPU | verdict |",
-    "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
+    "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
 )
 
 
@@ -245,21 +277,23 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     for cell in report["cells"]:
         where = f"{cell.get('connections', '–')} × {cell.get('size', '–')}"
         if "skipped" in cell:
-            lines.append(f"| {cell['model']} | {where} |" + " |" * 9 + f" {cell['skipped']} |")
+            lines.append(f"| {cell['model']} | {where} |" + " |" * 10 + f" {cell['skipped']} |")
             continue
         vm, lg = cell["vmbench"], cell["loadgen"]
         ratio = _f(cell["ratio"]) if cell["within"] else f"**{_f(cell['ratio'])}**"
         other = max(vm["other_cpu"] or 0.0, lg["other_cpu"] or 0.0)
         lines.append(
             f"| {cell['model']} | {where} | {vm['rps']:,.0f} | {lg['rps']:,.0f} | {ratio} "
-            f"| {_pair(vm, lg, 'client_cpu')} | {_per_request(vm, lg, 'client_cpu')} "
+            f"| {_f(cell['ratio_per_server_cpu'])} | {_pair(vm, lg, 'client_cpu')} "
+            f"| {_per_request(vm, lg, 'client_cpu')} "
             f"| {_pair(vm, lg, 'server_cpu')} | {_per_request(vm, lg, 'server_cpu')} "
             f"| {_pair(vm, lg, 'p50_ms', 3)} | {_f(other)} | {cell['verdict']} |"
         )
     s = report["summary"]
     lines += [
         "",
-        f"Comparable cells (neither client saturated): {s['comparable']}, of which within "
+        f"Comparable cells (no client saturated, other work under {NOISY:g} cores): "
+        f"{s['comparable']}, of which within "
         f"±{AGREEMENT:.0%}: {s['comparable_within']}.  All cells within ±{AGREEMENT:.0%}: "
         f"{s['within']} of {s['measured']}.",
     ]

@@ -161,3 +161,18 @@ def portable(session: nox.Session) -> None:
     pth.write_text(f"{hide_dir}\nimport hide_linux\n")
     session.log(f"hiding select.epoll, select.EPOLL* and socket.SO_REUSEPORT ({pth})")
     session.run("pytest", "-p", "hide_linux", *session.posargs)
+
+
+@nox.session(default=False)
+def outside(session: nox.Session) -> None:
+    """The outside check of issue 13 (docs/outside-check.md): MagicStack vmbench's echo_client,
+    the public client of uvloop's echo benchmark (taken at a pinned commit, not vendored), and
+    our load generator against the same echo servers (trio, asyncio, uvloop, threads), in
+    turns, at 1 and 10 connections of 64 B to 100 KiB; their requests/s must agree within
+    ±15 % where neither client was saturated.  About 4 minutes on 2 cores; every wait is
+    bounded.  Needs the client: VMBENCH_ECHO_CLIENT=the file, VMBENCH_GIT=a clone, or network
+    for a git clone (without: one line, exit 1).  Writes build/outside.json and
+    build/outside.md.  Arguments after -- are added, e.g. `nox -s outside -- --models trio
+    --check`.  Not part of CI: needs the client and a quiet machine."""
+    session.install(".[bench]", "numpy")  # numpy: vmbench's echo_client imports it
+    session.run("python", "-m", "trio_echo.bench.outside", *session.posargs)

@@ -35,6 +35,7 @@ from conftest import (
     run_cli,
 )
 
+from trio_echo.cli.options import parse_args
 from trio_echo.models import MODELS
 from trio_echo.net.bind import BACKLOG
 
@@ -53,7 +54,22 @@ ANYIO = [
     )
     for name in ["anyio-trio"]
 ]
-CONCURRENT = ["trio-stock", "threads", "asyncio", "asyncio-sock", UVLOOP, *ANYIO]
+# The newer models: tests/test_models_new.py checks the essentials of each in the default suite;
+# this whole file runs on them in the stress suite (it costs ~10 s a model).
+NEWER = [
+    pytest.param(
+        name,
+        marks=[
+            pytest.mark.stress,
+            pytest.mark.skipif(
+                MODELS[name].available() is not None, reason=str(MODELS[name].available())
+            ),
+        ],
+    )
+    for name in ["anyio-asyncio", "asyncio-protocol", "uvloop-protocol", "gevent"]
+    if name in MODELS
+]
+CONCURRENT = ["trio-stock", "threads", "asyncio", "asyncio-sock", UVLOOP, *ANYIO, *NEWER]
 # trio is the reference: every test that applies to it runs on it too, and is its only test of
 # that behaviour (test_e2e.py keeps what is trio's alone and the deeper tests), which shows that
 # what they check is the behaviour, not one model's quirks.
@@ -387,7 +403,26 @@ def test_closed_stdout_stops_the_server_with_one_line(serve, connect):
         if model.available() is None
     ],
 )
-def test_unsupported_flag_is_a_usage_error(name, flag):
+def test_unsupported_flag_is_a_usage_error(name, flag, capsys):
+    # In-process: the refusal is parse_args' (a process each would cost ~10 s for them all);
+    # the test below checks one flag per model through the real command.
+    with pytest.raises(SystemExit) as exited:
+        parse_args(["--model", name, flag, "2"])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"trio-echo: error: --model {name} does not support {flag} (see --help)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "flag"),
+    [
+        (name, sorted(model.unsupported)[0])
+        for name, model in MODELS.items()
+        if model.unsupported and model.available() is None
+    ],
+)
+def test_unsupported_flag_is_one_line_and_status_2(name, flag):
     result = run_cli("--model", name, flag, "2")
     assert result.returncode == 2, result.stderr
     assert result.stderr.splitlines() == [

@@ -100,9 +100,23 @@ MODELS: dict[str, Model] = {
             unsupported=frozenset({"--max-connections"}) | TRIO_ONLY,
         ),
         Model(
+            "asyncio-protocol",
+            "asyncio's fastest form: loop.create_server with a BufferedProtocol, flow control "
+            "by hand (pause_reading while stdout is full or the echo is unread)",
+            "trio_echo.models.asyncio_protocol:run",
+            unsupported=frozenset({"--max-connections"}) | TRIO_ONLY,
+        ),
+        Model(
             "uvloop",
             "the asyncio model on uvloop's event loop (needs uvloop: the bench extra)",
             "trio_echo.models.asyncio_streams:run_uvloop",
+            unsupported=frozenset({"--max-connections"}) | TRIO_ONLY,
+            requires="uvloop",
+        ),
+        Model(
+            "uvloop-protocol",
+            "the asyncio-protocol model on uvloop's event loop (needs uvloop: the bench extra)",
+            "trio_echo.models.asyncio_protocol:run_uvloop",
             unsupported=frozenset({"--max-connections"}) | TRIO_ONLY,
             requires="uvloop",
         ),

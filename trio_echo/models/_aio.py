@@ -1,9 +1,12 @@
-"""Plumbing shared by the asyncio models (``asyncio``, ``uvloop``, ``asyncio-sock``).
+"""Plumbing shared by the asyncio models (``asyncio``, ``uvloop``, ``asyncio-sock``,
+``asyncio-protocol``, ``uvloop-protocol``).
 
-:class:`Lab` is what both asyncio servers have in common, so that their own files show only how
+:class:`Lab` is what the asyncio servers have in common, so that their own files show only how
 they accept and read: the signal handlers (``loop.add_signal_handler``), the stdout writer task,
-the set of handler tasks (no fire-and-forget: every task is tracked and awaited), and the
-shutdown sequence -- ``asyncio.wait(handlers, timeout=grace)``, then cancel what is left.
+the set of handlers (no fire-and-forget: every one is tracked and awaited), and the shutdown
+sequence -- ``asyncio.wait(handlers, timeout=grace)``, then stop what is left.  A handler is a
+task (cancelled to stop it) or, for the protocol models, a future that the connection's
+``connection_lost`` completes, with its own way to stop (``transport.abort()``).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncIterator, Awaitable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
 from trio_echo.config import Config
@@ -85,6 +88,7 @@ class AsyncStdout:
         self._used = 0
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()  # bounded by _limit
         self._room = asyncio.Event()
+        self._room_callbacks: list[Callable[[], object]] = []
         self.failed = False
 
     async def put(self, data: bytes) -> None:
@@ -99,6 +103,21 @@ class AsyncStdout:
         if data and not self.failed:
             self._used += len(data)
             self._queue.put_nowait(data)
+
+    @property
+    def full(self) -> bool:
+        """Is the budget spent?  (For callers that cannot wait in :meth:`put`.)"""
+        return self._used >= self._limit and not self.failed
+
+    def when_room(self, callback: Callable[[], object]) -> None:
+        """Call ``callback`` (once) when the writer has freed some of the budget, or failed."""
+        self._room_callbacks.append(callback)
+
+    def _freed(self) -> None:
+        self._room.set()
+        callbacks, self._room_callbacks = self._room_callbacks, []
+        for callback in callbacks:
+            callback()
 
     def close(self) -> None:
         self._queue.put_nowait(None)
@@ -117,10 +136,10 @@ class AsyncStdout:
                 data = b"".join(batch)
                 await _write_in_daemon_thread(self._fd, data)
                 self._used -= len(data)
-                self._room.set()
+                self._freed()
         except BaseException:
             self.failed = True  # wake the handlers waiting for room: their output is dropped
-            self._room.set()
+            self._freed()
             raise
 
 
@@ -131,7 +150,8 @@ class Lab:
         self.config = config
         self.stats = ServerStats()
         self.stdout = None if config.quiet else AsyncStdout(stdout_fd, config.queue_bytes)
-        self.handlers: set[asyncio.Task[Any]] = set()
+        self.handlers: set[asyncio.Future[Any]] = set()
+        self._stoppers: dict[asyncio.Future[Any], Callable[[], object]] = {}
         self.closing = "server stopped"  # the close reason of a cancelled handler
         self._loop = asyncio.get_running_loop()
         self._stop: asyncio.Future[int] = self._loop.create_future()
@@ -167,19 +187,26 @@ class Lab:
     def spawn(self, handler: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Start a handler task and keep it: the set is what the shutdown waits for."""
         task = asyncio.create_task(handler)
-        self._track(task)
+        self.track(task)
         return task
 
-    def _track(self, task: asyncio.Task[Any]) -> None:
-        self.handlers.add(task)
-        task.add_done_callback(self.handlers.discard)
+    def track(self, handler: asyncio.Future[Any], stop: Callable[[], object] | None = None) -> None:
+        """Keep ``handler`` until it is done; ``stop`` ends it at the shutdown (default: cancel)."""
+        self.handlers.add(handler)
+        if stop is not None:
+            self._stoppers[handler] = stop
+        handler.add_done_callback(self._untrack)
+
+    def _untrack(self, handler: asyncio.Future[Any]) -> None:
+        self.handlers.discard(handler)
+        self._stoppers.pop(handler, None)
 
     @contextlib.asynccontextmanager
     async def connection(self, address: object) -> AsyncIterator[Connection]:
         """A handler's client: tracked, counted, logged; its errors stay inside it."""
         task = asyncio.current_task()
         assert task is not None
-        self._track(task)
+        self.track(task)
         conn = Connection.open(self.config, self.stats, address)
         try:
             await self.print(conn.opened())
@@ -197,6 +224,11 @@ class Lab:
     async def print(self, data: bytes) -> None:
         if self.stdout is not None and data:
             await self.stdout.put(data)
+
+    def print_nowait(self, data: bytes) -> None:
+        """Queue ``data`` past the budget (see :attr:`AsyncStdout.full` to push back)."""
+        if self.stdout is not None:
+            self.stdout.put_nowait(data)
 
     async def receive(self, read: Awaitable[bytes]) -> bytes:
         """``await read``, bounded by ``--idle-timeout`` (the wait for stdout is not idle time)."""
@@ -237,8 +269,8 @@ class Lab:
 
     async def _cancel_handlers(self, reason: str) -> None:
         self.closing = reason
-        for task in self.handlers:
-            task.cancel()
+        for handler in list(self.handlers):
+            self._stoppers.get(handler, handler.cancel)()
         await asyncio.gather(*self.handlers, return_exceptions=True)
 
     def _writer_set(self) -> set[asyncio.Future[Any]]:

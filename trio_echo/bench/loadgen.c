@@ -551,7 +551,10 @@ int main(int argc, char **argv) {
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
         rl.rlim_cur = rl.rlim_max;
-        setrlimit(RLIMIT_NOFILE, &rl);
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0 && rl.rlim_max > 10240) {
+            rl.rlim_cur = 10240; /* macOS: an unlimited hard limit, but OPEN_MAX per process */
+            setrlimit(RLIMIT_NOFILE, &rl);
+        }
     }
     signal(SIGPIPE, SIG_IGN);
 #ifdef __linux__

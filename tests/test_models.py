@@ -67,7 +67,6 @@ NEWER = [
         ],
     )
     for name in ["anyio-asyncio", "asyncio-protocol", "uvloop-protocol", "gevent"]
-    if name in MODELS
 ]
 CONCURRENT = ["trio-stock", "threads", "asyncio", "asyncio-sock", UVLOOP, *ANYIO, *NEWER]
 # trio is the reference: every test that applies to it runs on it too, and is its only test of
@@ -458,6 +457,16 @@ MAX_1 = ["--max-connections", "1"]
         pytest.param("trio", MAX_1, socket.AF_INET6, id="trio-max-connections-1-other-listener"),
         pytest.param("threads", MAX_1, socket.AF_INET6, id="threads-max-connections-1"),
         pytest.param("asyncio-sock", MAX_1, socket.AF_INET6, id="asyncio-sock-max-connections-1"),
+        # Its two StreamServers share one Pool: a full pool stops both.
+        pytest.param(
+            "gevent",
+            MAX_1,
+            socket.AF_INET6,
+            id="gevent-max-connections-1",
+            marks=pytest.mark.skipif(
+                importlib.util.find_spec("gevent") is None, reason="gevent is not installed"
+            ),
+        ),
     ],
 )
 def test_one_client_at_a_time(start_server, connect, name, args, second_family):

@@ -43,7 +43,7 @@ NEW = [
             MODELS[name].available() is not None, reason=str(MODELS[name].available())
         ),
     )
-    for name in ["anyio-asyncio", "asyncio-protocol", "uvloop-protocol"]
+    for name in ["anyio-asyncio", "asyncio-protocol", "uvloop-protocol", "gevent"]
 ]
 
 
@@ -177,7 +177,7 @@ def test_stalled_stdout_slows_the_client_and_keeps_memory_flat(serve, connect):
     server.proc.kill()
 
 
-@pytest.mark.parametrize("name", ["anyio-asyncio", "uvloop-protocol"])
+@pytest.mark.parametrize("name", ["anyio-asyncio", "uvloop-protocol", "gevent"])
 def test_a_missing_package_is_one_line_naming_the_extra(name):
     # The package hidden as Python hides a module it knows to be absent (sys.modules[...] = None).
     requires = MODELS[name].requires

@@ -128,6 +128,14 @@ MODELS: dict[str, Model] = {
             unsupported=TRIO_ONLY,
         ),
         Model(
+            "gevent",
+            "gevent's StreamServer, a greenlet per client in a Pool, gevent's own sockets "
+            "(no monkey-patching); killed when --grace is over (needs gevent: the bench extra)",
+            "trio_echo.models.gevent_model:run",
+            unsupported=TRIO_ONLY,
+            requires="gevent",
+        ),
+        Model(
             "threads",
             "a thread per connection; when --grace is over, shutdown(SHUT_RDWR) wakes them",
             "trio_echo.models.threads:run",

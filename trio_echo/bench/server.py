@@ -158,33 +158,37 @@ def descendants(pid: int) -> list[int]:
     return process_tree(pid)[1:]
 
 
-def _switches(process: Any) -> tuple[int, int]:
-    """(voluntary, involuntary) context switches of every thread of ``process``.  On Linux
-    psutil gives the main thread's alone (``/proc/PID/status`` is the leader's): each thread,
-    as a process of its own id, gives its own.  Elsewhere psutil's figure is the process's."""
+def _switches(process: Any) -> tuple[int, int, int]:
+    """(voluntary, involuntary) context switches of every thread of ``process``, and its
+    threads.  On Linux psutil gives the main thread's alone (``/proc/PID/status`` is the
+    leader's): each thread, as a process of its own id, gives its own.  Elsewhere psutil's
+    figure is the process's."""
     psutil = _psutil()
     if not psutil.LINUX:
         counts = process.num_ctx_switches()
-        return int(counts.voluntary), int(counts.involuntary)
+        return int(counts.voluntary), int(counts.involuntary), int(process.num_threads())
     voluntary = involuntary = 0
-    for thread in process.threads():
+    threads = process.threads()
+    for thread in threads:
         try:
             counts = psutil.Process(thread.id).num_ctx_switches()
         except psutil.Error:
             continue  # the thread ended meanwhile (its switches went with it)
         voluntary += int(counts.voluntary)
         involuntary += int(counts.involuntary)
-    return voluntary, involuntary
+    return voluntary, involuntary, len(threads)
 
 
 @attrs.frozen
 class Counters:
     """The server's process tree's running totals at one moment; two of them, subtracted, are
-    what a measurement cost.  CPU time has the kernel's tick as resolution (10 ms on Linux)."""
+    what a measurement cost.  CPU time has the kernel's tick as resolution (10 ms on Linux);
+    the switches are those of the threads alive (a thread that ends takes its own along)."""
 
     cpu_seconds: float  # user + system, of every thread, and of children that were waited for
     voluntary_switches: int  # the server waited (for the network, a lock, a timer)
     involuntary_switches: int  # the kernel took its CPU away (its time slice ran out)
+    threads: int = 0  # the threads alive
 
 
 class ServerError(Exception):
@@ -316,7 +320,7 @@ class ServerProcess:
         """CPU time and context switches so far of the whole process tree (see
         :meth:`cpu_seconds`): every thread's switches, of the processes alive now."""
         psutil = _psutil()
-        cpu, voluntary, involuntary = 0.0, 0, 0
+        cpu, voluntary, involuntary, threads = 0.0, 0, 0, 0
         tree = _tree(self.pid)
         for process in tree:
             try:
@@ -330,9 +334,10 @@ class ServerProcess:
             cpu += times.user + times.system + times.children_user + times.children_system
             voluntary += switches[0]
             involuntary += switches[1]
+            threads += switches[2]
         if not tree:
             return Counters(float("nan"), 0, 0)  # the server is gone
-        return Counters(cpu, voluntary, involuntary)
+        return Counters(cpu, voluntary, involuntary, threads)
 
     def _sum(self, figure: Callable[[Any], int]) -> int:
         """``figure`` of every process of the tree, summed; :class:`ServerError` if it is gone."""

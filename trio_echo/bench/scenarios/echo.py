@@ -17,6 +17,8 @@ from __future__ import annotations
 import math
 import socket
 import statistics
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -35,6 +37,9 @@ COST_KEYS = (
     "voluntary_ctx_switches_per_request",
     "involuntary_ctx_switches_per_request",
 )
+# How long before the load generator's deadline :class:`RequestCosts` takes its closing sample
+# (and a tenth of the run more): time for a busy machine to run the timer and for the sample.
+COSTS_MARGIN = 0.1
 
 
 def _probe(port: int, size: int, timeout: float) -> None:
@@ -56,31 +61,64 @@ class RequestCosts:
     (user + system), voluntary context switches (it waited: for the network, a lock, the other
     threads) and involuntary ones (the kernel took its CPU away).
 
-    :meth:`start` when the load generator starts measuring, :meth:`figures` with the requests
-    it counted once it is done.  The server's closing of the connections after the measurement
-    falls in the window too: a few per connection, against thousands of requests.
+    :meth:`start` when the load generator starts measuring; the closing sample is taken by a
+    timer a little *before* the load generator's deadline, while every connection is still
+    open: the threads model ends a thread per connection when the load generator closes them,
+    and a thread that ended takes its context switches with it (Linux counts them per thread).
+    The figures are then rates over that window divided by the load generator's request rate.
+    If the timer came too late (a machine so busy that it waits for a CPU), the closing sample
+    is taken after the run: the CPU time is right (the kernel keeps an ended thread's), the
+    switches only if no thread ended meanwhile.
     """
 
-    def __init__(self, server: ServerProcess) -> None:
+    def __init__(self, server: ServerProcess, duration: float) -> None:
         self.server = server
-        self.before: Counters | None = None
+        self.duration = duration
+        self.samples: list[tuple[float, Counters]] = []
+        self._timer: threading.Timer | None = None
+
+    def _sample(self) -> None:
+        self.samples.append((time.monotonic(), self.server.counters()))
 
     def start(self) -> None:
-        self.before = self.server.counters()
+        self._sample()
+        # Sampling a thousand threads takes tens of milliseconds: done before the deadline.
+        margin = COSTS_MARGIN + self.duration / 10
+        self._timer = threading.Timer(max(0.0, self.duration - margin), self._sample)
+        self._timer.daemon = True
+        self._timer.start()
 
     def figures(self, requests: int) -> Figures:
-        if self.before is None or requests <= 0:
+        """The figures, given the requests the load generator counted in ``duration``."""
+        if self._timer is None or requests <= 0:
             return dict.fromkeys(COST_KEYS)
-        after = self.server.counters()
-        cpu = after.cpu_seconds - self.before.cpu_seconds
-        voluntary = after.voluntary_switches - self.before.voluntary_switches
-        involuntary = after.involuntary_switches - self.before.involuntary_switches
+        self._timer.cancel()  # too late now: the connections are closing
+        self._timer.join(5)
+        start, before = self.samples[0]
+        if len(self.samples) == 2:
+            end, after = self.samples[1]
+            # The requests the server served while the counters moved.
+            served = requests / self.duration * (end - start)
+            switches = True
+        else:
+            after = self.server.counters()
+            served = requests
+            switches = after.threads >= before.threads
+        if served <= 0:
+            return dict.fromkeys(COST_KEYS)
+        cpu = after.cpu_seconds - before.cpu_seconds
+        voluntary = after.voluntary_switches - before.voluntary_switches
+        involuntary = after.involuntary_switches - before.involuntary_switches
         return {
-            "server_cpu_us_per_request": round(cpu * 1e6 / requests, 2)
+            "server_cpu_us_per_request": round(cpu * 1e6 / served, 2)
             if math.isfinite(cpu)
             else None,
-            "voluntary_ctx_switches_per_request": round(voluntary / requests, 4),
-            "involuntary_ctx_switches_per_request": round(involuntary / requests, 4),
+            "voluntary_ctx_switches_per_request": round(voluntary / served, 4)
+            if switches
+            else None,
+            "involuntary_ctx_switches_per_request": round(involuntary / served, 4)
+            if switches
+            else None,
         }
 
 
@@ -145,7 +183,7 @@ class EchoSession:
         if self.failed is not None or self.limited_warmup or self.server is None:
             return
         window = CpuWindow(self.server)
-        costs = RequestCosts(self.server)
+        costs = RequestCosts(self.server, self.ctx.sizes.duration)
 
         def started() -> None:
             window.start()

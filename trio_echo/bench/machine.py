@@ -1,5 +1,6 @@
 """What the JSON says about where the numbers come from: CPU, cores, OS, software versions; and
-what the machine's counters say (:func:`busy_cpu_seconds`).
+what the machine's counters say: its busy time (:func:`busy_cpu_seconds`) and a process tree's
+CPU time, context switches, memory and threads (:func:`tree_counters`, :func:`tree_sum`).
 
 Benchmark figures mean little without the machine; these are recorded with every run so that
 two JSON files can be compared knowingly.
@@ -21,15 +22,23 @@ import platform
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import attrs
+
 __all__ = [
     "PSUTIL_MISSING",
+    "Counters",
     "busy_cpu_seconds",
+    "descendants",
     "load_psutil",
     "machine_info",
     "missing_process_figures",
+    "process_tree",
+    "tree_counters",
+    "tree_sum",
 ]
 
 PSUTIL_MISSING = (
@@ -53,6 +62,13 @@ def missing_process_figures() -> str | None:
     return PSUTIL_MISSING if load_psutil() is None else None
 
 
+def _psutil() -> Any:
+    psutil = load_psutil()
+    if psutil is None:
+        raise RuntimeError(PSUTIL_MISSING)  # the bench checks first (missing_process_figures)
+    return psutil
+
+
 def busy_cpu_seconds() -> float:
     """CPU seconds every core of the machine has spent busy since boot (all but idle and
     iowait), so that a scenario can tell how much of the machine went to something else than
@@ -66,6 +82,111 @@ def busy_cpu_seconds() -> float:
     # Linux counts a guest's time in user and nice already (psutil's own cpu_percent does this).
     total -= getattr(times, "guest", 0.0) + getattr(times, "guest_nice", 0.0)
     return total - float(times.idle) - float(getattr(times, "iowait", 0.0))
+
+
+# ---- a process tree ---------------------------------------------------------------------------
+
+
+def _tree(pid: int) -> list[Any]:
+    """``pid``'s psutil Process and every one below it (children, their children, ...), parents
+    first; none if ``pid`` is gone.  psutil finds children from every process's parent pid, so
+    a child forked by any thread of its parent is found (Trio starts processes from a worker
+    thread)."""
+    psutil = _psutil()
+    try:
+        root = psutil.Process(pid)
+    except psutil.Error:
+        return []
+    try:
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return [root]  # gone meanwhile
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every process below it (children, their children, ...), parents first."""
+    return [process.pid for process in _tree(pid)] or [pid]
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid``."""
+    return process_tree(pid)[1:]
+
+
+def _switches(process: Any) -> tuple[int, int, int]:
+    """(voluntary, involuntary) context switches of every thread of ``process``, and its
+    threads.  On Linux psutil gives the main thread's alone (``/proc/PID/status`` is the
+    leader's): each thread, as a process of its own id, gives its own.  Elsewhere psutil's
+    figure is the process's."""
+    psutil = _psutil()
+    if not psutil.LINUX:
+        counts = process.num_ctx_switches()
+        return int(counts.voluntary), int(counts.involuntary), int(process.num_threads())
+    voluntary = involuntary = 0
+    threads = process.threads()
+    for thread in threads:
+        try:
+            counts = psutil.Process(thread.id).num_ctx_switches()
+        except psutil.Error:
+            continue  # the thread ended meanwhile (its switches went with it)
+        voluntary += int(counts.voluntary)
+        involuntary += int(counts.involuntary)
+    return voluntary, involuntary, len(threads)
+
+
+@attrs.frozen
+class Counters:
+    """A process tree's running totals at one moment; two of them, subtracted, are what a
+    measurement cost.  CPU time has the kernel's tick as resolution (10 ms on Linux); the
+    switches are those of the threads alive (a thread that ends takes its own along)."""
+
+    cpu_seconds: float  # user + system, of every thread, and of children that were waited for
+    voluntary_switches: int  # it waited (for the network, a lock, a timer)
+    involuntary_switches: int  # the kernel took its CPU away (its time slice ran out)
+    threads: int = 0  # the threads alive
+
+
+def tree_counters(pid: int) -> Counters:
+    """CPU time (every thread of every process, and the children that already exited and were
+    waited for: a worker that died has its time in its parent's children times) and context
+    switches so far of ``pid``'s process tree; CPU time NaN if ``pid`` is gone."""
+    psutil = _psutil()
+    cpu, voluntary, involuntary, threads = 0.0, 0, 0, 0
+    tree = _tree(pid)
+    for process in tree:
+        try:
+            times = process.cpu_times()
+            switches = _switches(process)
+        except psutil.Error:
+            if process.pid == pid:
+                tree = []
+                break
+            continue  # a worker that ended meanwhile
+        cpu += times.user + times.system + times.children_user + times.children_system
+        voluntary += switches[0]
+        involuntary += switches[1]
+        threads += switches[2]
+    if not tree:
+        return Counters(float("nan"), 0, 0)  # gone
+    return Counters(cpu, voluntary, involuntary, threads)
+
+
+def tree_sum(pid: int, figure: Callable[[Any], int]) -> int | None:
+    """``figure`` (of a psutil Process) of every process of ``pid``'s tree, summed; None if
+    ``pid`` is gone."""
+    psutil = _psutil()
+    total = 0
+    tree = _tree(pid)
+    for process in tree:
+        try:
+            total += figure(process)
+        except psutil.Error:
+            if process.pid == pid:
+                return None
+    return total if tree else None
+
+
+# ---- the machine ------------------------------------------------------------------------------
 
 
 def _sysctl_command(name: str) -> str | None:

@@ -38,7 +38,14 @@ from typing import IO, Any
 import attrs
 
 from trio_echo.bench.bare import BARE
-from trio_echo.bench.machine import PSUTIL_MISSING, load_psutil
+from trio_echo.bench.machine import (
+    Counters,
+    descendants,
+    missing_process_figures,
+    process_tree,
+    tree_counters,
+    tree_sum,
+)
 
 __all__ = [
     "NOHUB",
@@ -121,78 +128,15 @@ def server_environment(model: str) -> tuple[Path | None, dict[str, str] | None]:
     return variant.source, env
 
 
-# ---- the process tree -------------------------------------------------------------------------
-
-
-def _psutil() -> Any:
-    """psutil, or :class:`ServerError` with the one line that names the extra to install."""
-    psutil = load_psutil()
-    if psutil is None:
-        raise ServerError(PSUTIL_MISSING)
-    return psutil
-
-
-def _tree(pid: int) -> list[Any]:
-    """``pid``'s psutil Process and every one below it (children, their children, ...), parents
-    first; none if ``pid`` is gone.  psutil finds children from every process's parent pid, so
-    a child forked by any thread of its parent is found (Trio starts processes from a worker
-    thread)."""
-    psutil = _psutil()
-    try:
-        root = psutil.Process(pid)
-    except psutil.Error:
-        return []
-    try:
-        return [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return [root]  # gone meanwhile
-
-
-def process_tree(pid: int) -> list[int]:
-    """``pid`` and every process below it (children, their children, ...), parents first."""
-    return [process.pid for process in _tree(pid)] or [pid]
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid``."""
-    return process_tree(pid)[1:]
-
-
-def _switches(process: Any) -> tuple[int, int, int]:
-    """(voluntary, involuntary) context switches of every thread of ``process``, and its
-    threads.  On Linux psutil gives the main thread's alone (``/proc/PID/status`` is the
-    leader's): each thread, as a process of its own id, gives its own.  Elsewhere psutil's
-    figure is the process's."""
-    psutil = _psutil()
-    if not psutil.LINUX:
-        counts = process.num_ctx_switches()
-        return int(counts.voluntary), int(counts.involuntary), int(process.num_threads())
-    voluntary = involuntary = 0
-    threads = process.threads()
-    for thread in threads:
-        try:
-            counts = psutil.Process(thread.id).num_ctx_switches()
-        except psutil.Error:
-            continue  # the thread ended meanwhile (its switches went with it)
-        voluntary += int(counts.voluntary)
-        involuntary += int(counts.involuntary)
-    return voluntary, involuntary, len(threads)
-
-
-@attrs.frozen
-class Counters:
-    """The server's process tree's running totals at one moment; two of them, subtracted, are
-    what a measurement cost.  CPU time has the kernel's tick as resolution (10 ms on Linux);
-    the switches are those of the threads alive (a thread that ends takes its own along)."""
-
-    cpu_seconds: float  # user + system, of every thread, and of children that were waited for
-    voluntary_switches: int  # the server waited (for the network, a lock, a timer)
-    involuntary_switches: int  # the kernel took its CPU away (its time slice ran out)
-    threads: int = 0  # the threads alive
-
-
 class ServerError(Exception):
     """The server did not start or misbehaved; the message is one line."""
+
+
+def _require_psutil() -> None:
+    """:class:`ServerError` with the one line that names the extra to install, without psutil
+    (the process figures, and the process tree a kill needs, come from it)."""
+    if (missing := missing_process_figures()) is not None:
+        raise ServerError(missing)
 
 
 @contextlib.contextmanager
@@ -225,7 +169,7 @@ class ServerProcess:
         cpus: tuple[int, ...] | None = None,
         wrapper: Sequence[str] = (),
     ) -> None:
-        _psutil()  # before anything starts: without it, one line that names the extra
+        _require_psutil()  # before anything starts
         self.command = [*wrapper, *server_command(model, flags)]
         cwd, env = server_environment(model)
         with _pinned(cpus):
@@ -312,46 +256,19 @@ class ServerProcess:
 
     def cpu_seconds(self) -> float:
         """User + system CPU time so far of the whole process tree: every thread of every
-        process, and the children that already exited and were waited for (a worker that died:
-        its time moves into its parent's children times).  NaN once the server is gone."""
+        process, and the children that already exited and were waited for.  NaN once the
+        server is gone."""
         return self.counters().cpu_seconds
 
     def counters(self) -> Counters:
-        """CPU time and context switches so far of the whole process tree (see
-        :meth:`cpu_seconds`): every thread's switches, of the processes alive now."""
-        psutil = _psutil()
-        cpu, voluntary, involuntary, threads = 0.0, 0, 0, 0
-        tree = _tree(self.pid)
-        for process in tree:
-            try:
-                times = process.cpu_times()
-                switches = _switches(process)
-            except psutil.Error:
-                if process.pid == self.pid:
-                    tree = []
-                    break
-                continue  # a worker that ended meanwhile
-            cpu += times.user + times.system + times.children_user + times.children_system
-            voluntary += switches[0]
-            involuntary += switches[1]
-            threads += switches[2]
-        if not tree:
-            return Counters(float("nan"), 0, 0)  # the server is gone
-        return Counters(cpu, voluntary, involuntary, threads)
+        """CPU time and context switches so far of the whole process tree
+        (:func:`.machine.tree_counters`)."""
+        return tree_counters(self.pid)
 
     def _sum(self, figure: Callable[[Any], int]) -> int:
-        """``figure`` of every process of the tree, summed; :class:`ServerError` if it is gone."""
-        psutil = _psutil()
-        total = 0
-        tree = _tree(self.pid)
-        if not tree:
+        total = tree_sum(self.pid, figure)
+        if total is None:
             raise ServerError(f"the server (pid {self.pid}) is gone")
-        for process in tree:
-            try:
-                total += figure(process)
-            except psutil.Error as exc:
-                if process.pid == self.pid:
-                    raise ServerError(f"the server (pid {self.pid}) is gone: {exc}") from None
         return total
 
     def rss_bytes(self) -> int:

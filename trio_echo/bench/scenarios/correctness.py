@@ -17,7 +17,7 @@ reads (:data:`VARIANTS`):
 The clients, the signals and the reader run in one thread, one selector loop with a deadline
 (:class:`_Run`), so "written before the signal" is exact: the signal is sent by the same
 thread that writes the lines.  The figures are flat (``lines_lost``, ``exit_s``,
-``port_free``...); :func:`.report.render_correctness` makes the table.
+``port_free``...); :func:`.keeps.render_correctness` makes the table.
 """
 
 from __future__ import annotations
@@ -57,6 +57,8 @@ FINISH_AT = 0.5
 # The stalled variant's pipe: one page (the smallest the kernel allows), so the server's stdout
 # blocks within milliseconds instead of after 64 KiB.
 STALLED_PIPE_BYTES = 4096
+# How long all the clients may take to connect (a server's listen backlog takes them at once).
+CONNECT_TIMEOUT = 5.0
 # How long after its deadline (grace, stall) a server may take to exit before it is killed.
 EXIT_TIMEOUT = 10.0
 # After the exit, how long the clients and the stdout pipe get to see their end.
@@ -140,10 +142,12 @@ class _Run:
             self.pidfd = os.pidfd_open(server.proc.pid)
 
     def connect(self) -> None:
-        """Connect every client (a refused one is left out, and counted)."""
+        """Connect every client, all within :data:`CONNECT_TIMEOUT` (one refused or too slow
+        is left out, and counted)."""
+        deadline = time.monotonic() + CONNECT_TIMEOUT
         for index in range(self.count):
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.settimeout(5.0)
+            sock.settimeout(max(0.05, deadline - time.monotonic()))
             try:
                 sock.connect(("127.0.0.1", self.server.port))
             except OSError:
@@ -211,8 +215,8 @@ class _Run:
 
     def run(self) -> None:
         """Stream, signal, stop, until the server has exited and every client and the stdout
-        pipe have seen their end (or :data:`SETTLE` after the exit); at the deadline the server
-        is killed."""
+        pipe have seen their end (or :data:`SETTLE` after the exit), or until the deadline (the
+        caller then kills the server)."""
         steps = self._steps()
         start = time.monotonic()
         deadline = self.lead + self.grace + self.stall + EXIT_TIMEOUT

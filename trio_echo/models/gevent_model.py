@@ -145,8 +145,9 @@ class _Server:
         if self.stdout is not None and data:
             self.stdout.put(data)
 
-    def wait(self, *events: event.Event | event.AsyncResult, timeout: float | None) -> None:
-        """Until one of ``events``, a second signal, stdout failing, or ``timeout``."""
+    def wait(self, *events: object, timeout: float | None) -> None:
+        """Until one of ``events`` (anything gevent can wait for), a second signal, stdout
+        failing, or ``timeout``."""
         failing = [] if self.stdout is None else [self.stdout.done]
         gevent.wait([*events, self.forced, *failing], count=1, timeout=timeout)
 
@@ -158,10 +159,9 @@ class _Server:
         """The listeners are closed: the grace period, then kill the handlers, then drain."""
         config, stdout = self.config, self.stdout
         log_stopping(self.stopped.get(), config.grace, self.stats.active)
-        joined = event.Event()
-        waiter = gevent.spawn(lambda: (self.pool.join(), joined.set()))
-        self.wait(joined, timeout=config.grace)
-        waiter.kill()
+        joiner = gevent.spawn(self.pool.join)  # a greenlet is waitable too
+        self.wait(joiner, timeout=config.grace)
+        joiner.kill()
         self.kill_handlers("server aborted" if self.forced.ready() else "grace period over")
         if self.forced.ready():
             return Outcome.forced(self.forced.get(), self.stats)

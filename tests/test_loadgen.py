@@ -314,6 +314,7 @@ def _point(load: int, offered: float, p99: float, unfinished: int = 0) -> dict[s
         f"p99_9_ms_at_{load}": p99 * 2,
         f"max_ms_at_{load}": p99 * 3,
         f"unfinished_at_{load}": unfinished,
+        f"send_lag_ms_at_{load}": 0.05,
     }
 
 
@@ -335,14 +336,15 @@ def test_the_curve_and_the_table_have_a_row_per_load_and_say_what_was_skipped():
     assert table[0].startswith("latency vs load")
     assert table[1].split() == [
         *("model", "load", "offered/s", "achieved/s"),
-        *("p50", "ms", "p99", "ms", "p99.9", "ms", "max", "ms"),
+        *("p50", "ms", "p99", "ms", "p99.9", "ms", "max", "ms", "lag", "ms"),
     ]
     [closed] = [line for line in table if line.startswith("trio")]
     assert closed.split()[1:4] == ["closed", "-", "40.0k*"]  # *: a saturated generator
     [light] = [line for line in table if " 25% " in line]
-    assert light.split() == ["25%", "10.0k", "10.0k", "0.10", "0.50", "1.00", "1.50"]
+    assert light.split() == ["25%", "10.0k", "10.0k", "0.10", "0.50", "1.00", "1.50", "0.05"]
     [heavy] = [line for line in table if " 90% " in line]
-    assert "(7 unfinished)" in heavy
+    assert heavy.split()[2] == "36.0k!"
+    assert any(line.startswith("!: trio at 90%: 7 requests due") for line in table)
     assert "sync: limited: only 1 of 100 connections" in table
     assert latency.render_latency({"models": {"trio": {"scenarios": {}}}}) == ""
 

@@ -203,15 +203,17 @@ def _rate(value: Any) -> str:
     return f"{value / 1000:.1f}k" if value >= 10000 else f"{value:.0f}"
 
 
-COLUMNS = ("load", "offered/s", "achieved/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms")
+# "lag": how late the load generator itself sent, on average (its own timing error, which is
+# in every latency of the row: large on a busy machine, where the figures are to be distrusted).
+COLUMNS = ("load", "offered/s", "achieved/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "lag ms")
 
 
 def render_latency(report: Mapping[str, Any]) -> str:
     """The latency curves of a report as a terminal table: per model its closed-loop peak (the
     "closed" row: what the loads are fractions of, and the latency a closed loop reports), then
-    a row per load of the open loop.  Latencies in ms from when each request was due;
-    "unfinished" marks a load whose schedule was not answered in full (the figures then flatter
-    the model)."""
+    a row per load of the open loop.  Latencies in ms from when each request was due; ``!``
+    marks a load whose schedule was not answered in full within the grace (a note says how
+    many requests were left: the latencies then flatter the model)."""
     rows: list[tuple[str, ...]] = []
     notes: list[str] = []
     title = ""
@@ -231,21 +233,27 @@ def render_latency(report: Mapping[str, Any]) -> str:
                 "-",
                 _rate(figures.get("peak_rps")) + star,
                 *(_ms(figures.get(f"peak_{k}_ms")) for k in ("p50", "p99", "p99_9", "max")),
+                "",
             )
         )
         for point in curve(figures):
             unfinished = point.get("unfinished") or 0
+            if unfinished:
+                notes.append(
+                    f"!: {name} at {point['load']}%: {unfinished} requests due were never "
+                    "answered (not in its latencies: the server fell behind for good)"
+                )
             rows.append(
                 (
                     "",
                     f"{point['load']}%",
                     _rate(point.get("offered_rps")),
-                    _rate(point.get("achieved_rps"))
-                    + (f" ({unfinished} unfinished)" if unfinished else ""),
+                    _rate(point.get("achieved_rps")) + ("!" if unfinished else ""),
                     _ms(point.get("p50_ms")),
                     _ms(point.get("p99_ms")),
                     _ms(point.get("p99_9_ms")),
                     _ms(point.get("max_ms")),
+                    _ms(point.get("send_lag_ms")),
                 )
             )
     if not rows and not notes:
@@ -267,8 +275,9 @@ def render_latency(report: Mapping[str, Any]) -> str:
             )
         )
     lines.append(
-        "(ms from when each request was due, not when it was sent; *: the load "
-        "generator was saturated, the peak is a lower bound)"
+        "(ms from when each request was due, not when it was sent; lag: how late the load "
+        "generator sent, on average; *: the load generator was saturated, the peak is a lower "
+        "bound)"
     )
     lines += notes
     return "\n".join(lines)

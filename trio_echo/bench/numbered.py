@@ -38,6 +38,8 @@ MAX_LINES = 10**6
 HEAD_RE = re.compile(r"c(\d{2}) (\d{6})")
 # A line cut before its number was complete: torn, but whose cannot be told.
 SHORT_RE = re.compile(r"c(\d(\d( \d{0,5})?)?)?")
+# A line cut inside that prefix: torn, whose cannot be told.
+PEER_CUT_RE = re.compile(r"\[\S*")
 # What the text format puts before each line: the client's address in brackets and a space
 # (``[127.0.0.1:40312] ``; an IPv6 address has brackets of its own, hence no ``]`` exclusion).
 PEER_RE = re.compile(r"\[\S*\] ")
@@ -84,7 +86,8 @@ class Tally:
     # Written whole after the signal (during the grace period), never printed: those a client
     # sent after the server stopped reading it, or that the server dropped.
     lines_lost_after_signal: int
-    # Printed cut short though written whole (or too short to tell whose).
+    # Printed cut short though written whole (or too short to tell whose: cut before the line's
+    # number, or inside the client's address the server puts before it).
     lines_torn: int
     # Printed cut short where the client itself got only that part into its socket: correct.
     lines_partial_printed: int
@@ -106,7 +109,10 @@ def tally(sent: Sequence[Sent], printed: Iterable[str]) -> Tally:
     for line in printed:
         peer = PEER_RE.match(line)
         if peer is None:
-            corrupt += 1
+            if PEER_CUT_RE.fullmatch(line):
+                unattributed += 1
+            else:
+                corrupt += 1
             continue
         text = line[peer.end() :]
         head = HEAD_RE.match(text)

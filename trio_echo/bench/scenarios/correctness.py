@@ -288,6 +288,8 @@ class _Run:
             # Bytes in the stdout pipe nobody had read when the signal came (the stalled
             # variant's pipe holds 4096: full means the server's writes were blocked).
             "stdout_unread_at_signal_bytes": self.unread_at_signal,
+            # The output ends inside a line: the server's last write was cut short.
+            "stdout_ends_mid_line": bool(self.output) and not self.output.endswith(b"\n"),
             **counts.to_json(),
             "server_received_bytes": None if received is None else received[1],
             "lines_read_not_printed": dropped,

@@ -13,7 +13,8 @@ import attrs
 import pytest
 
 from trio_echo.bench import outside, vmbench
-from trio_echo.bench.outside import compare, judge, loadgen_run, render_markdown, summarize
+from trio_echo.bench.outside import loadgen_run
+from trio_echo.bench.verdict import compare, judge, render_markdown, summarize
 from trio_echo.bench.vmbench import OutsideError, Run, find_client, parse_vmbench
 
 # What vmbench's echo_client (commit 5d39035) printed with --output-format=json, --msize=1024,

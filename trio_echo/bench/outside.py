@@ -22,6 +22,7 @@ Not part of CI: it needs the client (see :mod:`.vmbench`) and a quiet machine.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -239,6 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "command": f"{PROG} " + " ".join(sys.argv[1:] if argv is None else argv),
         "client": {"repo": REPO_URL, "commit": PIN_COMMIT, "sha256": CLIENT_SHA256},
         "python": sys.version.split()[0],
+        "numpy": importlib.metadata.version("numpy"),
         "duration_s": setup.duration,
         "repeats": setup.repeats,
         "retries": setup.retries,

@@ -265,6 +265,8 @@ def test_the_accelerator_removes_trios_epoll_ctl_per_request():
         assert result.skipped is None, result.skipped
         figures = result.figures
         assert "syscalls_skipped" not in figures, figures["syscalls_skipped"]
+        assert figures["syscalls_counted_by"].startswith("strace ")
+        assert figures["syscalls_counted_by"].endswith(" -f -c")
         assert figures["server_cpu_us_per_request"] > 0
         assert figures["voluntary_ctx_switches_per_request"] is not None
         calls = figures["syscalls_per_request"]

@@ -23,7 +23,14 @@ from trio_echo.bench.scenarios.base import Context, Figures, Result, Scenario
 from trio_echo.bench.scenarios.common import GUARDED
 from trio_echo.bench.scenarios.echo import COST_KEYS, EchoSession
 from trio_echo.bench.server import ServerProcess
-from trio_echo.bench.syscalls import StraceError, count_syscalls, per_request, strace_unavailable
+from trio_echo.bench.syscalls import (
+    STRACE_FLAGS,
+    StraceError,
+    count_syscalls,
+    per_request,
+    strace_unavailable,
+    strace_version,
+)
 from trio_echo.models import Model
 
 __all__ = ["COSTS", "CostSizes", "costs_scenario", "measure_costs", "render_costs"]
@@ -41,8 +48,8 @@ TABLE_FLOOR = 0.02
 
 @attrs.frozen
 class CostSizes:
-    """How big the costs scenario is: about 5 s per model by default, 1.5 s with ``--quick``
-    (strace makes a Python server start in 0.3-0.6 s, twice per model)."""
+    """How big the costs scenario is: about 4 s per model by default, 1.5 s with ``--quick``
+    (most of it starting two servers under strace: 0.3-0.6 s each for a Python)."""
 
     connections: int = 100
     message_bytes: int = 64
@@ -58,7 +65,7 @@ class CostSizes:
 
     @classmethod
     def quick(cls) -> CostSizes:
-        return cls(warmup=0.05, duration=0.25, traced_duration=0.2, serve_timeout=2.0)
+        return cls(warmup=0.05, duration=0.2, traced_duration=0.15, serve_timeout=2.0)
 
 
 def costs_scenario(sizes: CostSizes | None = None) -> Scenario:
@@ -132,6 +139,7 @@ def _syscalls(sizes: CostSizes, ctx: Context, model: Model) -> Figures:
     except (StraceError, *GUARDED) as exc:
         return {"syscalls_skipped": f"failed: {exc}"}
     return {
+        "syscalls_counted_by": " ".join([strace_version(), *STRACE_FLAGS]),
         "syscalls_traced_s": sizes.traced_duration,
         # What strace left of the rate: a model it slows far more than the others (the threads
         # model: its threads wait for the GIL while strace holds its owner) counts its waits in

@@ -302,7 +302,8 @@ def _git(repo: Path, *args: str) -> str:
 # serves nothing until SIGTERM (what ServerProcess needs: a listening line on stderr).
 def _has_line(text: str, start: str) -> bool:
     """Whether `text` holds a whole line (newline included) that begins with `start`."""
-    return any(line.startswith(start) for line in text.splitlines(keepends=True) if line.endswith("\n"))
+    lines = text.splitlines(keepends=True)
+    return any(line.startswith(start) and line.endswith("\n") for line in lines)
 
 
 FAKE_MAIN = """\

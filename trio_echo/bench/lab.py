@@ -60,6 +60,21 @@ EXCERPTS: Mapping[str, tuple[tuple[str, str], ...]] = {
         ("handler", "trio_echo.models.asyncio_streams:handle"),
         ("shutdown", "trio_echo.models._aio:Lab.shutdown"),
     ),
+    "anyio-asyncio": (
+        (
+            "the read-ahead bound anyio's asyncio backend lacks",
+            "trio_echo.models.anyio_model:_reading_only_in_receive",
+        ),
+    ),
+    "asyncio-protocol": (
+        ("bytes in", "trio_echo.models.asyncio_protocol:EchoProtocol.buffer_updated"),
+        ("flow control", "trio_echo.models.asyncio_protocol:EchoProtocol.pause"),
+        ("serve and shutdown", "trio_echo.models.asyncio_protocol:serve"),
+    ),
+    "gevent": (
+        ("handler", "trio_echo.models.gevent_model:_Server.handle"),
+        ("shutdown", "trio_echo.models.gevent_model:_Server.shutdown"),
+    ),
     "asyncio-sock": (
         ("accept loop", "trio_echo.models.asyncio_sock:accept_loop"),
         ("handler", "trio_echo.models.asyncio_sock:handle"),

@@ -217,6 +217,19 @@ def test_the_open_loop_refuses_a_missing_rate(native):
     assert "-r RATE" in result.stderr
 
 
+@needs_cc
+def test_where_python_has_no_epoll_the_native_build_is_the_poll_one(monkeypatch):
+    # As on macOS and the BSDs, or in the suite's hidden-epoll run (nox -s portable).
+    native = loadgen.build()
+    monkeypatch.delattr(loadgen.select, "epoll", raising=False)
+    portable = loadgen.build()
+    assert portable == loadgen.build("poll")
+    assert portable.name.endswith("-poll")
+    assert "(C, poll," in loadgen.version_line(portable)
+    if native != portable:  # this Python has epoll: the native build is the epoll one
+        assert not native.name.endswith("-poll")
+
+
 # ---- every mode on both backends, large messages ---------------------------------------------
 
 

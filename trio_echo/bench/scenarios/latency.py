@@ -127,9 +127,26 @@ def _open(ctx: Context, server: ServerProcess, sizes: LatencySizes, rate: float)
     }
 
 
+def _limited(served: int, sizes: LatencySizes) -> str:
+    return (
+        f"limited: only {served} of {sizes.connections} connections were answered within "
+        f"{sizes.serve_timeout:g} s"
+    )
+
+
 def _measure(ctx: Context, model: Model, sizes: LatencySizes) -> Result:
     with ctx.server(model, ["--echo", "--quiet"]) as server:
-        _closed(ctx, server, sizes, sizes.warmup, None)
+        warm = _closed(ctx, server, sizes, sizes.warmup, None)
+        if warm["served_connections"] < sizes.connections:
+            # A model that serves some clients only (sync): the peak would wait out the same
+            # timeout again, and an open loop over unserved connections measures nothing.
+            return Result(
+                {
+                    "connections": sizes.connections,
+                    "served_connections": warm["served_connections"],
+                },
+                skipped=_limited(warm["served_connections"], sizes),
+            )
         window = CpuWindow(server)
         peak = _closed(ctx, server, sizes, sizes.peak_duration, window)
         peak_cpu = window.figures(peak)
@@ -144,15 +161,13 @@ def _measure(ctx: Context, model: Model, sizes: LatencySizes) -> Result:
             "peak_p99_ms": peak_latency["p99_ms"],
             "peak_p99_9_ms": peak_latency["p99_9_ms"],
             "peak_max_ms": peak_latency["max_ms"],
+            "peak_server_cpu": peak_cpu["server_cpu"],
+            "peak_loadgen_cpu": peak_cpu["loadgen_cpu"],
             "peak_loadgen_saturated": peak_cpu["loadgen_saturated"],
             "served_connections": peak["served_connections"],
         }
         if peak["served_connections"] < sizes.connections:
-            return Result(
-                figures,
-                skipped=f"limited: only {peak['served_connections']} of {sizes.connections} "
-                f"connections were answered within {sizes.serve_timeout:g} s",
-            )
+            return Result(figures, skipped=_limited(peak["served_connections"], sizes))
         if peak["requests"] == 0:
             return Result(figures, skipped="no request completed in the closed loop")
         for load in sizes.loads:

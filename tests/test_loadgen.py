@@ -418,3 +418,14 @@ def test_the_latency_scenario_measures_a_models_curve_from_its_own_peak(native):
         assert ordered == sorted(ordered)
     table = latency.render_latency(_report(trio=result.to_json()))
     assert " 90% " in table
+
+
+@needs_cc
+def test_a_model_that_serves_one_client_at_a_time_is_reported_limited(native):
+    pytest.importorskip("psutil")
+    sizes = latency.LatencySizes(connections=3, warmup=0.05, serve_timeout=0.3)
+    result = latency.latency_scenario(sizes).run(
+        Context(binary=native, sizes=Sizes.quick()), MODELS["sync"]
+    )
+    assert result.skipped == "limited: only 1 of 3 connections were answered within 0.3 s"
+    assert "sync: limited" in latency.render_latency(_report(sync=result.to_json()))

@@ -337,6 +337,7 @@ def test_the_curve_and_the_table_have_a_row_per_load_and_say_what_was_skipped():
         "peak_rps": 40000.0,
         "peak_p99_ms": 3.0,
         "peak_loadgen_saturated": True,
+        "peak_after_rps": 20000.0,
         **_point(25, 10000.0, 0.5),
         **_point(90, 36000.0, 12.0, unfinished=7),
     }
@@ -352,7 +353,9 @@ def test_the_curve_and_the_table_have_a_row_per_load_and_say_what_was_skipped():
         *("p50", "ms", "p99", "ms", "p99.9", "ms", "max", "ms", "lag", "ms"),
     ]
     [closed] = [line for line in table if line.startswith("trio")]
-    assert closed.split()[1:4] == ["closed", "-", "40.0k*"]  # *: a saturated generator
+    # *: a saturated generator; ~: the peak after the curve was half the one before
+    assert closed.split()[1:4] == ["closed", "-", "40.0k*~"]
+    assert any(line.startswith("~: trio's closed-loop peak was 40.0k/s before") for line in table)
     [light] = [line for line in table if " 25% " in line]
     assert light.split() == ["25%", "10.0k", "10.0k", "0.10", "0.50", "1.00", "1.50", "0.05"]
     [heavy] = [line for line in table if " 90% " in line]
@@ -388,7 +391,7 @@ def test_the_chart_draws_p99_and_p99_9_against_the_offered_load(tmp_path):
 
 def test_the_quick_curve_fits_in_two_seconds_a_model_and_the_full_one_in_fifteen():
     for sizes, budget in ((latency.LatencySizes.quick(), 2.0), (latency.LatencySizes(), 15.0)):
-        spent = sizes.warmup + sizes.peak_duration + len(sizes.loads) * sizes.duration
+        spent = sizes.warmup + 2 * sizes.peak_duration + len(sizes.loads) * sizes.duration
         assert spent <= budget - 0.4  # the server's start
     assert latency.LatencySizes.default() == latency.LatencySizes()
     assert latency.LatencySizes().loads == (0.25, 0.5, 0.75, 0.9)
@@ -407,6 +410,7 @@ def test_the_latency_scenario_measures_a_models_curve_from_its_own_peak(native):
     assert result.skipped is None, result.skipped
     figures = result.figures
     assert figures["peak_rps"] > 0
+    assert figures["peak_after_rps"] > 0
     assert figures["loads"] == [50, 90]
     for load in (0.5, 0.9):
         suffix = f"_at_{round(load * 100)}"

@@ -9,9 +9,11 @@ curve -- p50, p99, p99.9 and max at 25/50/75/90 % of the model's own closed-loop
 how a model's tail grows as it gets busy, which a single saturated closed-loop figure cannot.
 
 One server per model for the whole curve: a discarded warm-up load, the closed-loop peak
-(``connections`` clients, ``size`` bytes, as the echo scenario), then one open-loop run per
-load, from light to heavy.  Each run's schedule is answered in full (or ``grace`` passes) before
-the next starts, so one load's backlog never colours the next.
+(``connections`` clients, ``size`` bytes, as the echo scenario), one open-loop run per load,
+from light to heavy, then the peak again (``peak_after_rps``: a machine whose spare capacity
+changed meanwhile made the loads fractions of a peak that no longer held; the table says so).
+Each run's schedule is answered in full (or ``grace`` passes) before the next starts, so one
+load's backlog never colours the next.
 
 Figures are flat, one name per figure and load, with the unit in the name (``peak_rps``,
 ``p99_9_ms_at_75``...), so the JSON report and the tables stay one level deep; ``loads`` lists
@@ -66,7 +68,7 @@ class LatencySizes:
 
     @classmethod
     def quick(cls) -> LatencySizes:
-        return cls(warmup=0.05, peak_duration=0.25, duration=0.25, grace=0.5, serve_timeout=1.0)
+        return cls(warmup=0.05, peak_duration=0.25, duration=0.2, grace=0.5, serve_timeout=1.0)
 
 
 def _percent(load: float) -> int:
@@ -173,6 +175,10 @@ def _measure(ctx: Context, model: Model, sizes: LatencySizes) -> Result:
         for load in sizes.loads:
             level = _open(ctx, server, sizes, load * figures["peak_rps"])
             figures.update({f"{name}_at_{_percent(load)}": v for name, v in level.items()})
+        # The peak again: on a machine whose spare capacity changed during the curve (other
+        # work), the loads were fractions of a peak that no longer held, and the table says so.
+        after = _closed(ctx, server, sizes, sizes.peak_duration, None)
+        figures["peak_after_rps"] = round(after["requests"] / sizes.peak_duration, 1)
         server.stop()
     return Result(figures)
 
@@ -218,6 +224,10 @@ def _rate(value: Any) -> str:
     return f"{value / 1000:.1f}k" if value >= 10000 else f"{value:.0f}"
 
 
+# The peak measured after the curve may differ from the one before by this fraction before
+# the table says the loads are not what they say (two closed-loop runs of one server differ
+# by ~10 % on a quiet machine).
+PEAK_DRIFT = 0.2
 # "lag": how late the load generator itself sent, on average (its own timing error, which is
 # in every latency of the row: large on a busy machine, where the figures are to be distrusted).
 COLUMNS = ("load", "offered/s", "achieved/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "lag ms")
@@ -241,6 +251,14 @@ def render_latency(report: Mapping[str, Any]) -> str:
             notes.append(f"{name}: {figures['skipped']}")
             continue
         star = "*" if figures.get("peak_loadgen_saturated") else ""
+        before, after = figures.get("peak_rps"), figures.get("peak_after_rps")
+        if before and after is not None and abs(after / before - 1) > PEAK_DRIFT:
+            notes.append(
+                f"~: {name}'s closed-loop peak was {_rate(before)}/s before the curve and "
+                f"{_rate(after)}/s after it: the machine changed, the loads are not the "
+                "fractions they say"
+            )
+            star += "~"
         rows.append(
             (
                 name,
@@ -292,7 +310,7 @@ def render_latency(report: Mapping[str, Any]) -> str:
     lines.append(
         "(ms from when each request was due, not when it was sent; lag: how late the load "
         "generator sent, on average; *: the load generator was saturated, the peak is a lower "
-        "bound)"
+        "bound; ~: the peak changed during the curve)"
     )
     lines += notes
     return "\n".join(lines)

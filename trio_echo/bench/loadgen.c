@@ -13,7 +13,7 @@
  *       includes the connects, which is what the connection storm measures) and the result.
  *       -i: also stop when stdin reaches EOF (background load that another measurement ends);
  *       the result's elapsed is then the time measured until then.
- *   loadgen open   -p PORT -c CONNS -s SIZE -r RATE -d SECONDS [-g GRACE] [-t TIMEOUT]
+ *   loadgen open   -p PORT -c CONNS -s SIZE -r RATE -d SECONDS [-g GRACE] [-w S] [-t TIMEOUT]
  *       The open loop (wrk2's method, without coordinated omission): after the same warm-up
  *       as echo, request j of the run is due at start + j/RATE, on connection j mod CONNS,
  *       for every j/RATE < SECONDS, whatever the server does.  Its latency runs from when it

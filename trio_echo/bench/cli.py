@@ -46,7 +46,7 @@ from trio_echo.bench.lineup import (
     bench_models,
     with_baseline,
 )
-from trio_echo.bench.machine import machine_info
+from trio_echo.bench.machine import machine_info, missing_process_figures
 from trio_echo.bench.markdown import render_markdown
 from trio_echo.bench.plot import PlotUnavailable, write_plot
 from trio_echo.bench.ratios import accelerator_gain, baseline_gain, workers_gain
@@ -269,6 +269,9 @@ def main(argv: Sequence[str]) -> int:
     if not scenarios:
         parser.error(f"no scenario matches {args.scenarios!r}")
 
+    if (missing := missing_process_figures()) is not None:
+        print(f"{PROG}: error: {missing}", file=sys.stderr)
+        return 2
     raise_fd_limit()  # 10,000 connections need more than the usual 1,024 descriptors
     try:
         binary = loadgen.build()

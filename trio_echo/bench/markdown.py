@@ -16,8 +16,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from trio_echo.bench.keeps import render_correctness
 from trio_echo.bench.lab import model_sizes, shared_lines
+from trio_echo.bench.report import OWN_TABLES
 from trio_echo.bench.report import _rows_for as rows_for
+from trio_echo.bench.scenarios import costs, latency
 from trio_echo.models import MODELS
 
 __all__ = ["QUIET_OTHER_CPU", "noisy_scenarios", "render_markdown"]
@@ -57,7 +60,9 @@ def noisy_scenarios(report: Mapping[str, Any]) -> list[tuple[str, str, float]]:
 def _keys(report: Mapping[str, Any]) -> list[str]:
     keys: list[str] = []
     for entry in report["models"].values():
-        keys += [k for k in entry.get("scenarios", {}) if k not in keys]
+        keys += [
+            k for k in entry.get("scenarios", {}) if k not in keys and not k.startswith(OWN_TABLES)
+        ]
     return keys
 
 
@@ -142,11 +147,67 @@ def _sizes_table(_: Mapping[str, Any]) -> str:
     )
 
 
+def _fenced(text: str) -> str | None:
+    """A terminal table as it is (its columns line up in a fixed-width font)."""
+    return f"```text\n{text.rstrip()}\n```\n" if text.strip() else None
+
+
+KEEPS_INTRO = """\
+N clients stream numbered, self-checking lines into the server (text mode, stdout read by the
+bench); SIGTERM comes mid-stream with a grace period; half the clients finish within it, the
+others are still sending when it ends. Counted from what the clients sent and what was printed:
+lines written to the socket before the signal but never printed (*lost*), printed cut short
+(*torn*), printed twice or never sent (*dup/bad*); read by the server but never printed
+(*dropped*, from its own summary); how each client's connection ended (clean EOF, reset, still
+open); the time from the signal to exit, the exit status, and whether the port could be bound
+again at once. Variants: one SIGTERM; a second SIGTERM a quarter of the grace period later
+(forced); and a stdout nobody reads until after the drain timeout (stalled).
+"""
+
+COSTS_INTRO = """\
+Why a model is fast or slow: per echo request (100 connections × 64 B), the server's CPU
+microseconds and context switches, and, in a separate run under `strace -f -c` (which slows the
+server: the counts hold, the times do not), its system calls per request by name. Trio alone
+re-arms each socket with `epoll_ctl` before every wait; the trio model's accelerator keeps one
+registration per socket (compare `trio` with `trio-nohub` and `trio-stock`).
+"""
+
+LATENCY_INTRO = """\
+Latency without coordinated omission: first each model's closed-loop peak (every client waits
+for its answer before sending again), then an open loop at 25/50/75/90 % of that peak: requests
+due on a fixed schedule, and each latency measured from when the request was due (as wrk2
+does), so a server that stalls is not simply asked less. A `~` marks a model whose closed-loop
+peak drifted by more than 20 % between before and after the curve.
+"""
+
+
+def _keeps(report: Mapping[str, Any]) -> str | None:
+    table_text = _fenced("\n".join(render_correctness(report)))
+    return None if table_text is None else KEEPS_INTRO + "\n" + table_text
+
+
+def _costs(report: Mapping[str, Any]) -> str | None:
+    table_text = _fenced(costs.render_costs(report))
+    return None if table_text is None else COSTS_INTRO + "\n" + table_text
+
+
+def _latency(report: Mapping[str, Any]) -> str | None:
+    table_text = _fenced(latency.render_latency(report))
+    return None if table_text is None else LATENCY_INTRO + "\n" + table_text
+
+
+BEFORE: tuple[Section, ...] = (("What a graceful shutdown keeps", _keeps),)
+AFTER: tuple[Section, ...] = (
+    ("Where the time goes", _costs),
+    ("Latency under load, open loop", _latency),
+)
+
+
 def render_markdown(
     report: Mapping[str, Any],
     *,
-    sections_before: Sequence[Section] = (),
-    sections_after: Sequence[Section] = (),
+    sections_before: Sequence[Section] = BEFORE,
+    sections_after: Sequence[Section] = AFTER,
     json_name: str = "benchmarks.json",
     plot_name: str | None = "benchmarks.png",
 ) -> str:

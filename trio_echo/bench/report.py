@@ -15,6 +15,7 @@ from typing import Any
 from trio_echo.bench.keeps import CORRECTNESS, render_correctness
 from trio_echo.bench.plot import PlotUnavailable, write_plot
 from trio_echo.bench.ratios import accelerator_gain, baseline_gain, workers_gain
+from trio_echo.bench.scenarios import costs, latency
 from trio_echo.bench.targets import format_value
 
 # PlotUnavailable and write_plot are re-exported: they used to live here (now :mod:`.plot`);
@@ -32,6 +33,9 @@ __all__ = [
 ]
 
 Row = tuple[str, Callable[[Mapping[str, Any]], str]]
+
+# The scenarios with a table of their own (a row per model), not rows of the main table.
+OWN_TABLES = (CORRECTNESS, latency.KEY, costs.COSTS)
 
 
 def _num(value: Any, digits: int = 1) -> str:
@@ -64,7 +68,10 @@ def _star(figures: Mapping[str, Any]) -> str:
 
 
 def _latency(figures: Mapping[str, Any]) -> str:
-    return " / ".join(_num(figures.get(k)) for k in ("p50_ms", "p99_ms", "max_ms"))
+    keys: tuple[str, ...] = ("p50_ms", "p99_ms", "p99_9_ms", "max_ms")
+    if "p99_9_ms" not in figures:  # a report from before p99.9
+        keys = ("p50_ms", "p99_ms", "max_ms")
+    return " / ".join(_num(figures.get(k)) for k in keys)
 
 
 def _spread(figures: Mapping[str, Any]) -> str:
@@ -94,7 +101,7 @@ def _rows_for(key: str) -> list[Row]:
         return [
             ("requests/s (median)", lambda f: _num(f["requests_per_s"]) + _star(f)),
             ("min–max (runs)", _spread),
-            ("p50/p99/max ms", _latency),
+            ("p50/p99/p99.9/max ms", _latency),
             ("CPU srv/load/other", _cpu),
         ]
     if key.startswith("stream_text"):
@@ -140,7 +147,7 @@ def render_table(report: Mapping[str, Any]) -> str:
     keys: list[str] = []
     for entry in models.values():
         for key in entry.get("scenarios", {}):
-            if key not in keys and not key.startswith(CORRECTNESS):
+            if key not in keys and not key.startswith(OWN_TABLES):
                 keys.append(key)
     first = render_correctness(report)
     notes: list[str] = []
@@ -186,6 +193,9 @@ def render_table(report: Mapping[str, Any]) -> str:
         out.append(fmt_line(line))
     if notes:
         out += ["", *(f"[{i}] {text}" for i, text in enumerate(notes, 1))]
+    for own in (costs.render_costs(report), latency.render_latency(report)):
+        if own:
+            out += ["", own.rstrip("\n")]
     described = [n for n in names if models[n].get("reference") or models[n].get("variant")]
     for name in described:
         out += ["", f"{name}: {models[name].get('summary', 'the reference')}"]

@@ -32,8 +32,10 @@ from __future__ import annotations
 from trio_echo.bench.scenarios import (
     article,
     correctness,
+    costs,
     echo,
     idle,
+    latency,
     many,
     shutdown,
     storm,
@@ -81,6 +83,24 @@ def scenarios_for(sizes: Sizes) -> list[Scenario]:
                     echo.echo_session(connections, size),
                 )
             )
+    for connections, size in sizes.echo_large:
+        found.append(
+            Scenario(
+                f"echo_{connections}x{size}",
+                f"echo {connections} conn × {_size_label(size)}B",
+                ("--echo", "--quiet"),
+                echo.echo(connections, size),
+                echo.echo_session(connections, size),
+            )
+        )
+    found.append(
+        costs.costs_scenario(costs.CostSizes.quick() if sizes.tiny else costs.CostSizes.default())
+    )
+    found.append(
+        latency.latency_scenario(
+            latency.LatencySizes.quick() if sizes.tiny else latency.LatencySizes.default()
+        )
+    )
     found.append(
         Scenario(
             "stream_raw",

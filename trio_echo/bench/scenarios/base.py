@@ -37,6 +37,9 @@ class Sizes:
     warmup: float = 0.5
     echo_connections: tuple[int, ...] = (1, 100, 1000)
     echo_sizes: tuple[int, ...] = (64, 1024)
+    # Echo with large messages, (connections, bytes): vmbench's 10 and 100 KiB, at one
+    # concurrency only (every message size at every concurrency would double the run).
+    echo_large: tuple[tuple[int, int], ...] = ((100, 10240), (100, 102400))
     article_clients: int = 4
     article_lines: int = 8  # lines per client while all are connected
     article_interval: float = 0.25  # seconds between two lines of a client
@@ -58,6 +61,9 @@ class Sizes:
     # connected and served once (thousands of connects can overflow the listen backlog, and the
     # kernel retries a dropped SYN after a second).
     hold_timeout: float = 15.0
+    # Whether these are the --quick sizes: the scenarios that keep sizes of their own (latency,
+    # costs) then take their quick ones.
+    tiny: bool = False
     # What a shutdown keeps (the correctness scenarios): clients streaming numbered lines of 64 B
     # at this rate each, for ``correctness_lead`` seconds before the SIGTERM, with this --grace.
     correctness_clients: int = 20
@@ -95,6 +101,8 @@ class Sizes:
             correctness_lead=0.3,
             correctness_grace=0.3,
             correctness_stall=1.5,
+            echo_large=(),
+            tiny=True,
         )
 
 

@@ -17,7 +17,7 @@ from typing import Any
 from trio_echo.bench import loadgen
 from trio_echo.bench.scenarios.base import Context, Figures, Result
 from trio_echo.bench.server import CLOCK_TICKS, ServerError, ServerProcess
-from trio_echo.bench.stats import percentile
+from trio_echo.bench.stats import latency_ms
 from trio_echo.models import Model
 
 __all__ = [
@@ -34,15 +34,8 @@ __all__ = [
 
 
 def latency_figures(result: Mapping[str, Any]) -> Figures:
-    histogram = result["latency_us"]
-    ms = {
-        name: (None if value is None else value / 1000.0)
-        for name, value in (
-            ("p50_ms", percentile(histogram, 0.50)),
-            ("p99_ms", percentile(histogram, 0.99)),
-        )
-    }
-    return {**ms, "max_ms": result["latency_max_us"] / 1000.0}
+    """p50, p90, p99, p99.9 and max in milliseconds, from the load generator's histogram."""
+    return dict(latency_ms(result["latency_us"], result["latency_max_us"]))
 
 
 # A load generator busier than this (CPU seconds per second, of its one core) may have been the

@@ -91,13 +91,26 @@ def test_judge_a_saturated_client_bounds_its_figure_instead_of_disagreeing() -> 
     assert verdict.flagged
     assert not verdict.comparable
     assert not verdict.disagrees
-    assert "vmbench client saturated (0.97 cores)" in verdict.text
-    assert "bound on the client" in verdict.text
+    assert verdict.text == "vmbench client saturated (0.97 cores): a bound on that client"
     # Saturated but within: it agrees, and says the client was saturated.
     close = judge(run(950, client_cpu=0.97), run(1000))
     assert close.within
     assert not close.comparable
-    assert "agree even so" in close.text
+    assert close.text.endswith(": agree even so")
+
+
+def test_judge_a_server_with_time_to_spare_under_one_client_only_bounds_that_client() -> None:
+    # The server saturated under our load generator, not under vmbench, which got fewer
+    # requests through: the requests the server was not busy with waited in vmbench's client.
+    verdict = judge(
+        attrs.evolve(run(600), server_cpu=0.8), attrs.evolve(run(1000), server_cpu=0.99)
+    )
+    assert verdict.flagged
+    assert not verdict.disagrees
+    assert "server not saturated under vmbench (0.80 cores, 0.99 under the other)" in verdict.text
+    # Neither saturated (one connection: a round trip): a fair comparison, and a disagreement.
+    idle = judge(attrs.evolve(run(600), server_cpu=0.5), attrs.evolve(run(1000), server_cpu=0.6))
+    assert idle.disagrees
 
 
 def test_judge_other_work_makes_a_cell_noisy_not_a_disagreement() -> None:
@@ -200,3 +213,14 @@ def test_main_bad_duration_is_a_usage_error(capsys: pytest.CaptureFixture[str]) 
         outside.main(["--duration", "0.5"])
     assert caught.value.code == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_traffic_cores_counts_only_while_every_worker_ran() -> None:
+    # (time, CPU seconds of the workers, how many): two start late, then 0.5 cores for 2 s,
+    # then the result gathering (10 more CPU seconds) after the duration: left out.
+    samples = [(0.0, 0.0, 1), (0.1, 0.01, 2), (0.2, 0.02, 3)]
+    samples += [(0.2 + i / 10, 0.02 + 0.05 * i, 3) for i in range(1, 19)]
+    samples += [(2.3, 10.0, 3)]
+    assert vmbench.traffic_cores(samples, 3, 2) == pytest.approx(0.5)
+    assert vmbench.traffic_cores(samples, 4, 2) is None  # never all of them
+    assert vmbench.traffic_cores(samples[:4], 3, 2) is None  # too short a window

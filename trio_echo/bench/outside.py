@@ -110,22 +110,23 @@ def _ours(binary: Path, server: ServerProcess, connections: int, size: int, d: f
     return loadgen_run(result, window.figures(result))
 
 
-def _median(runs: list[Run]) -> Run:
-    ordered = sorted(runs, key=lambda run: run.rps)
-    return ordered[(len(ordered) - 1) // 2]
+def _best(runs: list[Run]) -> Run:
+    """The fastest run: on a shared machine noise only ever slows a run down, so the best of
+    each client's runs is the one least disturbed (``nox -s perf`` compares best of 3 too)."""
+    return max(runs, key=lambda run: run.rps)
 
 
 def measure_cell(
     measure: Callable[[str], Run], repeats: int
 ) -> tuple[Run, Run, list[float], list[float]]:
     """``repeats`` runs of each client, in turns (vmbench first, then ours first, ...), so that
-    drift on a shared machine falls on both: the median run of each, and every run's req/s."""
+    drift on a shared machine falls on both: the best run of each, and every run's req/s."""
     runs: dict[str, list[Run]] = {"vmbench": [], "loadgen": []}
     for i in range(repeats):
         for name in ("vmbench", "loadgen") if i % 2 == 0 else ("loadgen", "vmbench"):
             runs[name].append(measure(name))
     vm, ours = runs["vmbench"], runs["loadgen"]
-    return _median(vm), _median(ours), [r.rps for r in vm], [r.rps for r in ours]
+    return _best(vm), _best(ours), [r.rps for r in vm], [r.rps for r in ours]
 
 
 def _other(cell: Mapping[str, Any]) -> float:

@@ -2,9 +2,10 @@
 and the table that says so (:mod:`.outside` runs the clients).  Pure functions, unit-tested.
 
 Agreement is the claim of issue 13: requests/s within ±15 % where both clients measured the same
-thing.  They did not when a client was saturated (its figure is a bound on that client), nor
-when other work on the machine took a share of it during a run (it took it from the server or a
-client, not from both alike): such cells are flagged and reported, not counted either way.
+thing.  They did not when a client was the limit -- saturated, or leaving the server time to
+spare that the other client did not (its figure is a bound on that client) -- nor when other
+work on the machine took a share of it during a run (it took it from the server or a client,
+not from both alike): such cells are flagged and reported, not counted either way.
 """
 
 from __future__ import annotations
@@ -55,28 +56,46 @@ class Verdict:
         return self.comparable and not self.within
 
 
-def judge(vmbench: Run, ours: Run, agreement: float = AGREEMENT) -> Verdict:
-    """Do the two clients agree?  Within ±``agreement`` of each other's requests/s, and whether
-    that was a fair test: it is not when a client ran at ``SATURATED`` cores or more (it
-    measured itself: its figure is a bound on the client), nor when other work took ``NOISY``
-    cores or more of the machine during a run (it took them from the server or a client)."""
-    if not ours.rps or not vmbench.rps:
-        return Verdict(None, False, False, "no requests from one client")
-    ratio = vmbench.rps / ours.rps
-    within = abs(ratio - 1) <= agreement
-    busy = [
+def _limits(vmbench: Run, ours: Run) -> list[str]:
+    """Why a figure was its client's and not the server's: the client was saturated, or the
+    server had time to spare under one client and none under the other (in a closed loop, the
+    requests the server was not busy with were waiting in that client)."""
+    found = [
         f"{name} client saturated ({cpu:.2f} cores)"
         for name, cpu in (("vmbench", vmbench.client_cpu), ("loadgen", ours.client_cpu))
         if cpu is not None and cpu >= SATURATED
     ]
+    for name, run, against in (("vmbench", vmbench, ours), ("loadgen", ours, vmbench)):
+        if (
+            run.server_cpu is not None
+            and against.server_cpu is not None
+            and run.server_cpu < SATURATED <= against.server_cpu
+            and run.rps < against.rps
+        ):
+            found.append(
+                f"server not saturated under {name} ({run.server_cpu:.2f} cores, "
+                f"{against.server_cpu:.2f} under the other): {name}'s client was the limit"
+            )
+    return found
+
+
+def judge(vmbench: Run, ours: Run, agreement: float = AGREEMENT) -> Verdict:
+    """Do the two clients agree?  Within ±``agreement`` of each other's requests/s, and whether
+    that was a fair test.  It was not when a client was the limit (:func:`_limits`: its figure
+    is a bound on that client), nor when other work took ``NOISY`` cores or more of the machine
+    during a run (it took them from the server or a client, not from both alike)."""
+    if not ours.rps or not vmbench.rps:
+        return Verdict(None, False, False, "no requests from one client")
+    ratio = vmbench.rps / ours.rps
+    within = abs(ratio - 1) <= agreement
     other = max(vmbench.other_cpu or 0.0, ours.other_cpu or 0.0)
-    if busy:
-        bound = "agree even so" if within else "its figure is a bound on the client"
-        return Verdict(ratio, within, False, f"{', '.join(busy)}: {bound}")
     if other >= NOISY:
         why = f"other work took {other:.2f} cores"
         text = f"agree ({why})" if within else f"noisy: {why}, run again"
         return Verdict(ratio, within, False, text)
+    if limits := _limits(vmbench, ours):
+        bound = "agree even so" if within else "a bound on that client"
+        return Verdict(ratio, within, False, f"{'; '.join(limits)}: {bound}")
     return Verdict(ratio, within, True, "agree" if within else "DISAGREE")
 
 

@@ -16,7 +16,9 @@ and its SHA-256 must be the pinned one: the check runs the public client, unmodi
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import importlib
 import importlib.util
 import json
 import multiprocessing
@@ -26,7 +28,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import attrs
 
@@ -42,6 +46,7 @@ __all__ = [
     "find_client",
     "parse_vmbench",
     "startup_cpu",
+    "traffic_cores",
     "vmbench_run",
 ]
 
@@ -162,33 +167,105 @@ def startup_cpu() -> float:
     return _children_cpu() - before
 
 
+# How often the client's worker processes' CPU time is read during a run (psutil).
+SAMPLE_INTERVAL = 0.1
+# The shortest window over which their CPU rate means something (10 ms ticks).
+MIN_WINDOW = 0.3
+
+Sample = tuple[float, float, int]  # (monotonic time, CPU seconds of the workers, how many)
+
+
+def _load_psutil() -> Any:
+    """psutil (the bench extra), or None; typed ``Any``: it ships no type hints."""
+    try:
+        return importlib.import_module("psutil")
+    except ImportError:
+        return None
+
+
+def _workers_cpu(process: Any) -> Sample:
+    total, count = 0.0, 0
+    for child in process.children():
+        try:
+            times = child.cpu_times()
+        except Exception:  # psutil.Error: the worker ended meanwhile
+            continue
+        total += times.user + times.system
+        count += 1
+    return time.monotonic(), total, count
+
+
+def traffic_cores(samples: Sequence[Sample], workers: int, duration: float) -> float | None:
+    """The CPU rate (cores) of the client's worker processes while they all ran, from the first
+    sample that saw every one of them to at most ``duration`` later (their traffic ends by then:
+    it is timed from before they were started): what the client spent on the traffic, without
+    its interpreter's start, the pool's forks or the result gathering.  None when no two such
+    samples are ``MIN_WINDOW`` apart."""
+    full = [s for s in samples if s[2] >= workers]
+    if not full:
+        return None
+    window = [s for s in full if s[0] <= full[0][0] + duration - SAMPLE_INTERVAL]
+    first, last = window[0], window[-1]
+    if last[0] - first[0] < MIN_WINDOW:
+        return None
+    return (last[1] - first[1]) / (last[0] - first[0])
+
+
+def _watch(proc: subprocess.Popen[bytes], psutil: Any, deadline: float) -> list[Sample]:
+    """Wait for the client to end (by ``deadline``), sampling its workers' CPU meanwhile."""
+    watched = psutil.Process(proc.pid) if psutil is not None else None
+    samples: list[Sample] = []
+    while True:
+        try:
+            proc.wait(timeout=SAMPLE_INTERVAL)  # the pace of the samples, or the exit
+            return samples
+        except subprocess.TimeoutExpired:
+            pass
+        if time.monotonic() > deadline:
+            raise OutsideError("vmbench's echo_client did not end in time (killed)")
+        if watched is not None:
+            with contextlib.suppress(Exception):  # psutil.Error: it ended meanwhile
+                samples.append(_workers_cpu(watched))
+
+
 def vmbench_run(
     client: Path, server: ServerProcess, connections: int, size: int, duration: int, base: float
 ) -> Run:
-    """One run of vmbench's client; its CPU from ``RUSAGE_CHILDREN`` (its worker processes are
-    waited for by it, it by us) minus ``base``, the start-up's."""
+    """One run of vmbench's client.  Its CPU: its worker processes' rate during the traffic
+    (:func:`traffic_cores`, read with psutil), or without psutil the whole run's CPU from
+    ``RUSAGE_CHILDREN`` (its workers are waited for by it, it by us) minus ``base``, the
+    start-up's, over ``duration``: a little high (the pool's forks, the result gathering)."""
+    psutil = _load_psutil()
     marks = (time.monotonic(), server.cpu_seconds(), machine_busy_seconds(), _children_cpu())
-    done = subprocess.run(
-        [
-            *(sys.executable, str(client), "--output-format=json"),
-            *(f"--addr=127.0.0.1:{server.port}", f"--msize={size}"),
-            *(f"--concurrency={connections}", f"--duration={duration}"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=duration + 60,
-        check=False,
-    )
-    wall = time.monotonic() - marks[0]
-    cpu = _children_cpu() - marks[3]
-    if done.returncode != 0:
-        lines = done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]
+    argv = [
+        *(sys.executable, str(client), "--output-format=json"),
+        *(f"--addr=127.0.0.1:{server.port}", f"--msize={size}"),
+        *(f"--concurrency={connections}", f"--duration={duration}"),
+    ]
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+        try:
+            samples = _watch(proc, psutil, marks[0] + duration + 60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+        wall = time.monotonic() - marks[0]
+        cpu = _children_cpu() - marks[3]
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if proc.returncode != 0:
+        lines = stderr.strip().splitlines() or [f"exit status {proc.returncode}"]
         raise OutsideError(f"vmbench's echo_client failed: {lines[-1]}")
     server_cpu = server.cpu_seconds() - marks[1]
     other = machine_busy_seconds() - marks[2] - server_cpu - cpu
+    cores = traffic_cores(samples, connections, duration)
+    if cores is None:
+        cores = max(0.0, cpu - base) / duration
     return attrs.evolve(
-        parse_vmbench(done.stdout, duration),
-        client_cpu=round(max(0.0, cpu - base) / duration, 3),
+        parse_vmbench(stdout, duration),
+        client_cpu=round(cores, 3),
         server_cpu=round(server_cpu / duration, 3),
         other_cpu=round(max(0.0, other / wall), 3),
     )

@@ -173,7 +173,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     s = report["summary"]
     lines += [
         "",
-        f"Comparable cells (no client saturated, other work under {NOISY:g} cores): "
+        f"Comparable cells (no client the limit, other work under {NOISY:g} cores): "
         f"{s['comparable']}, of which within "
         f"±{AGREEMENT:.0%}: {s['comparable_within']}.  All cells within ±{AGREEMENT:.0%}: "
         f"{s['within']} of {s['measured']}.",

@@ -36,7 +36,7 @@ import attrs
 
 from trio_echo.bench import loadgen
 from trio_echo.bench.scenarios.common import CpuWindow
-from trio_echo.bench.server import ServerProcess
+from trio_echo.bench.server import ServerError, ServerProcess
 from trio_echo.bench.stats import percentile
 from trio_echo.bench.verdict import NOISY, compare, render_markdown, summarize
 from trio_echo.bench.vmbench import (
@@ -173,18 +173,19 @@ def run_model(model: str, cells: Sequence[tuple[int, int]], setup: Setup) -> lis
     out: list[dict[str, Any]] = []
     try:
         server = ServerProcess(model, ["--echo", "--quiet"], cpus=setup.server_cpus)
-    except Exception as exc:  # a model not installed, a server that does not start
-        return [{"model": model, "skipped": f"{type(exc).__name__}: {exc}"}]
+    except (ServerError, OSError) as exc:  # a model not installed, a server that did not start
+        return [{"model": model, "skipped": str(exc)}]
     with server:
         for connections, size in cells:
             cell = {"model": model} | run_cell(server, connections, size, setup)
             out.append(cell)
-            print(f"{model} {connections}x{size}: {cell.get('verdict', cell.get('skipped'))}")
+            verdict = cell.get("verdict", cell.get("skipped"))
+            print(f"{model} {connections}×{size}: {verdict}", file=sys.stderr, flush=True)
         server.stop()
     return out
 
 
-# ---- the outputs ------------------------------------------------------------------------------
+# ---- the command -------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -148,3 +148,27 @@ def test_bench_rebuilds_both_pages_from_json(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "[run.json](run.json)" in page.read_text()
     assert "# Reading the lab" in lab_page.read_text()
+
+
+def test_lanes_run_models_at_once_and_keep_their_order(tmp_path: Path) -> None:
+    import io
+    import threading
+
+    from trio_echo.bench.runner import Progress, run_all
+    from trio_echo.bench.scenarios import Context, Result, Scenario, Sizes
+
+    names = ["trio", "asyncio", "threads"]
+    # Passes only if the three models' runs are under way at the same time.
+    together = threading.Barrier(len(names), timeout=10)
+
+    def run(context: Context, model: Any) -> Result:
+        together.wait()
+        return Result({"model_seen": model.name})
+
+    scenario = Scenario("together", "three at once", (), run)
+    context = Context(binary=tmp_path / "unused", sizes=Sizes.quick())
+    progress = Progress(len(names), stream=io.StringIO())
+    entries = run_all([MODELS[n] for n in names], [scenario], context, progress, lanes=3)
+    assert list(entries) == names
+    for name in names:
+        assert entries[name]["scenarios"]["together"] == {"model_seen": name}

@@ -62,6 +62,11 @@ __all__ = ["BARE_MODEL", "NOHUB_MODEL", "REFERENCES", "W2_MODEL", "bench_models"
 
 PROG = "trio-echo bench"
 
+# Models run at once by --quick: its sizes are tiny and mostly waits (a grace period, a stalled
+# stdout, a schedule), so six lanes on two cores bring a run of every model in every scenario
+# near a minute; its figures were never for comparing models anyway.
+QUICK_LANES = 6
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
@@ -109,6 +114,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--quick",
         action="store_true",
         help="tiny sizes, every model and scenario, under a minute (what the tests run)",
+    )
+    parser.add_argument(
+        "--lanes",
+        type=number_type("a whole number", 1, strict=False, integer=True),
+        default=None,
+        metavar="N",
+        help="run each scenario for N models at once (default: 1; --quick: 6, which also "
+        "means --no-pin): quicker, but servers running together measure each other, so only "
+        "for checking that everything runs",
     )
     parser.add_argument(
         "--no-pin",
@@ -280,7 +294,9 @@ def main(argv: Sequence[str]) -> int:
         return 1
     machine = machine_info()  # before pinning narrows this process to one CPU
     every_cpu = tuple(sorted(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else ()
-    server_cpus, loadgen_cpus = (None, None) if args.no_pin else pin_cpus()
+    lanes = int(args.lanes or (QUICK_LANES if args.quick else 1))
+    no_pin = args.no_pin or lanes > 1  # one CPU for every server at once would be worse
+    server_cpus, loadgen_cpus = (None, None) if no_pin else pin_cpus()
     context = Context(
         binary=binary,
         sizes=sizes,
@@ -293,6 +309,7 @@ def main(argv: Sequence[str]) -> int:
         "command": "python -m trio_echo bench " + shlex.join(list(argv)),
         "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "quick": args.quick,
+        "lanes": lanes,
         "sizes": attrs.asdict(sizes),
         "machine": machine,
         # Other work on the machine skews every figure: say how busy it was before and after.
@@ -324,7 +341,9 @@ def main(argv: Sequence[str]) -> int:
     }
     progress = Progress(len(names) * len(scenarios))
     try:
-        report["models"] = run_all([models[n] for n in names], scenarios, context, progress)
+        report["models"] = run_all(
+            [models[n] for n in names], scenarios, context, progress, lanes=lanes
+        )
     except KeyboardInterrupt:
         progress.close()
         print(f"{PROG}: interrupted", file=sys.stderr)

@@ -8,8 +8,10 @@ Apart from :mod:`.cli`, which reads the flags, prepares the machine and writes t
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import sys
+import threading
 import time
 from typing import Any, TextIO
 
@@ -17,7 +19,15 @@ from trio_echo.bench.lineup import REFERENCES, model_entry
 from trio_echo.bench.scenarios import Context, Result, Scenario
 from trio_echo.models import Model
 
-__all__ = ["Progress", "cannot_run", "run_all", "run_in_turns", "run_scenario"]
+__all__ = [
+    "Progress",
+    "cannot_run",
+    "run_all",
+    "run_alone",
+    "run_in_lanes",
+    "run_in_turns",
+    "run_scenario",
+]
 
 
 class Progress:
@@ -29,8 +39,13 @@ class Progress:
         self.stream = stream
         self.tty = stream.isatty()
         self.started = time.monotonic()
+        self._lock = threading.Lock()  # lanes report from several threads
 
     def step(self, label: str) -> None:
+        with self._lock:
+            self._step(label)
+
+    def _step(self, label: str) -> None:
         elapsed = time.monotonic() - self.started
         if self.tty:
             width = 30
@@ -94,19 +109,49 @@ def run_in_turns(
     return {model.name: results[model.name] for model in models}
 
 
+def run_alone(model: Model, scenario: Scenario, context: Context, progress: Progress) -> Result:
+    """One scenario for one model, a session scenario's measured runs one after the other."""
+    progress.step(f"{model.name}: {scenario.title}")
+    skipped = cannot_run(model, scenario)
+    if skipped is not None or scenario.session is None:
+        return skipped or scenario.run(context, model)
+    with scenario.session(context, model) as session:
+        session.start()
+        for _ in range(max(1, context.sizes.repeats)):
+            session.measure()
+        return session.finish()
+
+
+def run_in_lanes(
+    models: list[Model], scenario: Scenario, context: Context, progress: Progress, lanes: int
+) -> dict[str, Result]:
+    """A scenario for ``lanes`` models at once: what ``--quick`` does, where the figures only
+    show that every model runs every scenario (several servers at once measure each other)."""
+    with concurrent.futures.ThreadPoolExecutor(lanes, thread_name_prefix="bench-lane") as pool:
+        futures = {m.name: pool.submit(run_alone, m, scenario, context, progress) for m in models}
+        return {name: future.result() for name, future in futures.items()}
+
+
 def run_all(
-    models: list[Model], scenarios: list[Scenario], context: Context, progress: Progress
+    models: list[Model],
+    scenarios: list[Scenario],
+    context: Context,
+    progress: Progress,
+    lanes: int = 1,
 ) -> dict[str, Any]:
     """Every scenario for every model, as the report's ``models``.
 
     Scenario by scenario, every model in turn (and in the echo scenarios, measured run by
     measured run: :func:`run_in_turns`): the figures compared with each other (the trio model
     and its reference above all) are measured close together in time, so that a passing
-    disturbance on a shared machine is less likely to fall on one of them only.
+    disturbance on a shared machine is less likely to fall on one of them only.  With
+    ``lanes`` > 1, that many models at once (:func:`run_in_lanes`).
     """
     entries = {model.name: model_entry(model, context) for model in models}
     for scenario in scenarios:
-        if scenario.session is not None:
+        if lanes > 1:
+            results = run_in_lanes(models, scenario, context, progress, lanes)
+        elif scenario.session is not None:
             results = run_in_turns(models, scenario, context, progress)
         else:
             results = {}

@@ -65,7 +65,7 @@ class CostSizes:
 
     @classmethod
     def quick(cls) -> CostSizes:
-        return cls(warmup=0.05, duration=0.2, traced_duration=0.15, serve_timeout=2.0)
+        return cls(warmup=0.05, duration=0.2, traced_duration=0.15, serve_timeout=1.0)
 
 
 def costs_scenario(sizes: CostSizes | None = None) -> Scenario:

@@ -38,9 +38,10 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A GitHub markdown table; the first column left-aligned, the others right-aligned."""
-    align = ["---", *("---:" for _ in header[1:])]
+def table(header: Sequence[str], rows: Sequence[Sequence[str]], *, numbers: bool = True) -> str:
+    """A GitHub markdown table; the first column left-aligned, the others right-aligned when
+    they hold ``numbers``."""
+    align = ["---", *("---:" if numbers else "---" for _ in header[1:])]
     lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "| " + " | ".join(align) + " |"]
     lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
@@ -143,7 +144,7 @@ def _sizes_table(_: Mapping[str, Any]) -> str:
         f"Code lines (neither blank, comment nor docstring) each model runs beyond the "
         f"{shared_lines()} lines all of them share (configuration, output formats, listening "
         "sockets); counted by `trio_echo.bench.lab` from the source, not typed.\n\n"
-        + table(["model", "own code lines", "its modules"], rows)
+        + table(["model", "own code lines", "its modules"], rows, numbers=False)
     )
 
 
@@ -196,10 +197,79 @@ def _latency(report: Mapping[str, Any]) -> str | None:
     return None if table_text is None else LATENCY_INTRO + "\n" + table_text
 
 
+# What each scenario does, by key prefix (the sizes are in each scenario's title, from the run).
+HOW: tuple[tuple[str, str], ...] = (
+    ("correctness_", "see *What a graceful shutdown keeps* above"),
+    (
+        "article",
+        "the article's experiment: Python clients connected at once, each sending a line at a "
+        "steady pace; the figure is the lines of each client printed *while all were "
+        "connected* (one client at a time shows as 8,0,0,0)",
+    ),
+    (
+        "echo_",
+        "N clients in a closed loop: send B bytes, wait until all of them came back, repeat. "
+        "Each client's first round trip is not measured (every client is accepted before the "
+        "clock starts), then a warm-up, then `--repeats` measured runs taken in turns with the "
+        "other models; requests/s is their median, with the spread; CPU µs and context "
+        "switches are the server's per request",
+    ),
+    ("costs", "see *Where the time goes* below"),
+    ("latency", "see *Latency under load, open loop* below"),
+    (
+        "stream_raw",
+        "one client writes blocks as fast as the server reads them, then half-closes; the "
+        "clock stops when the server closes, so bytes left in kernel buffers do not count; "
+        "stdout is /dev/null; MB/s is 10⁶ B/s",
+    ),
+    (
+        "stream_text",
+        "the same with lines of L bytes in text mode, where the server cleans and prefixes "
+        "every line",
+    ),
+    (
+        "idle_memory",
+        "N clients each do one echo (so the server really holds a handler for each), then stay "
+        "idle: (RSS after − RSS before) / N",
+    ),
+    (
+        "storm_busy",
+        "the storm while echo clients keep the server busy: the time until every new client "
+        "got its echo, and what the busy clients got meanwhile",
+    ),
+    (
+        "storm",
+        "N clients connect at once; each sends one line, waits for its echo and leaves: the "
+        "time from the first connect to the last echo",
+    ),
+    (
+        "shutdown",
+        "N idle clients, each served once, then SIGTERM with `--grace 0`: the time from the "
+        "signal to the process's exit; every client must see its connection closed",
+    ),
+    (
+        "c10k",
+        "N connections held, each served once: RSS per connection; then SIGTERM with the "
+        "grace period shown: the time to exit",
+    ),
+)
+
+
+def _how(report: Mapping[str, Any]) -> str | None:
+    titles: Mapping[str, str] = report.get("scenario_titles", {})
+    rows = []
+    for key, title in titles.items():
+        how = next((text for prefix, text in HOW if key.startswith(prefix)), None)
+        if how is not None:
+            rows.append([title, how])
+    return table(["scenario", "what it does"], rows, numbers=False) if rows else None
+
+
 BEFORE: tuple[Section, ...] = (("What a graceful shutdown keeps", _keeps),)
 AFTER: tuple[Section, ...] = (
     ("Where the time goes", _costs),
     ("Latency under load, open loop", _latency),
+    ("What each scenario does", _how),
 )
 
 
@@ -236,5 +306,5 @@ def render_markdown(
             out += [f"## {title}\n", text]
     out += ["## The models and their size\n", _sizes_table(report)]
     summaries = [[f"`{n}`", m.summary] for n, m in MODELS.items()]
-    out.append(table(["model", "what it is"], summaries))
+    out.append(table(["model", "what it is"], summaries, numbers=False))
     return "\n".join(out)

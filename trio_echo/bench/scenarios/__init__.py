@@ -56,6 +56,11 @@ def _size_label(size: int) -> str:
     return f"{size // 1024}k" if size >= 1024 and size % 1024 == 0 else str(size)
 
 
+def _bytes(size: int) -> str:
+    """64 -> "64 B", 1024 -> "1 KiB", 102400 -> "100 KiB"."""
+    return f"{size // 1024} KiB" if size >= 1024 and size % 1024 == 0 else f"{size} B"
+
+
 def scenarios_for(sizes: Sizes) -> list[Scenario]:
     """Every scenario, in the order they run and appear in the report."""
     found: list[Scenario] = [
@@ -72,22 +77,12 @@ def scenarios_for(sizes: Sizes) -> list[Scenario]:
         )
         for variant in correctness.VARIANTS
     ]
-    for connections in sizes.echo_connections:
-        for size in sizes.echo_sizes:
-            found.append(
-                Scenario(
-                    f"echo_{connections}x{size}",
-                    f"echo {connections} conn × {size} B",
-                    ("--echo", "--quiet"),
-                    echo.echo(connections, size),
-                    echo.echo_session(connections, size),
-                )
-            )
-    for connections, size in sizes.echo_large:
+    points = [(c, size) for c in sizes.echo_connections for size in sizes.echo_sizes]
+    for connections, size in [*points, *sizes.echo_more]:
         found.append(
             Scenario(
                 f"echo_{connections}x{size}",
-                f"echo {connections} conn × {_size_label(size)}B",
+                f"echo {connections} conn × {_bytes(size)}",
                 ("--echo", "--quiet"),
                 echo.echo(connections, size),
                 echo.echo_session(connections, size),

@@ -301,6 +301,8 @@ def machine_info() -> dict[str, Any]:
         "trio": _version("trio"),
         "asyncio": f"stdlib (Python {sys.version.split()[0]})",
         "uvloop": _version("uvloop"),
+        "anyio": _version("anyio"),
+        "gevent": _version("gevent"),
         "trio_echo": _version("trio-echo"),
         "trio_echo_source": _source_revision(),
         "psutil": _version("psutil"),

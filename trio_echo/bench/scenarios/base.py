@@ -63,11 +63,12 @@ class Sizes:
     many_grace: float = 1.0
     # How long the many-connection scenarios wait for every client to be served once; a model
     # that serves one client at a time uses all of it, then is reported as limited.
-    serve_timeout: float = 5.0
+    serve_timeout: float = 3.0
     # How long the idle-connection and shutdown scenarios wait for all their clients to be
     # connected and served once (thousands of connects can overflow the listen backlog, and the
-    # kernel retries a dropped SYN after a second).
-    hold_timeout: float = 15.0
+    # kernel retries a dropped SYN after a second; the slowest model, threads, had all of 10,000
+    # connected in 3.3 s when this was set).
+    hold_timeout: float = 8.0
     # Whether these are the --quick sizes: the scenarios that keep sizes of their own (latency,
     # costs) then take their quick ones.
     tiny: bool = False

@@ -57,7 +57,7 @@ class CostSizes:
     duration: float = 1.5  # seconds of the untraced run: CPU and context switches
     traced_duration: float = 1.0  # seconds of load under strace: system calls
     # How long the load generator waits for every client to be served once.
-    serve_timeout: float = 5.0
+    serve_timeout: float = 3.0
 
     @classmethod
     def default(cls) -> CostSizes:

@@ -60,7 +60,7 @@ class LatencySizes:
     grace: float = 2.0
     # Seconds for every client to be served once (a model that serves one client at a time
     # never gets there, and is reported as limited).
-    serve_timeout: float = 5.0
+    serve_timeout: float = 3.0
 
     @classmethod
     def default(cls) -> LatencySizes:

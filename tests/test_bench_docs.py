@@ -110,7 +110,7 @@ def test_markdown_marks_a_noisy_or_uncommitted_run() -> None:
     report["machine"]["trio_echo_source"] = "abc1234+dirty"
     text = markdown.render_markdown(report)
     assert "Not a quiet run" in text
-    assert "0.40 (trio, echo_100x64)" in text
+    assert "trio echo_100x64 0.40" in text
     assert "Not from committed code" in text
     assert markdown.noisy_scenarios(report) == [("trio", "echo_100x64", 0.4)]
 

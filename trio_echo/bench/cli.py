@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=number_type("a number of seconds", 0, strict=True),
         default=None,
         metavar="SECONDS",
-        help="seconds of traffic per echo and streaming measurement (default: 2, --quick 0.25)",
+        help="seconds of traffic per echo and streaming measurement (default: 1.5, --quick 0.25)",
     )
     parser.add_argument(
         "--repeats",
@@ -278,7 +278,7 @@ def main(argv: Sequence[str]) -> int:
     if args.quick:
         sizes = Sizes.quick(args.duration, None if args.repeats is None else int(args.repeats))
     else:
-        sizes = Sizes(duration=args.duration or 2.0, repeats=int(args.repeats or 3))
+        sizes = Sizes(duration=args.duration or 1.5, repeats=int(args.repeats or 3))
     scenarios = _selected(scenarios_for(sizes), args.scenarios)
     if not scenarios:
         parser.error(f"no scenario matches {args.scenarios!r}")

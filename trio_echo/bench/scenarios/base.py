@@ -29,12 +29,14 @@ class Sizes:
     """How big each scenario is: ``--quick`` is tiny (the whole run well under a minute), the
     default is what docs/benchmarks.md reports."""
 
-    duration: float = 2.0  # seconds of traffic per echo and streaming measurement
+    # Seconds of traffic per echo and streaming measurement: with 3 repeats, the full run of
+    # fifteen models stays under twenty minutes (docs/benchmarks.json has each scenario's time).
+    duration: float = 1.5
     # Measured runs per echo scenario (on one server, after its warm-up) and storms per storm
     # under load; the report gives their median and their spread.
     repeats: int = 3
     # Echo: seconds of discarded load after the probe connection, before the measured runs.
-    warmup: float = 0.5
+    warmup: float = 0.3
     # Echo: every size at every concurrency here, then the points of ``echo_more``.
     echo_connections: tuple[int, ...] = (1, 100)
     echo_sizes: tuple[int, ...] = (64,)

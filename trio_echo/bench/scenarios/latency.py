@@ -50,9 +50,9 @@ class LatencySizes:
 
     connections: int = 100
     size: int = 64  # bytes per request
-    warmup: float = 0.5  # seconds of discarded closed-loop load on the fresh server
-    peak_duration: float = 2.0  # seconds of the closed loop that gives the peak
-    duration: float = 2.0  # seconds of schedule per load
+    warmup: float = 0.3  # seconds of discarded closed-loop load on the fresh server
+    peak_duration: float = 1.5  # seconds of the closed loop that gives the peak
+    duration: float = 1.5  # seconds of schedule per load
     # Fractions of the closed-loop peak offered by the open loop, from light to heavy.
     loads: tuple[float, ...] = (0.25, 0.5, 0.75, 0.9)
     # Seconds the answers still due at the end of a schedule get before they count as

@@ -23,7 +23,6 @@ from typing import Any
 
 import attrs
 import pytest
-from conftest import needs_epoll
 
 from trio_echo.bench import baseline, loadgen
 from trio_echo.bench import server as bench_server
@@ -749,7 +748,6 @@ def test_loadgen_source_ships_with_the_package():
 
 
 @needs_cc
-@needs_epoll  # loadgen.c is an epoll program
 def test_loadgen_is_built_once_per_source(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     first = loadgen.build()
@@ -767,7 +765,6 @@ def test_no_compiler_is_one_clear_error(tmp_path, monkeypatch):
         loadgen.build()
 
 
-@needs_epoll  # loadgen.c is an epoll program
 def test_loadgen_refuses_non_loopback_hosts(tmp_path):
     if shutil.which("cc") is None and shutil.which("gcc") is None:
         pytest.skip("no C compiler")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
@@ -282,3 +283,15 @@ class Lab:
     def _raise_writer_error(self) -> None:
         if self._writer is not None and self._writer.done() and not self._writer.cancelled():
             self._writer.result()  # raises StdoutClosed / StdoutError
+
+
+def run_on_asyncio(main: Coroutine[Any, Any, Outcome]) -> Outcome:
+    """Run an asyncio model's ``serve(config)`` on the stdlib event loop."""
+    return asyncio.run(main)
+
+
+def run_on_uvloop(main: Coroutine[Any, Any, Outcome]) -> Outcome:
+    """The same on uvloop (imported by name: an optional dependency, untyped here)."""
+    uvloop = importlib.import_module("uvloop")
+    outcome: Outcome = uvloop.run(main)
+    return outcome

@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import importlib
 
 from trio_echo.config import Config
 from trio_echo.lifecycle import Outcome
-from trio_echo.models._aio import Lab
+from trio_echo.models._aio import Lab, run_on_asyncio, run_on_uvloop
 from trio_echo.net.bind import BACKLOG, bind_sockets
 
 
@@ -61,11 +60,8 @@ async def handle(lab: Lab, reader: asyncio.StreamReader, writer: asyncio.StreamW
 
 
 def run(config: Config) -> Outcome:
-    return asyncio.run(serve(config))
+    return run_on_asyncio(serve(config))
 
 
 def run_uvloop(config: Config) -> Outcome:
-    """The same server on uvloop (imported by name: an optional dependency, untyped here)."""
-    uvloop = importlib.import_module("uvloop")
-    outcome: Outcome = uvloop.run(serve(config))
-    return outcome
+    return run_on_uvloop(serve(config))

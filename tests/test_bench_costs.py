@@ -256,7 +256,8 @@ def test_the_accelerator_removes_trios_epoll_ctl_per_request():
     if (why := syscalls.strace_unavailable()) is not None:
         pytest.skip(why)
     context = Context(binary=loadgen.build(), sizes=Sizes.quick())
-    sizes = attrs.evolve(CostSizes.quick(), duration=0.2, traced_duration=0.2)
+    # Half a second: enough CPU ticks (10 ms each) to count, even on a busy machine.
+    sizes = attrs.evolve(CostSizes.quick(), duration=0.5, traced_duration=0.2)
     scenario = costs_scenario(sizes)
     report: dict[str, dict[str, object]] = {"models": {}}
     found = {}

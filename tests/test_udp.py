@@ -16,7 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
+import time
 
 import pytest
 import trio
@@ -25,6 +25,7 @@ from conftest import (
     EVENT_TIMEOUT,
     LISTENING_RE,
     SERVER_COMMAND,
+    _PipeReader,
     assert_no_traceback,
     rss_bytes,
     run_cli,
@@ -189,20 +190,46 @@ def test_graceful_stop_prints_every_datagram_it_received(start_server, senders):
     server = start_server("--udp")
     sender = senders(server.port)
     count = 500
+    backlog = backlog_drops()
     sender.send(*(b"datagram %d" % n for n in range(count)))
+    backlog = backlog_drops() - backlog
     assert server.stop() == 0
     stderr = server.all_stderr()
     assert "SIGTERM: stopped receiving" in stderr
     printed = server.all_stdout().splitlines()
     assert printed == [b"[%s] datagram %d" % (sender.name.encode(), n) for n in _numbers(printed)]
     assert len(set(printed)) == len(printed)
-    assert len(printed) + kernel_drops(stderr) == count
+    assert_accounted(len(printed), kernel_drops(stderr), count, backlog)
     assert summary_of(stderr)["datagrams"] == str(len(printed))
     assert_no_traceback(stderr)
 
 
 def _numbers(lines: list[bytes]) -> list[int]:
     return [int(line.rsplit(b" ", 1)[1]) for line in lines]
+
+
+def start_reading(server) -> None:
+    """Start reading the stdout of a server started with ``read_stdout=False`` (left unread
+    until now): from here on, ``server.wait_stdout`` and ``server.all_stdout`` work."""
+    assert server.proc.stdout is not None
+    server._stdout = _PipeReader(server.proc.stdout, "server stdout")
+
+
+def backlog_drops() -> int:
+    """Packets this machine dropped before any socket saw them (the per-CPU backlog of
+    ``/proc/net/softnet_stat``, second column): loopback traffic deferred by a busy CPU can
+    overflow it, and those drops are in no socket's count."""
+    try:
+        with open("/proc/net/softnet_stat") as stat:
+            return sum(int(row.split()[1], 16) for row in stat)
+    except OSError:
+        return 0
+
+
+def assert_accounted(printed: int, drops: int, sent: int, backlog: int) -> None:
+    """Every datagram sent is a record printed or a drop the server counted -- or, only if the
+    machine's backlog dropped some meanwhile, one of those."""
+    assert printed + drops <= sent <= printed + drops + backlog, (printed, drops, sent, backlog)
 
 
 def test_stalled_stdout_keeps_memory_bounded_and_the_kernel_drops_are_counted(start_server):
@@ -212,66 +239,48 @@ def test_stalled_stdout_keeps_memory_bounded_and_the_kernel_drops_are_counted(st
     server = start_server("--udp", "--raw", read_stdout=False)
     before = rss_bytes(server.pid)
     size, count = 1000, 60_000
-    sender = Sender(server.port)
-    try:
+    backlog = backlog_drops()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
         for n in range(count):
-            sender.send(b"%-*d\n" % (size - 1, n))
-        growth = rss_bytes(server.pid) - before
-        # The queue's 8 MiB budget, plus allocator slack; 60 MB were sent.
-        assert growth < 32 * 1024 * 1024, growth
-        # Read stdout (to EOF once stopped); the stop drains the queue.
-        assert server.proc.stdout is not None
-        reader = _drain_in_thread(server.proc.stdout)
-        server.wait_stderr("WARNING the kernel dropped datagrams")
-        assert server.stop(timeout=30) == 0
-        out = reader()
-    finally:
-        sender.close()
+            sender.sendto(b"%-*d\n" % (size - 1, n), ("127.0.0.1", server.port))
+    backlog = backlog_drops() - backlog
+    growth = rss_bytes(server.pid) - before
+    # The output queue's 8 MiB budget, plus the allocator's slack; 60 MB were sent.
+    assert growth < 32 * 1024 * 1024, growth
+    start_reading(server)
+    assert server.stop(timeout=30) == 0
+    out = server.all_stdout(timeout=30)
     stderr = server.all_stderr()
     assert len(out) % size == 0
     printed = len(out) // size
     drops = kernel_drops(stderr)
-    assert drops > 0
-    assert printed + drops == count, (printed, drops)
+    if sys.platform.startswith("linux"):
+        assert drops > 0
+    assert_accounted(printed, drops, count, backlog)
     assert summary_of(stderr)["datagrams"] == str(printed)
 
 
-def _drain_in_thread(pipe):
-    chunks: list[bytes] = []
-
-    def run() -> None:
-        while chunk := pipe.read1(1 << 20):
-            chunks.append(chunk)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-
-    def result() -> bytes:
-        thread.join(EVENT_TIMEOUT)
-        assert not thread.is_alive()
-        return b"".join(chunks)
-
-    return result
-
-
 def test_jsonl_says_when_the_kernel_dropped_datagrams(start_server):
-    """A burst while stdout is unread, then one more datagram once it is read: that one tells
-    how many the kernel dropped before it (SO_RXQ_OVFL), as a jsonl record."""
+    """A burst while stdout is unread; then, once it is read, the next datagram the kernel
+    queues tells how many it dropped before (SO_RXQ_OVFL): a warning, and a jsonl record."""
     if net_datagram.SO_RXQ_OVFL is None:
         pytest.skip("the kernel does not count drops here (SO_RXQ_OVFL: Linux)")
     server = start_server("--udp", "--format", "jsonl", read_stdout=False)
-    sender = Sender(server.port)
-    try:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
         for n in range(30_000):
-            sender.send(b"%-999d" % n)
-        assert server.proc.stdout is not None
-        reader = _drain_in_thread(server.proc.stdout)
-        server.wait_stderr("WARNING the kernel dropped datagrams")
-        assert server.stop(timeout=30) == 0
-        out = reader()
-    finally:
-        sender.close()
-    dropped = [json.loads(line) for line in out.splitlines() if b'"dropped"' in line]
+            sender.sendto(b"%-999d" % n, ("127.0.0.1", server.port))
+        start_reading(server)
+        # Probes until one gets through (while the receive buffer is still full, they are
+        # dropped too).
+        deadline = time.monotonic() + EVENT_TIMEOUT
+        while b'"probe"' not in server.stdout:
+            assert time.monotonic() < deadline, server.stderr
+            sender.sendto(b"probe", ("127.0.0.1", server.port))
+            time.sleep(0.01)
+    server.wait_stderr("WARNING the kernel dropped datagrams on 127.0.0.1:")
+    assert server.stop(timeout=30) == 0
+    records = [json.loads(line) for line in server.all_stdout(timeout=30).splitlines()]
+    dropped = [r for r in records if r["event"] == "dropped"]
     assert dropped
     assert sum(r["datagrams"] for r in dropped) == dropped[-1]["total"] > 0
     assert kernel_drops(server.all_stderr()) >= dropped[-1]["total"]
@@ -299,9 +308,6 @@ def test_a_port_in_use_is_one_line(start_server):
     assert f"cannot listen on 127.0.0.1 UDP port {server.port}: address already in use" in (
         result.stderr
     )
-    # A TCP server may still have the same port number: another protocol.
-    tcp = run_cli("--host", "127.0.0.1", "--port", str(server.port), "--version")
-    assert tcp.returncode == 0
 
 
 # ---- bad input -----------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ stderr and the summary at exit come from here, whatever the concurrency model.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 
 import attrs
 
@@ -42,6 +43,16 @@ class ServerStats:
             f"served {self.connections} connection{'s' if self.connections != 1 else ''}, "
             f"{self.bytes_received} bytes received, up {self.uptime():.1f} s"
         )
+
+    def add_datagrams(self, counts: Mapping[str, object], *, shared: bool) -> None:
+        """Add a ``--udp`` worker's counts (its last report).  The kernel's drops are counted
+        per socket: summed over workers with sockets of their own, but the same count for
+        every worker of ``shared`` ones."""
+        self.datagrams += int(str(counts.get("datagrams", 0)))
+        self.refused += int(str(counts.get("refused", 0)))
+        if (drops := counts.get("kernel_drops")) is not None:
+            known = self.kernel_drops or 0
+            self.kernel_drops = max(known, int(str(drops))) if shared else known + int(str(drops))
 
     def _datagram_summary(self) -> str:
         parts = [

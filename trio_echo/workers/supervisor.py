@@ -344,18 +344,7 @@ class Supervisor:
                 if "status" in message:
                     self.stats.connections += int(message.get("connections", 0))
                     self.stats.bytes_received += int(message.get("bytes", 0))
-                    self._add_datagrams(message)
-
-    def _add_datagrams(self, message: dict[str, object]) -> None:
-        """A --udp worker's counts.  The kernel's drops are per socket: summed over the
-        workers' own sockets, but the same count seen by every worker of shared ones."""
-        stats = self.stats
-        stats.datagrams += int(str(message.get("datagrams", 0)))
-        stats.refused += int(str(message.get("refused", 0)))
-        if (drops := message.get("kernel_drops")) is not None:
-            drops = int(str(drops))
-            known = stats.kernel_drops or 0
-            stats.kernel_drops = max(known, drops) if self.shared else known + drops
+                    self.stats.add_datagrams(message, shared=bool(self.shared))  # --udp
 
     def _ready(self, number: int, pid: int, first: bool) -> None:
         LOGGER.info("worker %d (pid %d) is serving", number, pid)

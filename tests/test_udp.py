@@ -543,3 +543,23 @@ def test_udp_sockets_are_not_shared_by_reuseaddr():
     (first,) = net_datagram.bind_datagram_sockets(("127.0.0.1",), 0)
     with first, pytest.raises(ListenError, match=r"UDP port \d+: address already in use"):
         net_datagram.bind_datagram_sockets(("127.0.0.1",), first.getsockname()[1])
+
+
+def test_workers_drop_counts_add_up_per_socket():
+    """The supervisor sums its workers' kernel drops when each has sockets of its own, but a
+    shared socket's count is the same one seen by every worker."""
+    reports = [
+        {"datagrams": 4534, "refused": 1, "kernel_drops": 13466},
+        {"datagrams": 7570, "refused": 0, "kernel_drops": 14430},
+    ]
+    own, shared = ServerStats(udp=True), ServerStats(udp=True)
+    for report in reports:
+        own.add_datagrams(report, shared=False)
+        shared.add_datagrams(report, shared=True)
+    assert (own.datagrams, own.refused, own.kernel_drops) == (12104, 1, 27896)
+    assert shared.kernel_drops == 14430
+    unknown = ServerStats(udp=True)
+    unknown.add_datagrams({"datagrams": 3, "kernel_drops": None}, shared=False)
+    assert unknown.kernel_drops is None
+    assert "dropped" not in unknown.summary()
+    assert unknown.summary().startswith("received 3 datagrams, 0 bytes, up ")

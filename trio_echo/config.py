@@ -105,6 +105,9 @@ class Config:
     # Use the optional accelerators where the platform has them (the epoll readiness hub,
     # trio_echo.server.hub); False reads sockets through Trio alone (--no-accelerator).
     accelerate: bool = True
+    # UDP (--udp; trio model only; trio_echo.server.datagram): serve datagrams on hosts/port
+    # instead of TCP connections: one output record per datagram, --echo sends it back.
+    udp: bool = False
 
     @max_line.validator
     def _check_max_line(self, attribute: attrs.Attribute[int], value: int) -> None:
@@ -133,6 +136,8 @@ class Config:
         if self.echo and not self.quiet:
             what = "echo and print"
         mode = f"{what}, quiet" if self.quiet else f"{what}, {self.output_format.value}"
+        if self.udp:
+            mode = f"udp, {mode}"
         if self.tls_cert is not None:
             mode += ", tls"
         if self.proxy_protocol:

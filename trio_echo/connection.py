@@ -70,6 +70,22 @@ class Connection:
             log_open(conn.conn_id, conn.peer)
         return conn
 
+    @classmethod
+    def datagram(
+        cls, config: Config, stats: ServerStats, address: object, number: int, *, printing: bool
+    ) -> Connection:
+        """One UDP datagram (``--udp``, :mod:`trio_echo.server.datagram`) as a connection that
+        lives for one ``feed`` and :meth:`flush`: formatted by the same path as a stream's
+        bytes (every format alike), counted in bytes but neither as a connection nor logged."""
+        conn = cls(config, stats, format_peer(address), number, printing and not config.quiet)
+        conn._assemble()
+        return conn
+
+    def flush(self) -> bytes:
+        """The output for the last line without a newline, as at the end of a connection (a
+        datagram's last line is whole), without counting anything out."""
+        return self.assembler.finish() if self.assembler else b""
+
     def _assemble(self) -> None:
         """The line assembler for this peer (none with ``--raw`` or nothing printed)."""
         config = self.config

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from trio_echo import __version__
+from trio_echo.cli import options_udp
 from trio_echo.cli.argtypes import (
     PROG,
     OneLineParser,
@@ -109,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
         "or v2), and is shown by the address it names; a client without one is refused. "
         "--allow/--deny apply to the balancer's address (trio model only)",
     )
+    options_udp.add_arguments(net)
     guard = parser.add_argument_group(
         "exposing the server (trio model only)",
         "For a server reachable from other machines: TLS, who may connect, how much one client "
@@ -228,6 +230,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, str, str]:
             parser.error(f"--model {model.name} does not support {flag}")
     if extras:
         parser.error(f"unrecognized arguments: {' '.join(extras)}")
+    options_udp.check(parser, args, given)  # --udp refuses the flags of a connection
     if (why_not := model.available()) is not None:
         parser.error(f"--model {model.name} is not available: {why_not}")
     if args.raw and args.format not in (None, "raw"):
@@ -236,7 +239,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, str, str]:
     allow = _networks(parser, "--allow", args.allow)
     deny = _networks(parser, "--deny", args.deny)
     _check_tls(parser, args.tls_cert, args.tls_key)
-    fds = _listening_fds(parser, args, given, model.name)
+    fds = () if args.udp else _listening_fds(parser, args, given, model.name)
     config = Config(
         hosts=args.host or DEFAULT_HOSTS,
         port=args.port,
@@ -257,6 +260,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, str, str]:
         fds=fds,
         workers=args.workers,
         accelerate=args.accelerate,
+        udp=args.udp,
     )
     return config, args.model, args.log_level
 

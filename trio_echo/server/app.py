@@ -33,6 +33,7 @@ from trio_echo.lifecycle import (
 from trio_echo.logs import LOGGER
 from trio_echo.output.queue import open_output_queue
 from trio_echo.output.writer import write_stdout
+from trio_echo.server.datagram import log_stopped_receiving, serve_datagrams
 from trio_echo.server.serve import Listener, ServerHandle, serve
 from trio_echo.stats import ServerStats
 
@@ -88,7 +89,10 @@ class _SignalWatcher:
             # The line says the listeners are closed: a balancer in front (or a test) may act on
             # it at once, so it comes only once that is true.  Closing takes one scheduler turn.
             await handle.accepting_stopped.wait()
-            log_stopping(signum, handle.grace, handle.stats.active, hint=not self.worker)
+            if handle.stats.udp:
+                log_stopped_receiving(signum, handle.grace, hint=not self.worker)
+            else:
+                log_stopping(signum, handle.grace, handle.stats.active, hint=not self.worker)
 
     async def stop_when(self, trigger: Callable[[], Awaitable[str]]) -> None:
         """Close everything at once when ``trigger`` returns (why, for the log): a worker's
@@ -130,10 +134,10 @@ async def run(
                 work.start_soon(partial(write_stdout, queue, reader, stdout_fd, framed=framed))
                 try:
                     serving = None if listeners is None else await listeners()
+                    # --udp: datagrams instead of connections (trio_echo.server.datagram).
+                    server = serve_datagrams if config.udp else partial(serve, listeners=serving)
                     handle = await work.start(
-                        partial(serve, sockets=sockets, listeners=serving),
-                        config,
-                        None if config.quiet else queue,
+                        partial(server, sockets=sockets), config, None if config.quiet else queue
                     )
                     watcher.handle = handle
                     if announce is None:

@@ -26,6 +26,7 @@ import trio
 from trio_echo.config import Config
 from trio_echo.logs import LOGGER
 from trio_echo.net.bind import REUSEPORT_BALANCES, adopt_sockets, bind_sockets
+from trio_echo.net.datagram import bind_datagram_sockets
 
 __all__ = ["open_port"]
 
@@ -38,15 +39,17 @@ async def open_port(config: Config) -> tuple[list[socket.socket], list[tuple[obj
         shared = adopt_sockets(config.fds)
         LOGGER.debug("the workers share the inherited listening sockets")
         return shared, [sock.getsockname() for sock in shared]
+    # --udp: the same two ways, with UDP sockets (trio_echo.net.datagram).
+    bind = bind_datagram_sockets if config.udp else bind_sockets
     if REUSEPORT_BALANCES:
         # Bound without SO_REUSEPORT, then closed: see the module docstring.
-        probe = await trio.to_thread.run_sync(bind_sockets, config.hosts, config.port)
+        probe = await trio.to_thread.run_sync(bind, config.hosts, config.port)
         addresses = [sock.getsockname() for sock in probe]
         for sock in probe:
             sock.close()
         LOGGER.debug("each worker gets listening sockets of its own (SO_REUSEPORT balances here)")
         return [], addresses
-    shared = await trio.to_thread.run_sync(bind_sockets, config.hosts, config.port)
+    shared = await trio.to_thread.run_sync(bind, config.hosts, config.port)
     LOGGER.debug(
         "the workers share one set of listening sockets (SO_REUSEPORT %s)",
         "does not balance here" if hasattr(socket, "SO_REUSEPORT") else "is missing",

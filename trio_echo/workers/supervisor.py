@@ -56,6 +56,7 @@ from trio_echo.config import Config
 from trio_echo.lifecycle import MIN_DRAIN_TIMEOUT, STOP_SIGNALS, Outcome, WorkerError, log_listening
 from trio_echo.logs import LOGGER, NOTICE
 from trio_echo.net.bind import ListenError, bind_reuseport
+from trio_echo.net.datagram import bind_datagram_reuseport
 from trio_echo.output.frames import FrameDecoder
 from trio_echo.output.queue import OutputQueue, open_output_queue
 from trio_echo.output.writer import write_stdout
@@ -248,7 +249,8 @@ class Supervisor:
             # descriptor numbers must stay valid (and ours) until then.
             sockets = [sock.dup() for sock in self.shared]
         else:
-            sockets = await trio.to_thread.run_sync(bind_reuseport, self.addresses)
+            bind = bind_datagram_reuseport if self.config.udp else bind_reuseport
+            sockets = await trio.to_thread.run_sync(bind, self.addresses)
         fds = tuple(sock.fileno() for sock in sockets)
         spec = WorkerSpec(
             attrs.evolve(self.config, fds=fds, workers=1, worker_id=number), self.log_level
@@ -342,6 +344,7 @@ class Supervisor:
                 if "status" in message:
                     self.stats.connections += int(message.get("connections", 0))
                     self.stats.bytes_received += int(message.get("bytes", 0))
+                    self.stats.add_datagrams(message, shared=bool(self.shared))  # --udp
 
     def _ready(self, number: int, pid: int, first: bool) -> None:
         LOGGER.info("worker %d (pid %d) is serving", number, pid)
@@ -357,7 +360,9 @@ async def supervise(config: Config, log_level: str) -> Outcome:
     with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
         shared, addresses = await open_port(config)
         queue, reader = open_output_queue(config.queue_bytes)
-        supervisor = Supervisor(config, log_level, queue, addresses, shared)
+        supervisor = Supervisor(
+            config, log_level, queue, addresses, shared, stats=ServerStats(udp=config.udp)
+        )
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(supervisor.watch, signals)

@@ -223,6 +223,10 @@ def _serve(spec: WorkerSpec, control: socket.socket, memo: _SignalMemo) -> int:
         status=outcome.exit_status,
         connections=stats.connections if stats else 0,
         bytes=stats.bytes_received if stats else 0,
+        # --udp
+        datagrams=stats.datagrams if stats else 0,
+        refused=stats.refused if stats else 0,
+        kernel_drops=stats.kernel_drops if stats else None,
     )
     # A cut short worker's line is a warning: its clients were cut off.
     LOGGER.log(logging.INFO if outcome.exit_status == 0 else logging.WARNING, "%s", outcome.summary)

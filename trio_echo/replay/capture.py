@@ -39,7 +39,14 @@ from pathlib import Path
 
 import attrs
 
-__all__ = ["Capture", "CaptureError", "CapturedConnection", "Chunk", "parse_capture", "read_capture"]
+__all__ = [
+    "Capture",
+    "CaptureError",
+    "CapturedConnection",
+    "Chunk",
+    "parse_capture",
+    "read_capture",
+]
 
 # The terminators a data record may carry: the server's line assembler knows no others.
 _EOLS = ("", "\n", "\r\n")
@@ -222,14 +229,14 @@ def _label(key: tuple[int | None, int]) -> str:
     return f"#{conn}" if worker is None else f"#{conn} (worker {worker})"
 
 
-def _record(
-    raw: bytes, where: str
-) -> tuple[str, tuple[int | None, int], int, dict[str, object]]:
+def _record(raw: bytes, where: str) -> tuple[str, tuple[int | None, int], int, dict[str, object]]:
     """One line's record, checked: its event, connection key, time and fields."""
     try:
-        record = json.loads(raw)
+        text = raw.decode("utf-8")  # json.loads(bytes) would guess UTF-16 and -32 too
     except UnicodeDecodeError:
         raise CaptureError(f"{where}: not UTF-8 text, so not jsonl") from None
+    try:
+        record = json.loads(text)
     except ValueError as exc:
         detail = getattr(exc, "msg", str(exc))
         raise CaptureError(f"{where}: not JSON ({detail}): not a jsonl capture") from None

@@ -44,7 +44,9 @@ def parse_target(text: str) -> tuple[str, int]:
     try:
         number = int(port)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number after ':', got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected a port number after ':', got {text!r}"
+        ) from None
     if not 1 <= number <= 65535:
         raise argparse.ArgumentTypeError(f"the port must be 1-65535, got {text!r}")
     return host, number

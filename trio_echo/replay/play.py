@@ -183,8 +183,7 @@ class _Player:
         else:
             if self.sent < self.conn.size:
                 self._fail(
-                    f"the server closed the connection after {self.sent} of "
-                    f"{self.conn.size} bytes"
+                    f"the server closed the connection after {self.sent} of {self.conn.size} bytes"
                 )
                 playing.cancel()
         self.finished.set()

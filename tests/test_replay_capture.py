@@ -288,11 +288,15 @@ def test_a_bad_line_anywhere_is_found_before_returning() -> None:
         parse(lines)
 
 
-def test_reading_a_file(tmp_path: Path) -> None:
+def test_reading_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "capture.jsonl"
     rec = Recorder(1)
     path.write_bytes(rec.open(0.0) + rec.send(0.1, b"\x00\xff\n") + rec.close(0.2))
     assert sent_by(read_capture(path)) == [b"\x00\xff\n"]
+    stdin = io.TextIOWrapper(io.BytesIO(path.read_bytes() + b"{"))
+    monkeypatch.setattr("sys.stdin", stdin)
+    with pytest.raises(CaptureError, match=r"^<stdin>:4: the last line has no newline"):
+        read_capture("-")
     with pytest.raises(CaptureError, match=r"^cannot read .*missing\.jsonl: No such file"):
         read_capture(tmp_path / "missing.jsonl")
     with pytest.raises(CaptureError, match=r"^cannot read .*: Is a directory"):

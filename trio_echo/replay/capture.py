@@ -34,6 +34,7 @@ import base64
 import binascii
 import datetime
 import json
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -153,8 +154,11 @@ class _Open:
 
 
 def read_capture(path: str | Path) -> Capture:
-    """Read and check the capture file at ``path``; raises :class:`CaptureError`."""
+    """Read and check the capture file at ``path`` (``-``: standard input, for a capture in
+    several files, ``cat capture.jsonl.1 capture.jsonl``); raises :class:`CaptureError`."""
     name = str(path)
+    if name == "-":
+        return parse_capture(sys.stdin.buffer, "<stdin>")
     try:
         with open(path, "rb") as file:
             return parse_capture(file, name)
@@ -195,8 +199,8 @@ def parse_capture(lines: Iterable[bytes], name: str = "<capture>") -> Capture:
                 )
             ended.discard(key)
             peer = record.get("peer")
-            peer = peer if isinstance(peer, str) else "unknown"
-            conn = live[key] = _Open(_label(key), peer, number, when, when)
+            name_of_peer = peer if isinstance(peer, str) else "unknown"
+            conn = live[key] = _Open(_label(key), name_of_peer, number, when, when)
             if event == "open":
                 continue
         if event == "data":

@@ -81,7 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
             "each) or HOST does not resolve, 2 on bad input (checked before anything is sent)."
         ),
     )
-    parser.add_argument("capture", metavar="CAPTURE.jsonl", help="the server's jsonl output")
+    parser.add_argument(
+        "capture",
+        metavar="CAPTURE.jsonl",
+        help="the server's --format jsonl output; - reads standard input",
+    )
     parser.add_argument(
         "--to",
         required=True,
@@ -105,7 +109,7 @@ def main(argv: Sequence[str]) -> int:
     # Imported after the flags are checked: --help and a bad flag need neither Trio nor attrs.
     import trio
 
-    from trio_echo.cli.failures import raise_fd_limit
+    from trio_echo.cli.failures import describe_failure, raise_fd_limit
     from trio_echo.replay.capture import CaptureError, read_capture
     from trio_echo.replay.play import ConnectionResult, Target, replay
 
@@ -131,8 +135,12 @@ def main(argv: Sequence[str]) -> int:
 
     try:
         outcome = trio.run(replay, capture, target, args.speed, report)
-    except KeyboardInterrupt:
-        return _fail("interrupted", 128 + 2)
+    except BaseException as exc:
+        if isinstance(exc, SystemExit):
+            raise
+        # Ctrl-C (however deep in exception groups): 130 and one line, like anything else.
+        status, message = describe_failure(exc)
+        return _fail(message or "interrupted", status)
     failed = len(outcome.failed)
     total = len(outcome.results)
     done = f"{total - failed} of {total}" if failed else f"{total}"

@@ -41,9 +41,13 @@ __all__ = ["ConnectionResult", "ReplayResult", "Target", "replay"]
 
 # After its EOF, how long the server may stay silent before the replay stops waiting for it to
 # close: any server that answers an EOF by closing does so at once, even while echoing a backlog
-# (bytes arriving reset the wait); one that keeps half-open connections costs this once, at the
-# end, for all its connections together.
+# (bytes arriving reset the wait); one that keeps half-open connections costs each connection
+# this much after its end, all at once, so the whole replay runs this much longer at most.
 CLOSE_WAIT = 5.0
+
+# ... and how long in all, however much it sends: a server that never stops talking (chargen)
+# must not keep a replay alive forever.
+MAX_CLOSE_WAIT = 60.0
 
 # How much to read from the server at a time: its answers are only counted.
 RECEIVE_SIZE = 64 * 1024
@@ -159,12 +163,13 @@ class _Player:
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self._fail(f"the server ended the connection after {self.sent} bytes: {_why(exc)}")
             return
-        while not self.finished.is_set():
-            before = self.received
-            with trio.move_on_after(CLOSE_WAIT):
-                await self.finished.wait()
-            if self.received == before:
-                return  # silent for CLOSE_WAIT after our EOF: it will not close; we do
+        with trio.move_on_after(MAX_CLOSE_WAIT):
+            while not self.finished.is_set():
+                before = self.received
+                with trio.move_on_after(CLOSE_WAIT):
+                    await self.finished.wait()
+                if self.received == before:
+                    return  # silent for CLOSE_WAIT after our EOF: it will not close; we do
 
     async def _drain(self, stream: trio.SocketStream, playing: trio.CancelScope) -> None:
         """Read what the server sends until it ends its side; count it, keep nothing.

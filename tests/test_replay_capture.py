@@ -218,9 +218,9 @@ def test_unknown_fields_are_ignored_and_z_times_read() -> None:
             "future": [1, 2],
         }
     )
-    (conn,) = parse([line.encode() + b"\n", b"\n"]).connections  # a blank line holds nothing
-    assert conn.peer == "unknown"
-    assert sent_by(parse([line.encode() + b"\n"])) == [b"x"]
+    capture = parse([record("open", conn=2), line.encode() + b"\n", b"\n"])  # blank: nothing
+    assert [conn.peer for conn in capture.connections] == ["unknown", PEER]
+    assert sent_by(capture) == [b"x", b""]
 
 
 # --------------------------------------------------------------------------------------------
@@ -265,6 +265,10 @@ BAD = {
     "data after close": (
         [GOOD, record("close", bytes=0), record("data", data="x", eol="")],
         "cap.jsonl:3: data record for connection #1 after its close",
+    ),
+    "a --udp capture": (
+        [record("data", conn=1, data="a", eol=""), record("data", conn=2, data="b", eol="")],
+        "cap.jsonl: data records only, no open or close: a capture of --udp datagrams",
     ),
     "empty": ([], "cap.jsonl: no records to replay"),
     "only blank lines": ([b"\n", b"  \n"], "cap.jsonl: no records to replay"),

@@ -19,8 +19,10 @@ that do not decode, a ``close`` whose byte count disagrees with the data): the c
 with one line naming the file and the line, before anything is sent.  It is lenient where the
 capture is merely partial: a connection whose ``open`` is missing starts at its first record, one
 whose ``close`` is missing (the capture was cut short) stays open until the capture's last
-record.  A connection number seen again after its ``close`` with a new ``open`` is a new
-connection (a server restarted, appending to the same file).  Records of other events are refused.
+record; but a capture without a single ``open`` or ``close`` is refused: that is what ``--udp``
+writes (``conn`` numbers datagrams there), and datagrams are no TCP connections.  A connection
+number seen again after its ``close`` with a new ``open`` is a new connection (a server
+restarted, appending to the same file).  Records of other events are refused.
 
 Times are the wall clock, so a clock step during the capture could make a connection's records go
 back in time: they are kept in file order (a record never goes before the one above it).
@@ -177,6 +179,7 @@ def parse_capture(lines: Iterable[bytes], name: str = "<capture>") -> Capture:
     done: list[_Open] = []
     first: int | None = None
     last: int | None = None
+    events = False  # whether there was any open or close record
     number = 0
     for number, raw in enumerate(lines, 1):
         where = f"{name}:{number}"
@@ -189,6 +192,7 @@ def parse_capture(lines: Iterable[bytes], name: str = "<capture>") -> Capture:
         event, key, when, record = _record(raw, where)
         first = when if first is None else min(first, when)
         last = when if last is None else max(last, when)
+        events = events or event != "data"
         conn = live.get(key)
         if event == "open" or conn is None:
             if conn is not None:  # a new open for a live number: the server restarted
@@ -220,6 +224,13 @@ def parse_capture(lines: Iterable[bytes], name: str = "<capture>") -> Capture:
         ended.add(key)
     if first is None or last is None:
         raise CaptureError(f"{name}: no records to replay (an empty capture)")
+    if not events:
+        # --udp numbers datagrams in "conn" and has no open/close: TCP connections would be
+        # a different thing altogether.
+        raise CaptureError(
+            f"{name}: data records only, no open or close: a capture of --udp datagrams (or a "
+            "filtered one)? replay needs a TCP capture with its open and close records"
+        )
     done.extend(live.values())  # still open when the capture ended
     connections = sorted(
         (conn.freeze(first, last if conn.end is None else conn.end) for conn in done),

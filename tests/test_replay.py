@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
+from functools import partial
 from pathlib import Path
 
 import attrs
@@ -21,11 +22,11 @@ import pytest
 import trio
 from conftest import (
     EVENT_TIMEOUT,
-    SERVER_COMMAND,
     assert_no_traceback,
     run_command,
 )
 
+from trio_echo.cli.main import main
 from trio_echo.replay import play
 from trio_echo.replay.capture import Capture, CapturedConnection, Chunk
 from trio_echo.replay.play import ConnectionResult, ReplayResult, Target, replay
@@ -111,7 +112,7 @@ async def serving(nursery: trio.Nursery, handler: Handler) -> tuple[Target, list
         finally:
             record.closed = trio.current_time()
 
-    listeners = await nursery.start(trio.serve_tcp, serve_one, 0, "127.0.0.1")
+    listeners = await nursery.start(partial(trio.serve_tcp, serve_one, 0, host="127.0.0.1"))
     return Target("127.0.0.1", listeners[0].socket.getsockname()[1]), seen
 
 
@@ -138,7 +139,7 @@ async def test_each_connection_sends_its_bytes_at_their_times_overlapping(
     # On time, never early: each open and chunk at start + its offset, or a little later.
     assert 0 <= a.opened - start < LATE
     assert 0.05 <= b.opened - start < 0.05 + LATE
-    assert [n for _, n in a.arrivals] == [4, 13]
+    assert [n for _, n in a.arrivals] == [4, 12]
     assert 0.15 <= a.arrivals[1][0] - start < 0.15 + LATE
     assert 0.1 <= b.arrivals[0][0] - start < 0.1 + LATE
     # They overlapped as captured: #2 came and went while #1 was open.
@@ -154,7 +155,7 @@ async def test_speed_scales_every_wait_and_inf_removes_them(nursery: trio.Nurser
     start = trio.current_time()
     await play_it(capture_of(slow), target, speed=10)
     assert 0.1 <= trio.current_time() - start < 0.1 + LATE
-    assert 0.1 <= seen[0].arrivals[-1][0] - seen[0].arrivals[0][0] < 0.1 + LATE
+    assert 0.1 <= seen[0].arrivals[-1][0] - start < 0.1 + LATE
     start = trio.current_time()
     result = await play_it(capture_of(slow), target, speed=float("inf"))
     assert trio.current_time() - start < LATE
@@ -222,7 +223,6 @@ async def test_a_connection_the_server_had_ended_is_hung_up_on_time(nursery: tri
 # The command line: bad input is one line, exit 2, and nothing sent
 
 
-REPLAY = (*SERVER_COMMAND, "replay")
 STRICT_REPLAY = (sys.executable, "-X", "dev", "-W", "error", "-m", "trio_echo", "replay")
 
 GOOD_CAPTURE = (
@@ -261,20 +261,34 @@ BAD_FLAGS = {
 }
 
 
+def replay_main(*args: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """``python -m trio_echo replay ARGS`` in this process (through the real entry point):
+    its exit status, stdout and stderr.  Fast, for the many bad-input cases."""
+    try:
+        status = main(["replay", *args])
+    except SystemExit as exc:  # argparse's way out
+        status = exc.code if isinstance(exc.code, int) else 1
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
 @pytest.mark.parametrize(("flags", "expected"), BAD_FLAGS.values(), ids=BAD_FLAGS.keys())
 def test_a_bad_flag_is_one_line_and_exit_2(
-    tmp_path: Path, listener: socket.socket, flags: list[str], expected: str
+    tmp_path: Path,
+    listener: socket.socket,
+    capsys: pytest.CaptureFixture[str],
+    flags: list[str],
+    expected: str,
 ) -> None:
     capture = tmp_path / "capture.jsonl"
     capture.write_bytes(GOOD_CAPTURE)
     port = listener.getsockname()[1]
     to = [] if "--to" in flags or flags == [] else ["--to", f"127.0.0.1:{port}"]
-    result = run_command([*REPLAY, str(capture), *to, *flags])
-    assert result.returncode == 2, result.stderr
-    assert result.stdout == ""
-    assert len(result.stderr.splitlines()) == 1, result.stderr
-    assert result.stderr.startswith("trio-echo replay: error: ")
-    assert expected in result.stderr
+    status, out, err = replay_main(str(capture), *to, *flags, capsys=capsys)
+    assert (status, out) == (2, "")
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("trio-echo replay: error: ")
+    assert expected in err
     assert_nobody_connected(listener)
 
 
@@ -289,16 +303,36 @@ BAD_FILES = {
 
 @pytest.mark.parametrize(("content", "expected"), BAD_FILES.values(), ids=BAD_FILES.keys())
 def test_a_bad_capture_is_refused_before_anything_is_sent(
-    tmp_path: Path, listener: socket.socket, content: bytes | None, expected: str
+    tmp_path: Path,
+    listener: socket.socket,
+    capsys: pytest.CaptureFixture[str],
+    content: bytes | None,
+    expected: str,
 ) -> None:
     path = tmp_path / "capture.jsonl"
     if content is not None:
         path.write_bytes(content)
     port = listener.getsockname()[1]
-    result = run_command([*STRICT_REPLAY, str(path), "--to", f"127.0.0.1:{port}"])
-    assert result.returncode == 2, result.stderr
-    assert result.stdout == ""
-    assert result.stderr == f"trio-echo replay: error: {expected.format(path=path)}\n"
+    status, out, err = replay_main(str(path), "--to", f"127.0.0.1:{port}", capsys=capsys)
+    assert (status, out) == (2, "")
+    assert err.startswith(f"trio-echo replay: error: {expected.format(path=path)}")
+    assert len(err.splitlines()) == 1, err
+    assert_nobody_connected(listener)
+
+
+def test_bad_input_from_the_command_line_as_typed(tmp_path: Path, listener: socket.socket) -> None:
+    # The same, as a user runs it, under -X dev -W error: one line, no traceback, exit 2.
+    path = tmp_path / "capture.jsonl"
+    path.write_bytes(GOOD_CAPTURE[:-20])
+    port = listener.getsockname()[1]
+    for args, expected in (
+        ([str(path), "--to", f"127.0.0.1:{port}"], f"{path}:2: the last line has no newline"),
+        ([str(path), "--to", f"::1:{port}"], "an IPv6 address goes in brackets"),
+    ):
+        result = run_command([*STRICT_REPLAY, *args])
+        assert (result.returncode, result.stdout) == (2, ""), result.stderr
+        assert len(result.stderr.splitlines()) == 1, result.stderr
+        assert expected in result.stderr
     assert_nobody_connected(listener)
 
 
@@ -317,11 +351,11 @@ def test_ctrl_c_is_one_line_and_130(tmp_path: Path, listener: socket.socket) -> 
     assert stderr == "trio-echo replay: error: interrupted\n"
 
 
-def test_help() -> None:
-    result = run_command([*REPLAY, "--help"])
-    assert result.returncode == 0
-    assert "--to HOST:PORT" in result.stdout
-    assert "--speed X" in result.stdout
+def test_help(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, _ = replay_main("--help", capsys=capsys)
+    assert status == 0
+    assert "--to HOST:PORT" in out
+    assert "--speed X" in out
 
 
 def test_a_refused_target_is_a_line_per_connection_and_exit_1(tmp_path: Path) -> None:

@@ -106,7 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(list(argv))
-    # Imported after the flags are checked: --help and a bad flag need neither Trio nor attrs.
+    try:
+        return _replay(args)
+    except KeyboardInterrupt:  # while reading a large capture, or resolving
+        return _fail("interrupted", 128 + 2)
+
+
+def _replay(args: argparse.Namespace) -> int:
+    # Imported after the flags are checked: --help and a bad flag need no Trio.
     import trio
 
     from trio_echo.cli.failures import describe_failure, raise_fd_limit
@@ -121,7 +128,8 @@ def main(argv: Sequence[str]) -> int:
     try:
         socket.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
-        return _fail(f"--to {target}: cannot resolve {target.host!r}: {exc}", EXIT_ERROR)
+        why = getattr(exc, "strerror", None) or exc
+        return _fail(f"--to {target}: cannot resolve {target.host!r}: {why}", EXIT_ERROR)
     raise_fd_limit()  # a capture may hold thousands of concurrent connections
 
     def report(result: ConnectionResult) -> None:

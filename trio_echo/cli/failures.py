@@ -56,7 +56,8 @@ def describe_failure(exc: BaseException) -> tuple[int, str | None]:
     for kind in (ListenError, StdoutClosed, StdoutError, TLSSetupError, WorkerError):
         for leaf in leaves:
             if isinstance(leaf, kind):
-                return EXIT_ERROR, str(leaf)
+                # A --unix path problem is the command line's (UnixPathError): exit status 2.
+                return getattr(leaf, "exit_status", EXIT_ERROR), str(leaf)
     if any(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):
         # Ctrl-C before the signal handlers were in place: nothing to drain yet.
         return 128 + 2, None

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from trio_echo import __version__
-from trio_echo.cli import options_udp
+from trio_echo.cli import options_udp, options_unix
 from trio_echo.cli.argtypes import (
     PROG,
     OneLineParser,
@@ -21,7 +21,7 @@ from trio_echo.cli.argtypes import (
 )
 from trio_echo.config import DEFAULT_HOSTS, DEFAULT_PORT, Config
 from trio_echo.logs import LEVELS
-from trio_echo.models import HARDENING_FLAGS, MODELS, SCALE_OUT_FLAGS
+from trio_echo.models import HARDENING_FLAGS, MODELS, SCALE_OUT_FLAGS, UNIX_FLAGS
 from trio_echo.net.access import Network, parse_network
 from trio_echo.net.bind import inherited_problem, systemd_fds
 from trio_echo.net.tls import DEFAULT_HANDSHAKE_TIMEOUT, TLSSetupError, server_context
@@ -158,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="close a connection once its client sends more than this in all; exactly BYTES "
         "are printed (default: no limit)",
     )
+    options_unix.add_arguments(parser)
     out = parser.add_argument_group("output")
     out.add_argument("--echo", action="store_true", help="also send every byte back to its client")
     out.add_argument(
@@ -190,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
             f"{m.name}: {m.summary}"
             + (
                 f" (no {', '.join(sorted(flags))})"
-                if (flags := m.unsupported - HARDENING_FLAGS - SCALE_OUT_FLAGS)
+                if (flags := m.unsupported - HARDENING_FLAGS - SCALE_OUT_FLAGS - UNIX_FLAGS)
                 else ""
             )
             for m in MODELS.values()
@@ -239,7 +240,12 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, str, str]:
     allow = _networks(parser, "--allow", args.allow)
     deny = _networks(parser, "--deny", args.deny)
     _check_tls(parser, args.tls_cert, args.tls_key)
-    fds = () if args.udp else _listening_fds(parser, args, given, model.name)
+    unix = options_unix.parse_options(parser, args, given)
+    if args.udp and unix.unix is not None:
+        parser.error("--udp with --unix: Unix datagram sockets are not served; choose one")
+    fds = (
+        () if args.udp or unix.unix is not None else _listening_fds(parser, args, given, model.name)
+    )
     config = Config(
         hosts=args.host or DEFAULT_HOSTS,
         port=args.port,
@@ -261,6 +267,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, str, str]:
         workers=args.workers,
         accelerate=args.accelerate,
         udp=args.udp,
+        unix=unix.unix,
+        unix_mode=unix.unix_mode,
+        keepalive=unix.keepalive,
     )
     return config, args.model, args.log_level
 

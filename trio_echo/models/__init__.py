@@ -18,7 +18,7 @@ import attrs
 from trio_echo.config import Config
 from trio_echo.lifecycle import Outcome
 
-__all__ = ["DATAGRAM_FLAGS", "HARDENING_FLAGS", "MODELS", "SCALE_OUT_FLAGS", "Model"]
+__all__ = ["DATAGRAM_FLAGS", "HARDENING_FLAGS", "MODELS", "SCALE_OUT_FLAGS", "UNIX_FLAGS", "Model"]
 
 # The flags for exposing the server (TLS, access control, a byte limit per connection): the trio
 # model's, refused by the others, which stay minimal and side by side comparable.  The warning
@@ -37,7 +37,11 @@ TRIO_FLAGS = frozenset({"--no-accelerator"})
 # UDP (--udp, trio_echo.server.datagram): the trio model's.
 DATAGRAM_FLAGS = frozenset({"--udp"})
 
-TRIO_ONLY = HARDENING_FLAGS | SCALE_OUT_FLAGS | TRIO_FLAGS | DATAGRAM_FLAGS
+# Unix domain sockets and TCP keepalive (trio_echo.net.unix, trio_echo.net.keepalive): the trio
+# model's.
+UNIX_FLAGS = frozenset({"--unix", "--unix-mode", "--keepalive"})
+
+TRIO_ONLY = HARDENING_FLAGS | SCALE_OUT_FLAGS | TRIO_FLAGS | DATAGRAM_FLAGS | UNIX_FLAGS
 
 
 @attrs.frozen
@@ -78,7 +82,7 @@ MODELS: dict[str, Model] = {
             "the trio model's server and handler on Trio's stock SocketListener and "
             "SocketStream (what serve_tcp gives), to show what our fast stream gains",
             "trio_echo.models.trio_stock:run",
-            unsupported=frozenset({"--fd", "--workers"}) | DATAGRAM_FLAGS,
+            unsupported=frozenset({"--fd", "--workers"}) | DATAGRAM_FLAGS | UNIX_FLAGS,
         ),
         Model(
             "anyio-trio",

@@ -13,6 +13,7 @@ import os
 import socket
 import stat
 import sys
+from collections.abc import Sequence
 
 from trio_echo.logs import LOGGER
 from trio_echo.output.format import format_peer
@@ -223,9 +224,17 @@ def warn_if_exposed(addresses: list[tuple[object, ...]]) -> None:
         )
 
 
-def describe_addresses(addresses: list[tuple[object, ...]]) -> str:
+def describe_addresses(addresses: Sequence[object]) -> str:
     """``127.0.0.1:8888, [::1]:8888``: the bound addresses as the start-up line shows them."""
-    return ", ".join(format_peer(address) for address in addresses)
+    return ", ".join(map(_describe_address, addresses))
+
+
+def _describe_address(address: object) -> str:
+    if isinstance(address, tuple):
+        return format_peer(address)
+    # A Unix socket's, as getsockname gives it: a path, or an abstract name after a NUL byte.
+    text = os.fsdecode(address) if isinstance(address, bytes) else str(address)
+    return "unix:" + ("@" + text[1:] if text.startswith("\0") else text)
 
 
 # ---- inherited sockets: --fd N, systemd socket activation ------------------------------------

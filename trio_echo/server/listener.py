@@ -19,6 +19,8 @@ import trio
 from trio_echo.logs import LOGGER
 from trio_echo.net.access import AccessPolicy
 from trio_echo.net.bind import ACCEPT_CAPACITY_ERRNOS, ACCEPT_RETRY_SLEEP
+from trio_echo.net.keepalive import Keepalive
+from trio_echo.net.peercred import peer_name as unix_peer_name
 from trio_echo.output.format import format_peer
 from trio_echo.server.hub import ReadinessHub
 from trio_echo.server.stream import LeanSocketStream
@@ -124,6 +126,11 @@ class LeanSocketListener(trio.abc.Listener[LeanSocketStream]):
     row, rather than after each.  Clients refused by ``access`` are closed here, before they
     cost a task.  Running out of descriptors pauses accepting (``ACCEPT_RETRY_SLEEP``) with a
     log line at most once a second; an error that concerns one client costs only that client.
+
+    TCP and Unix sockets alike: a Unix socket's client is named by the kernel's credentials of
+    its process (``unix:pid=1234,uid=1000,gid=1000``, one ``getsockopt`` per accept), since it
+    has no address.  ``keepalive`` is set on every accepted TCP socket where it is given (only
+    where they do not inherit it from the listening socket: trio_echo.net.keepalive).
     """
 
     def __init__(
@@ -133,17 +140,22 @@ class LeanSocketListener(trio.abc.Listener[LeanSocketStream]):
         hub: ReadinessHub | None = None,
         access: AccessPolicy | None = None,
         shortage: ShortageLog | None = None,
+        keepalive: Keepalive | None = None,
     ) -> None:
         sock.setblocking(False)
         self.socket = sock
         self._hub = hub
         self._access = access
+        # --keepalive, where accepted sockets do not inherit it from this one.
+        self._keepalive = keepalive
+        # A Unix socket's clients are named by their credentials (trio_echo.net.unix).
+        self._unix = sock.family == getattr(socket, "AF_UNIX", None)
         # Shared by the server's listeners (see ShortageLog).
         self._shortage = shortage or ShortageLog()
         self._in_a_row = 0
 
     async def accept(self) -> LeanSocketStream:
-        listening, access = self.socket, self._access
+        listening, access, unix = self.socket, self._access, self._unix
         while True:
             await trio.lowlevel.checkpoint_if_cancelled()
             if self._in_a_row >= ACCEPT_BATCH:
@@ -162,11 +174,15 @@ class LeanSocketListener(trio.abc.Listener[LeanSocketStream]):
                 await self._accept_failed(exc)
                 continue
             self._in_a_row += 1
+            if unix:
+                address = unix_peer_name(client, address)
             if access is not None and (why := access.refusal(address)) is not None:
                 client.close()
                 _log_refused(address, why)
                 continue
             try:
+                if self._keepalive is not None and not unix:
+                    self._keepalive.apply(client)
                 return LeanSocketStream(client, self._hub, address)
             except OSError as exc:
                 # Setting the client up failed (epoll's ENOSPC, a socket option the peer's

@@ -30,7 +30,9 @@ import trio
 from trio_echo.config import Config
 from trio_echo.net.access import AccessPolicy
 from trio_echo.net.bind import adopt_sockets, bind_sockets
+from trio_echo.net.keepalive import KEEPALIVE_INHERITED, Keepalive
 from trio_echo.net.tls import server_context
+from trio_echo.net.unix import bind_unix
 from trio_echo.output.queue import OutputQueue
 from trio_echo.server import hub
 from trio_echo.server.handler import Handler
@@ -54,6 +56,18 @@ def _bound_address(listener: object) -> tuple[object, ...] | None:
         return None
     address: tuple[object, ...] = sock.getsockname()
     return address
+
+
+def _set_keepalive(config: Config, owned: list[socket.socket]) -> Keepalive | None:
+    """``--keepalive``: set on the listening TCP sockets; what the listeners must still set on
+    every accepted socket (``None`` where those inherit it: trio_echo.net.keepalive)."""
+    if config.keepalive is None:
+        return None
+    keepalive = Keepalive.after(config.keepalive)
+    for sock in owned:
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            keepalive.apply(sock)
+    return None if KEEPALIVE_INHERITED else keepalive
 
 
 async def serve(
@@ -82,6 +96,9 @@ async def serve(
     if listeners is None:
         if sockets:
             owned = list(sockets)
+        elif config.unix is not None:
+            # Its file goes when the socket is closed (trio_echo.net.unix).
+            owned = [await trio.to_thread.run_sync(bind_unix, config.unix, config.unix_mode)]
         elif config.fds:
             # Inherited (--fd, systemd): served and closed at shutdown like our own.
             owned = adopt_sockets(config.fds)
@@ -97,8 +114,11 @@ async def serve(
                 readiness = hub.ReadinessHub()
                 services.start_soon(readiness.run)
             shortage = ShortageLog(partial(getattr, stats, "active"))
+            keepalive = _set_keepalive(config, owned)
             serving: list[Listener] = [
-                LeanSocketListener(sock, hub=readiness, access=access, shortage=shortage)
+                LeanSocketListener(
+                    sock, hub=readiness, access=access, shortage=shortage, keepalive=keepalive
+                )
                 for sock in owned
             ]
             for listener in listeners or ():

@@ -14,7 +14,8 @@ kill).  Its replacement gets a new set.  Everywhere else (macOS and most BSDs, w
 it is missing): the supervisor binds the addresses once, the ordinary way, and keeps them;
 every worker accepts from those same sockets, whichever is free takes the next client, and a
 dead worker's replacement gets them again (clients wait in the queue meanwhile, none is
-reset).  Inherited sockets (``--fd``, systemd) are shared that way too.
+reset).  Inherited sockets (``--fd``, systemd) are shared that way too, and so is a ``--unix``
+socket (one path is one socket; the supervisor's closing it at the stop removes its file).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from trio_echo.config import Config
 from trio_echo.logs import LOGGER
 from trio_echo.net.bind import REUSEPORT_BALANCES, adopt_sockets, bind_sockets
 from trio_echo.net.datagram import bind_datagram_sockets
+from trio_echo.net.unix import bind_unix
 
 __all__ = ["open_port"]
 
@@ -35,6 +37,11 @@ async def open_port(config: Config) -> tuple[list[socket.socket], list[tuple[obj
     """The listening sockets every worker shares (none where each worker binds its own with
     ``SO_REUSEPORT``), and the addresses the workers serve, for the start-up line.  The
     caller closes the shared sockets."""
+    if config.unix is not None:
+        # One path, one socket: every worker accepts from it, the supervisor owns its file.
+        unix = await trio.to_thread.run_sync(bind_unix, config.unix, config.unix_mode)
+        LOGGER.debug("the workers share the Unix socket")
+        return [unix], [unix.getsockname()]
     if config.fds:
         shared = adopt_sockets(config.fds)
         LOGGER.debug("the workers share the inherited listening sockets")

@@ -16,6 +16,7 @@ from trio_echo.net.bind import describe_addresses
 from trio_echo.stats import ServerStats
 
 __all__ = [
+    "HANGUP_IGNORED",
     "MIN_DRAIN_TIMEOUT",
     "STOP_SIGNALS",
     "Outcome",
@@ -23,10 +24,27 @@ __all__ = [
     "log_forced",
     "log_listening",
     "log_stopping",
+    "watched_signals",
 ]
 
-# The signals that mean "please stop": Ctrl-C, and what systemd, docker and kill send.
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# SIGHUP when we started was ignored: the server was started under `nohup` (or by something that
+# meant the same), to outlive its terminal; then a hangup is left ignored, as it always was.
+HANGUP_IGNORED = signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+
+# The signals that mean "please stop": Ctrl-C, what systemd, docker and kill send, and SIGHUP,
+# the terminal went away (the same graceful stop: until issue 14 it killed the server outright,
+# losing the output still queued).  SIGQUIT keeps its default, a core dump.  Every model.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM) + (() if HANGUP_IGNORED else (signal.SIGHUP,))
+
+
+def watched_signals(reopen: bool) -> tuple[int, ...]:
+    """The signals a server listens for: the stop signals, and with ``--output`` (``reopen``)
+    SIGHUP always, even under ``nohup``: it is then logrotate's "reopen your file", never a
+    stop (the trio model; :mod:`trio_echo.output.file`)."""
+    if reopen and signal.SIGHUP not in STOP_SIGNALS:
+        return (*STOP_SIGNALS, signal.SIGHUP)
+    return STOP_SIGNALS
+
 
 # At shutdown, once the clients are gone, stdout gets the grace period (but at least this many
 # seconds) to take what is still queued: a reader that stopped reading must not keep a stopped

@@ -43,7 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     config, model, log_level = parse_args(args)
     setup_logging(log_level)
     try:
-        os.fstat(1)
+        if config.output is None:  # --output FILE: stdout is not used
+            os.fstat(1)
     except OSError:
         return fail("stdout is closed; redirect it, e.g. >/dev/null")
     raise_fd_limit()

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from trio_echo import __version__
+from trio_echo.cli import options_output
 from trio_echo.cli.argtypes import (
     PROG,
     OneLineParser,
@@ -166,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=[f.value for f in OutputFormat],
         default=None,
         help="text: '[peer] line', control characters escaped; raw: the bytes exactly as "
-        "received; jsonl: one JSON object per line and per open/close event (default: text)",
+        "received; jsonl: one JSON object per line and per open/close event; hex: hexdump "
+        "-C's rows of 16 bytes, offsets within the connection (default: text)",
     )
     out.add_argument(
         "--raw", action="store_true", help="same as --format raw (for piping into a file)"
@@ -179,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="print a longer line in pieces of this size, marked as continued "
         "(default: %(default)s)",
     )
+    options_output.add_arguments(out)
     parser.add_argument(
         "--model",
         choices=list(MODELS),
@@ -237,6 +240,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, str, str]:
     deny = _networks(parser, "--deny", args.deny)
     _check_tls(parser, args.tls_cert, args.tls_key)
     fds = _listening_fds(parser, args, given, model.name)
+    timestamps, output = options_output.config_fields(parser, args, fmt)
     config = Config(
         hosts=args.host or DEFAULT_HOSTS,
         port=args.port,
@@ -257,6 +261,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, str, str]:
         fds=fds,
         workers=args.workers,
         accelerate=args.accelerate,
+        timestamps=timestamps,
+        output=output,
     )
     return config, args.model, args.log_level
 

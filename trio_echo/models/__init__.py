@@ -18,7 +18,7 @@ import attrs
 from trio_echo.config import Config
 from trio_echo.lifecycle import Outcome
 
-__all__ = ["HARDENING_FLAGS", "MODELS", "SCALE_OUT_FLAGS", "Model"]
+__all__ = ["HARDENING_FLAGS", "MODELS", "OUTPUT_FILE_FLAGS", "SCALE_OUT_FLAGS", "Model"]
 
 # The flags for exposing the server (TLS, access control, a byte limit per connection): the trio
 # model's, refused by the others, which stay minimal and side by side comparable.  The warning
@@ -34,7 +34,10 @@ SCALE_OUT_FLAGS = frozenset({"--proxy-protocol", "--fd", "--workers"})
 # Where the trio model reads its sockets from (its epoll accelerator, or Trio alone).
 TRIO_FLAGS = frozenset({"--no-accelerator"})
 
-TRIO_ONLY = HARDENING_FLAGS | SCALE_OUT_FLAGS | TRIO_FLAGS
+# The output file that SIGHUP reopens (--output): the trio app's writer (trio-stock shares it).
+OUTPUT_FILE_FLAGS = frozenset({"--output"})
+
+TRIO_ONLY = HARDENING_FLAGS | SCALE_OUT_FLAGS | TRIO_FLAGS | OUTPUT_FILE_FLAGS
 
 
 @attrs.frozen

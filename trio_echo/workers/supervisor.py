@@ -19,7 +19,9 @@ becomes a small supervisor (this module, Trio too) and N workers
   (a worker ignores signals after its first: under systemd's default ``KillMode`` or ``pkill``
   the first one may reach it twice, directly and forwarded); workers still alive
   ``KILL_AFTER_FORCE`` later are killed.  A forced worker exits 128 + N like the supervisor,
-  and the supervisor's summary names the workers that closed their connections.  However
+  and the supervisor's summary names the workers that closed their connections.  SIGHUP is a
+  stop signal too, but with ``--output`` the supervisor, which writes the file, reopens it
+  (and a worker ignores it).  However
   stalled stdout is, a stop takes at most ``--grace`` plus one drain period
   (:meth:`Supervisor.drain_deadline`): the workers, the relays and the writer share it.
 * **Output.**  Each worker's stdout is a pipe to the supervisor, written in frames of whole
@@ -53,12 +55,18 @@ import attrs
 import trio
 
 from trio_echo.config import Config
-from trio_echo.lifecycle import MIN_DRAIN_TIMEOUT, STOP_SIGNALS, Outcome, WorkerError, log_listening
+from trio_echo.lifecycle import (
+    MIN_DRAIN_TIMEOUT,
+    Outcome,
+    WorkerError,
+    log_listening,
+    watched_signals,
+)
 from trio_echo.logs import LOGGER, NOTICE
 from trio_echo.net.bind import ListenError, bind_reuseport
+from trio_echo.output.file import OutputFile, write_output
 from trio_echo.output.frames import FrameDecoder
 from trio_echo.output.queue import OutputQueue, open_output_queue
-from trio_echo.output.writer import write_stdout
 from trio_echo.stats import ServerStats
 from trio_echo.workers.ports import open_port
 from trio_echo.workers.process import describe_exit, grow_pipe, interpreter_flags
@@ -123,6 +131,8 @@ class Supervisor:
     # the others that did not stop gracefully ended ("worker 3 was killed by SIGKILL").
     forced_workers: list[int] = attrs.field(factory=list)
     killed: list[str] = attrs.field(factory=list)
+    # --output: the file the supervisor writes the workers' output to, reopened on SIGHUP.
+    output: OutputFile | None = None
     _numbers: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1))
     _first_ready: int = 0
 
@@ -133,6 +143,10 @@ class Supervisor:
         (``FORCE`` on its control socket); ``KILL_AFTER_FORCE`` later, SIGKILL for any still
         alive."""
         async for signum in signals:
+            if signum == signal.SIGHUP and self.output is not None:
+                # logrotate's: the workers write to us, and we to the file (they ignore it).
+                self.output.request_reopen()
+                continue
             name = signal.Signals(signum).name
             if not self.stop_requested.is_set():
                 self.stop_deadline = trio.current_time() + self.config.grace + self.drain_timeout
@@ -354,15 +368,18 @@ class Supervisor:
 async def supervise(config: Config, log_level: str) -> Outcome:
     """Run ``config.workers`` workers until a signal stops them; the exit status as for one
     process (see :mod:`trio_echo.server.app`)."""
-    with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+    with trio.open_signal_receiver(*watched_signals(config.output is not None)) as signals:
         shared, addresses = await open_port(config)
         queue, reader = open_output_queue(config.queue_bytes)
-        supervisor = Supervisor(config, log_level, queue, addresses, shared)
+        out = None if config.output is None else OutputFile(config.output)
+        supervisor = Supervisor(config, log_level, queue, addresses, shared, output=out)
         try:
+            if out is not None:
+                await out.open()  # once the port is ours: a port in use leaves no file
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(supervisor.watch, signals)
                 async with trio.open_nursery() as output:
-                    output.start_soon(write_stdout, queue, reader)
+                    output.start_soon(write_output, queue, reader, out)
                     try:
                         async with trio.open_nursery() as workers:
                             for _ in range(config.workers):

@@ -301,22 +301,42 @@ MODELS_HERE = [name for name, model in MODELS.items() if model.available() is No
 
 
 @pytest.mark.parametrize(
-    "model", [m for m in ["sync", "threads", "asyncio", "asyncio-sock"] if m in MODELS_HERE]
+    "model",
+    ["trio", *(m for m in ["sync", "threads", "asyncio", "asyncio-sock"] if m in MODELS_HERE)],
 )
-def test_sighup_is_a_graceful_stop_in_the_other_models_too(start_server, connect, model):
-    # And --format hex and --timestamps, which every model prints through the shared output.
+def test_sighup_is_a_graceful_stop_that_a_second_one_does_not_force(start_server, connect, model):
+    # In every model; and --format hex and --timestamps, printed through the shared output.
     server = start_server("--model", model, "--format", "hex", "--timestamps=relative")
     client = connect(server.port)
     client.sendall(b"hello")
+    server.wait_stdout(b" 00000000  68 65 6c 6c 6f  ")
+    server.send_signal(signal.SIGHUP)
+    server.wait_stderr(r"SIGHUP: stopped accepting; .*\(SIGINT or SIGTERM to force\)")
+    # The terminal going away delivers SIGHUP twice: the second is no "force".
+    server.send_signal(signal.SIGHUP)
+    client.sendall(b"!")
+    server.wait_stdout(b" 00000000                 21  ")
+    assert server.proc.poll() is None
     client.close()
-    server.wait_stderr(r"close #1 ")
-    assert server.stop(signal.SIGHUP) == 0
+    assert server.wait() == 0
     lines = server.all_stdout().decode().splitlines()
-    assert len(lines) == 2
+    assert len(lines) == 3
     assert re.match(r"^\+\d+\.\d{6} \[127\.0\.0\.1:\d+\] 00000000  68 65 6c 6c 6f  ", lines[0])
     stderr = server.all_stderr()
-    assert "SIGHUP: stopped accepting" in stderr
+    assert "again" not in stderr
+    assert "stopped: served 1 connection, 6 bytes received" in stderr
     assert_no_traceback(stderr)
+
+
+def test_sigterm_after_sighup_forces(start_server, connect):
+    server = start_server()
+    client = connect(server.port)
+    client.sendall(b"hello\n")
+    server.wait_stdout(b"] hello\n")
+    server.send_signal(signal.SIGHUP)
+    server.wait_stderr(r"SIGHUP: stopped accepting")
+    assert server.stop(signal.SIGTERM) == 128 + signal.SIGTERM
+    assert "SIGTERM again: closing every connection now" in server.all_stderr()
 
 
 def signal_masks(pid: int) -> dict[str, int]:

@@ -21,6 +21,8 @@ __all__ = [
     "STOP_SIGNALS",
     "Outcome",
     "WorkerError",
+    "force_hint",
+    "forces",
     "log_forced",
     "log_listening",
     "log_stopping",
@@ -35,6 +37,21 @@ HANGUP_IGNORED = signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
 # the terminal went away (the same graceful stop: until issue 14 it killed the server outright,
 # losing the output still queued).  SIGQUIT keeps its default, a core dump.  Every model.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM) + (() if HANGUP_IGNORED else (signal.SIGHUP,))
+
+
+def forces(signum: int) -> bool:
+    """Whether ``signum``, coming during a graceful stop, cuts it short.  SIGINT and SIGTERM do
+    (Ctrl-C twice); SIGHUP does not: a terminal that goes away delivers it twice in a row (the
+    shell forwards it to its jobs, then the kernel sends it to the foreground job as the shell
+    exits), which is not a request to hurry.  Every model asks this."""
+    return signum != signal.SIGHUP
+
+
+def force_hint(signum: int) -> str:
+    """How to force the stop that ``signum`` began: ``SIGINT again to force``."""
+    if forces(signum):
+        return f"{signal.Signals(signum).name} again to force"
+    return "SIGINT or SIGTERM to force"
 
 
 def watched_signals(reopen: bool) -> tuple[int, ...]:
@@ -111,7 +128,7 @@ def log_stopping(signum: int, grace: float, active: int, *, hint: bool = True) -
         NOTICE,
         "%s: stopped accepting; waiting up to %g s for %d client%s%s",
         *(name, grace, active, "" if active == 1 else "s"),
-        f" ({name} again to force)" if hint else "",
+        f" ({force_hint(signum)})" if hint else "",
     )
 
 

@@ -36,8 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "A TCP server that prints what its clients send (or echoes it back), built on "
             "Trio's structured concurrency. Data goes to stdout, diagnostics to stderr. "
-            "SIGINT/SIGTERM: stop accepting, give clients --grace seconds, exit 0; a second "
-            "signal closes everything at once."
+            "SIGINT/SIGTERM/SIGHUP: stop accepting, give clients --grace seconds, exit 0; a "
+            "second signal closes everything at once (with --output, SIGHUP reopens the file)."
         ),
         epilog=(
             "exit status: 0 after a graceful shutdown, 1 on a runtime error (cannot listen, "

@@ -29,6 +29,7 @@ from trio_echo.config import Config
 from trio_echo.lifecycle import (
     MIN_DRAIN_TIMEOUT,
     Outcome,
+    forces,
     log_forced,
     log_listening,
     log_stopping,
@@ -88,6 +89,8 @@ class _SignalWatcher:
                 # A worker is forced by its supervisor (stop_when), not by a second signal:
                 # under systemd or pkill a signal may reach it twice, directly and forwarded.
                 continue
+            if handle is not None and handle.shutting_down and not forces(signum):
+                continue  # a hangup during the stop: the stop goes on
             if handle is None or handle.shutting_down:
                 if handle is not None:
                     log_forced(signum)

@@ -59,6 +59,8 @@ from trio_echo.lifecycle import (
     MIN_DRAIN_TIMEOUT,
     Outcome,
     WorkerError,
+    force_hint,
+    forces,
     log_listening,
     watched_signals,
 )
@@ -158,12 +160,12 @@ class Supervisor:
                 LOGGER.log(
                     NOTICE,
                     "%s: stopping %d worker%s: they stop accepting and give their clients up "
-                    "to %g s (%s again to force)",
+                    "to %g s (%s)",
                     *(name, len(self.live), "" if len(self.live) == 1 else "s"),
-                    *(self.config.grace, name),
+                    *(self.config.grace, force_hint(signum)),
                 )
                 self._signal_all(signal.SIGTERM)
-            else:
+            elif forces(signum):
                 LOGGER.warning("%s again: closing every connection now", name)
                 self.forced_by = signum
                 for control in list(self.controls.values()):

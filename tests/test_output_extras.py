@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import calendar
 import contextlib
+import fcntl
 import os
+import pty
 import re
 import select
 import shutil
 import signal
 import socket
 import subprocess
+import termios
 import threading
 import time
 from pathlib import Path
@@ -20,6 +23,8 @@ from pathlib import Path
 import pytest
 from conftest import (
     EVENT_TIMEOUT,
+    SERVER_COMMAND,
+    STARTUP_TIMEOUT,
     assert_no_traceback,
     peer_name,
     recv_exactly,
@@ -326,6 +331,70 @@ def test_sighup_is_a_graceful_stop_that_a_second_one_does_not_force(start_server
     assert "again" not in stderr
     assert "stopped: served 1 connection, 6 bytes received" in stderr
     assert_no_traceback(stderr)
+
+
+def controlling_terminal() -> None:
+    """A ``preexec_fn``: a session of its own whose controlling terminal is stdin (a pty)."""
+    os.setsid()
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_the_terminal_going_away_is_a_graceful_stop(tmp_path, connect):
+    # The issue's case, for real: the server runs in the foreground of an interactive shell on
+    # a terminal (a pty), and the terminal goes away.  SIGHUP arrives twice (the shell forwards
+    # it, then the kernel sends it as the shell exits); the client is still served and every
+    # byte printed (stdout is a file here, not that terminal).
+    out, err, pidfile = tmp_path / "out", tmp_path / "err", tmp_path / "pid"
+    master, slave = pty.openpty()
+    shell = subprocess.Popen(
+        ["bash", "--norc", "--noprofile", "-i"],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        preexec_fn=controlling_terminal,
+    )
+    os.close(slave)
+    server_pid = None
+    try:
+        command = (
+            f"sh -c 'echo $$ > {pidfile}; exec {' '.join(SERVER_COMMAND)} --port 0 "
+            f"--log-level debug' > {out} 2> {err}\n"
+        )
+        os.write(master, command.encode())
+        wait_until(lambda: "NOTICE listening on" in read(err), "the server", STARTUP_TIMEOUT)
+        server_pid = int(pidfile.read_text())
+        listening = re.search(r"127\.0\.0\.1:(\d+)", read(err))
+        assert listening
+        client = connect(int(listening[1]))
+        client.sendall(b"before\n")
+        wait_until(lambda: "] before\n" in read(out), "the first line")
+        os.close(master)  # the terminal goes away
+        master = -1
+        wait_until(lambda: "SIGHUP: stopped accepting" in read(err), "the stop")
+        client.sendall(b"after\n")
+        wait_until(lambda: "] after\n" in read(out), "the line sent after the hangup")
+        client.close()
+        wait_until(lambda: "NOTICE stopped: served 1 connection" in read(err), "the summary")
+        assert "forced" not in read(err)
+        assert "again" not in read(err).replace("SIGHUP again: the stop goes on", "")
+        shell.wait(EVENT_TIMEOUT)
+    finally:
+        if master >= 0:
+            os.close(master)
+        if shell.poll() is None:
+            shell.kill()
+            shell.wait(EVENT_TIMEOUT)
+        if server_pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(server_pid, signal.SIGKILL)
+
+
+def read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""
 
 
 def test_sigterm_after_sighup_forces(start_server, connect):

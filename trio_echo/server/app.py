@@ -90,7 +90,8 @@ class _SignalWatcher:
                 # under systemd or pkill a signal may reach it twice, directly and forwarded.
                 continue
             if handle is not None and handle.shutting_down and not forces(signum):
-                continue  # a hangup during the stop: the stop goes on
+                LOGGER.debug("SIGHUP again: the stop goes on (SIGINT or SIGTERM to force)")
+                continue
             if handle is None or handle.shutting_down:
                 if handle is not None:
                     log_forced(signum)

@@ -203,7 +203,8 @@ def size(path: Path) -> int:
         return 0
 
 
-@pytest.mark.parametrize("workers", ["1", "2"])
+# --workers 2 (the supervisor writes the file) in the stress suite: it costs a second more.
+@pytest.mark.parametrize("workers", ["1", pytest.param("2", marks=pytest.mark.stress)])
 def test_sighup_reopens_the_output_file_and_every_byte_lands_once(
     start_server, connect, tmp_path, workers
 ):
@@ -257,6 +258,7 @@ def test_the_output_file_is_created_as_the_umask_says(start_server, connect, tmp
     ]
 
 
+@pytest.mark.stress
 def test_a_reopen_that_fails_keeps_writing_to_the_open_file(start_server, connect, tmp_path):
     folder = tmp_path / "logs"
     folder.mkdir()
@@ -305,9 +307,12 @@ def test_sighup_without_output_stops_gracefully_and_prints_what_was_queued(start
 MODELS_HERE = [name for name, model in MODELS.items() if model.available() is None]
 
 
+OTHERS = [m for m in ["sync", "threads", "asyncio", "asyncio-sock"] if m in MODELS_HERE]
+
+
+# The other models in the stress suite (as tests/test_models.py runs its newer ones there).
 @pytest.mark.parametrize(
-    "model",
-    ["trio", *(m for m in ["sync", "threads", "asyncio", "asyncio-sock"] if m in MODELS_HERE)],
+    "model", ["trio", *(pytest.param(m, marks=pytest.mark.stress) for m in OTHERS)]
 )
 def test_sighup_is_a_graceful_stop_that_a_second_one_does_not_force(start_server, connect, model):
     # In every model; and --format hex and --timestamps, printed through the shared output.
@@ -397,6 +402,7 @@ def read(path: Path) -> str:
         return ""
 
 
+@pytest.mark.stress
 def test_sigterm_after_sighup_forces(start_server, connect):
     server = start_server()
     client = connect(server.port)

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from trio_echo.config import Config
 from trio_echo.connection import Connection
+from trio_echo.output import hexdump
 from trio_echo.output.format import JsonlFormatter, LineAssembler, OutputFormat
 from trio_echo.output.hexdump import HexDumper
 from trio_echo.output.stamps import (
@@ -177,11 +178,27 @@ def _offsets(reads: list[bytes]) -> list[tuple[int, bytes]]:
     return out
 
 
-def test_a_large_read_takes_the_bulk_path_and_agrees_with_the_row_path():
+def test_a_large_read_takes_the_bulk_path_and_agrees_with_the_row_path(monkeypatch):
     data = bytes(range(256)) * 300 + b"tail"
-    in_one = merged(dump([data]))
+    in_one = dump([data])
     byte_by_byte = merged(dump([data[i : i + 1] for i in range(0, 200)] + [data[200:]]))
-    assert in_one == byte_by_byte
+    assert merged(in_one) == byte_by_byte
+    # The whole rows of a read are written into a template, column by column; formatted one
+    # by one (as past 4 GiB) they are the same.
+    monkeypatch.setattr(hexdump, "_MAX_TEMPLATE_OFFSET", -1)
+    assert dump([data]) == in_one
+
+
+def test_offsets_past_4_gib_grow_a_digit_as_hexdump_does():
+    dumper = HexDumper(PEER)
+    dumper.offset = 0xFFFFFFF8
+    rows = (dumper.feed(b"x" * 40) + dumper.finish()).decode().splitlines()
+    assert [row.removeprefix(PREFIX).split("  ")[0] for row in rows] == [
+        "fffffff0",
+        "100000000",
+        "100000010",
+        "100000020",
+    ]
 
 
 # ---- receive times -----------------------------------------------------------------------------

@@ -33,6 +33,9 @@ is what arrived.
 
 from __future__ import annotations
 
+import array
+import sys
+
 from trio_echo.output.format import Formatter
 from trio_echo.output.stamps import ReceiveClock
 
@@ -48,44 +51,81 @@ _ASCII = bytes(b if 0x20 <= b < 0x7F else 0x2E for b in range(256))
 # A cell of the hex columns with no byte in it.
 _BLANK = "  "
 
+# Where things are in a row (after the prefix): the offset, the first hex digit of byte j (a
+# space more after the 8th byte), the ASCII column; and the row's length with its newline.
+_HEX_AT = [10 + 3 * j + (j >= 8) for j in range(ROW_BYTES)]
+_TEXT_AT = 61
+_ROW = 79
+# An array type code of 32-bit unsigned integers, for the offsets ("I" on every common platform).
+_U32 = next(code for code in "ILH" if array.array(code).itemsize == 4)
+# The offsets that fit the template's 8 digits.
+_MAX_TEMPLATE_OFFSET = 0xFFFFFFFF
+# A row with nothing in it, for the whole rows to be written into.
+_EMPTY_ROW = b"00000000" + b" " * (_TEXT_AT - 9) + b"|" + b" " * ROW_BYTES + b"|\n"
 
-def _row(offset: int, column: int, chunk: bytes) -> str:
-    """One row (without the peer): ``chunk`` placed from ``column`` of the row at ``offset``
+
+def _row(offset: int, column: int, chunk: bytes) -> bytes:
+    """One row (without the prefix): ``chunk`` placed from ``column`` of the row at ``offset``
     (a multiple of 16); cells before and after it are blank."""
     cells = [_BLANK] * column + chunk.hex(" ").split(" ")
     cells += [_BLANK] * (ROW_BYTES - len(cells))
     text = " " * column + chunk.translate(_ASCII).decode("ascii")
-    return f"{offset:08x}  {' '.join(cells[:8])}  {' '.join(cells[8:])}  |{text}|\n"
+    return f"{offset:08x}  {' '.join(cells[:8])}  {' '.join(cells[8:])}  |{text}|\n".encode()
 
 
-def hex_rows(prefix: str, offset: int, data: bytes) -> list[str]:
-    """The rows for ``data``, the bytes of a stream from ``offset`` on, each after ``prefix``.
+def _whole_rows(prefix: bytes, offset: int, run: bytes) -> bytes:
+    """The rows of ``run``, a whole number of rows from ``offset`` (a multiple of 16).
 
-    Whole rows, the bulk of a large read, are cut from one ``hex()`` and one ``translate()``
-    of the whole run (a list comprehension, no call per row); only the partial first and last
-    rows take :func:`_row`.
+    No Python work per row: the rows are an empty template repeated, and each column -- a
+    digit of the offsets, a hex digit of byte j, its ASCII character -- is written into every
+    row at once by a strided slice assignment (``out[start::row_length] = column``), about 60
+    C loops for a whole read.  About 20 times faster than formatting row by row, so that a
+    client streaming into ``--format hex`` does not hold the event loop for milliseconds per
+    read (tests/test_hexdump.py checks that both ways agree).  Past 4 GiB into a connection
+    the offsets outgrow their 8 digits, and the rows are formatted one by one.
     """
-    rows = []
+    if offset + len(run) > _MAX_TEMPLATE_OFFSET:
+        return b"".join(
+            prefix + _row(offset + i, 0, run[i : i + ROW_BYTES])
+            for i in range(0, len(run), ROW_BYTES)
+        )
+    rows = len(run) // ROW_BYTES
+    size = len(prefix) + _ROW
+    out = bytearray(prefix + _EMPTY_ROW) * rows
+    at = len(prefix)
+    # The offsets as big-endian 32-bit integers, then hex: 8 digits each, one C call.
+    numbers = array.array(_U32, range(offset, offset + len(run), ROW_BYTES))
+    if sys.byteorder == "little":
+        numbers.byteswap()
+    offsets = numbers.tobytes().hex().encode("ascii")
+    for k in range(8):
+        out[at + k :: size] = offsets[k::8]
+    digits = run.hex().encode("ascii")
+    for j, col in enumerate(_HEX_AT):
+        out[at + col :: size] = digits[2 * j :: 2 * ROW_BYTES]
+        out[at + col + 1 :: size] = digits[2 * j + 1 :: 2 * ROW_BYTES]
+    text = run.translate(_ASCII)
+    for j in range(ROW_BYTES):
+        out[at + _TEXT_AT + j :: size] = text[j::ROW_BYTES]
+    return bytes(out)
+
+
+def hex_rows(prefix: bytes, offset: int, data: bytes) -> bytes:
+    """The rows for ``data``, the bytes of a stream from ``offset`` on, each after ``prefix``:
+    a partial first row (going on from an earlier read), the whole rows, a partial last row."""
+    out: list[bytes] = []
     pos = 0
     column = offset % ROW_BYTES
     if column:
         # Going on from a row that an earlier read began: its bytes stay in their columns.
         pos = min(ROW_BYTES - column, len(data))
-        rows.append(prefix + _row(offset - column, column, data[:pos]))
+        out += (prefix, _row(offset - column, column, data[:pos]))
     whole = pos + (len(data) - pos) // ROW_BYTES * ROW_BYTES
     if whole > pos:
-        run = data[pos:whole]
-        hexed = run.hex(" ")
-        text = run.translate(_ASCII).decode("ascii")
-        base = offset + pos
-        rows += [
-            f"{prefix}{base + i:08x}  {hexed[3 * i : 3 * i + 23]}  {hexed[3 * i + 24 : 3 * i + 47]}"
-            f"  |{text[i : i + ROW_BYTES]}|\n"
-            for i in range(0, whole - pos, ROW_BYTES)
-        ]
+        out.append(_whole_rows(prefix, offset + pos, data[pos:whole]))
     if whole < len(data):
-        rows.append(prefix + _row(offset + whole, 0, data[whole:]))
-    return rows
+        out += (prefix, _row(offset + whole, 0, data[whole:]))
+    return b"".join(out)
 
 
 class HexDumper:
@@ -98,16 +138,16 @@ class HexDumper:
     """
 
     def __init__(self, peer: str, clock: ReceiveClock | None = None) -> None:
-        self._peer = f"[{peer}] "
+        self._peer = f"[{peer}] ".encode()
         self._clock = clock
         self.formatter = Formatter()  # open and close print nothing on stdout
         self.offset = 0  # bytes of the connection so far: where the next read begins
 
-    def _prefix(self) -> str:
+    def _prefix(self) -> bytes:
         if self._clock is None:
             return self._peer
         self._clock.mark()
-        return self._clock.stamp().decode("ascii") + self._peer
+        return self._clock.stamp() + self._peer
 
     def feed(self, data: bytes) -> bytes:
         """The rows for the next bytes received, printed now, whole or not."""
@@ -115,11 +155,11 @@ class HexDumper:
             return b""
         rows = hex_rows(self._prefix(), self.offset, data)
         self.offset += len(data)
-        return "".join(rows).encode()
+        return rows
 
     def finish(self) -> bytes:
         """The connection ended: its length on a row of its own (nothing if it sent nothing,
         as ``hexdump -C`` prints nothing for an empty file)."""
         if not self.offset:
             return b""
-        return f"{self._prefix()}{self.offset:08x}\n".encode()
+        return b"%s%08x\n" % (self._prefix(), self.offset)

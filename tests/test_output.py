@@ -341,7 +341,7 @@ def test_format_peer(address: object, expected: str) -> None:
 
 
 def test_output_format_values() -> None:
-    assert {f.value for f in OutputFormat} == {"text", "raw", "jsonl"}
+    assert {f.value for f in OutputFormat} == {"text", "raw", "jsonl", "hex"}
     assert OutputFormat("jsonl") is OutputFormat.JSONL
 
 

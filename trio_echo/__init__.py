@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from trio_echo.net.bind import ListenError
     from trio_echo.output.format import OutputFormat
     from trio_echo.output.queue import OutputQueue, open_output_queue
+    from trio_echo.output.stamps import Timestamps
     from trio_echo.output.writer import write_stdout
     from trio_echo.server.serve import ServerHandle, serve
     from trio_echo.stats import ServerStats
@@ -35,6 +36,7 @@ _EXPORTS = {
     "OutputQueue": "trio_echo.output.queue",
     "ServerHandle": "trio_echo.server.serve",
     "ServerStats": "trio_echo.stats",
+    "Timestamps": "trio_echo.output.stamps",
     "open_output_queue": "trio_echo.output.queue",
     "serve": "trio_echo.server.serve",
     "write_stdout": "trio_echo.output.writer",
@@ -47,6 +49,7 @@ __all__ = [
     "OutputQueue",
     "ServerHandle",
     "ServerStats",
+    "Timestamps",
     "__version__",
     "open_output_queue",
     "serve",

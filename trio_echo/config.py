@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -11,6 +12,7 @@ import attrs
 from trio_echo.net.access import Network, to_networks
 from trio_echo.net.tls import DEFAULT_HANDSHAKE_TIMEOUT
 from trio_echo.output.format import DEFAULT_MAX_LINE, OutputFormat
+from trio_echo.output.stamps import Timestamps
 
 __all__ = ["DEFAULT_HOSTS", "DEFAULT_PORT", "DEFAULT_QUEUE_BYTES", "Config"]
 
@@ -128,6 +130,15 @@ class Config:
         # IP rules and TCP options mean nothing to a Unix socket's clients.
         if self.unix is not None and (value is not None or self.allow or self.deny):
             raise ValueError("allow, deny and keepalive are for TCP, not with unix")
+
+    # Output for debugging a protocol (README "Hex dumps, timestamps, an output file").
+    # --timestamps: the receive time before every text and hex line (None: no time).
+    timestamps: Timestamps | None = None
+    # Where --timestamps=relative counts from (time.monotonic_ns): when the configuration was
+    # made, i.e. when the server started; --workers workers get the supervisor's with the rest.
+    clock_origin: int = attrs.field(factory=time.monotonic_ns, eq=False)
+    # --output: the file the output is appended to instead of stdout, reopened on SIGHUP.
+    output: str | None = None
 
     @max_line.validator
     def _check_max_line(self, attribute: attrs.Attribute[int], value: int) -> None:

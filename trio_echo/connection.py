@@ -20,6 +20,8 @@ from trio_echo.output.format import (
     TextFormatter,
     format_peer,
 )
+from trio_echo.output.hexdump import HexDumper
+from trio_echo.output.stamps import ReceiveClock, StampedLineAssembler, StampedTextFormatter
 from trio_echo.stats import ServerStats, log_close, log_open
 
 __all__ = ["Connection"]
@@ -43,7 +45,7 @@ class Connection:
     started: float = attrs.field(factory=time.monotonic)
     received: int = 0
     reason: str = "closed by client"
-    assembler: LineAssembler | None = None
+    assembler: LineAssembler | HexDumper | None = None
 
     @classmethod
     def open(
@@ -89,6 +91,19 @@ class Connection:
     def _assemble(self) -> None:
         """The line assembler for this peer (none with ``--raw`` or nothing printed)."""
         config = self.config
+        hex_dump = config.output_format is OutputFormat.HEX
+        if self.printing and (hex_dump or config.timestamps is not None):
+            # --format hex, and --timestamps on text or hex (raw and jsonl have no use for it).
+            clock = None
+            if config.timestamps is not None:
+                clock = ReceiveClock(config.timestamps, config.clock_origin)
+            if hex_dump:
+                self.assembler = HexDumper(self.peer, clock)
+                return
+            if clock is not None and config.output_format is OutputFormat.TEXT:
+                stamped = StampedTextFormatter(self.peer, clock)
+                self.assembler = StampedLineAssembler(stamped, clock, config.max_line)
+                return
         if config.output_format is not OutputFormat.RAW and self.printing:
             formatter = (
                 JsonlFormatter(self.conn_id, self.peer, worker=config.worker_id)

@@ -16,17 +16,52 @@ from trio_echo.net.bind import describe_addresses
 from trio_echo.stats import ServerStats
 
 __all__ = [
+    "HANGUP_IGNORED",
     "MIN_DRAIN_TIMEOUT",
     "STOP_SIGNALS",
     "Outcome",
     "WorkerError",
+    "force_hint",
+    "forces",
     "log_forced",
     "log_listening",
     "log_stopping",
+    "watched_signals",
 ]
 
-# The signals that mean "please stop": Ctrl-C, and what systemd, docker and kill send.
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# SIGHUP when we started was ignored: the server was started under `nohup` (or by something that
+# meant the same), to outlive its terminal; then a hangup is left ignored, as it always was.
+HANGUP_IGNORED = signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+
+# The signals that mean "please stop": Ctrl-C, what systemd, docker and kill send, and SIGHUP,
+# the terminal went away (the same graceful stop: until issue 14 it killed the server outright,
+# losing the output still queued).  SIGQUIT keeps its default, a core dump.  Every model.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM) + (() if HANGUP_IGNORED else (signal.SIGHUP,))
+
+
+def forces(signum: int) -> bool:
+    """Whether ``signum``, coming during a graceful stop, cuts it short.  SIGINT and SIGTERM do
+    (Ctrl-C twice); SIGHUP does not: a terminal that goes away delivers it twice in a row (the
+    shell forwards it to its jobs, then the kernel sends it to the foreground job as the shell
+    exits), which is not a request to hurry.  Every model asks this."""
+    return signum != signal.SIGHUP
+
+
+def force_hint(signum: int) -> str:
+    """How to force the stop that ``signum`` began: ``SIGINT again to force``."""
+    if forces(signum):
+        return f"{signal.Signals(signum).name} again to force"
+    return "SIGINT or SIGTERM to force"
+
+
+def watched_signals(reopen: bool) -> tuple[int, ...]:
+    """The signals a server listens for: the stop signals, and with ``--output`` (``reopen``)
+    SIGHUP always, even under ``nohup``: it is then logrotate's "reopen your file", never a
+    stop (the trio model; :mod:`trio_echo.output.file`)."""
+    if reopen and signal.SIGHUP not in STOP_SIGNALS:
+        return (*STOP_SIGNALS, signal.SIGHUP)
+    return STOP_SIGNALS
+
 
 # At shutdown, once the clients are gone, stdout gets the grace period (but at least this many
 # seconds) to take what is still queued: a reader that stopped reading must not keep a stopped
@@ -93,7 +128,7 @@ def log_stopping(signum: int, grace: float, active: int, *, hint: bool = True) -
         NOTICE,
         "%s: stopped accepting; waiting up to %g s for %d client%s%s",
         *(name, grace, active, "" if active == 1 else "s"),
-        f" ({name} again to force)" if hint else "",
+        f" ({force_hint(signum)})" if hint else "",
     )
 
 

@@ -47,13 +47,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     config, model, log_level = parse_args(args)
     setup_logging(log_level)
     try:
-        os.fstat(1)
+        if config.output is None:  # --output FILE: stdout is not used
+            os.fstat(1)
     except OSError:
         return fail("stdout is closed; redirect it, e.g. >/dev/null")
     raise_fd_limit()
     try:
         if config.workers > 1:
-            from trio_echo.workers.supervisor import run_supervisor
+            from trio_echo.workers.run import run_supervisor
 
             outcome = run_supervisor(config, log_level)
         else:

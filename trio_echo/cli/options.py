@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from trio_echo import __version__
-from trio_echo.cli import options_udp, options_unix
+from trio_echo.cli import options_output, options_udp, options_unix
 from trio_echo.cli.argtypes import (
     PROG,
     OneLineParser,
@@ -36,8 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "A TCP server that prints what its clients send (or echoes it back), built on "
             "Trio's structured concurrency. Data goes to stdout, diagnostics to stderr. "
-            "SIGINT/SIGTERM: stop accepting, give clients --grace seconds, exit 0; a second "
-            "signal closes everything at once."
+            "SIGINT/SIGTERM/SIGHUP: stop accepting, give clients --grace seconds, exit 0; a "
+            "second signal closes everything at once (with --output, SIGHUP reopens the file)."
         ),
         epilog=(
             "exit status: 0 after a graceful shutdown, 1 on a runtime error (cannot listen, "
@@ -169,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=[f.value for f in OutputFormat],
         default=None,
         help="text: '[peer] line', control characters escaped; raw: the bytes exactly as "
-        "received; jsonl: one JSON object per line and per open/close event (default: text)",
+        "received; jsonl: one JSON object per line and per open/close event; hex: hexdump "
+        "-C's rows of 16 bytes, offsets within the connection (default: text)",
     )
     out.add_argument(
         "--raw", action="store_true", help="same as --format raw (for piping into a file)"
@@ -182,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="print a longer line in pieces of this size, marked as continued "
         "(default: %(default)s)",
     )
+    options_output.add_arguments(out)
     parser.add_argument(
         "--model",
         choices=list(MODELS),
@@ -246,6 +248,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, str, str]:
     fds = (
         () if args.udp or unix.unix is not None else _listening_fds(parser, args, given, model.name)
     )
+    timestamps, output = options_output.config_fields(parser, args, fmt)
     config = Config(
         hosts=args.host or DEFAULT_HOSTS,
         port=args.port,
@@ -270,6 +273,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, str, str]:
         unix=unix.unix,
         unix_mode=unix.unix_mode,
         keepalive=unix.keepalive,
+        timestamps=timestamps,
+        output=output,
     )
     return config, args.model, args.log_level
 

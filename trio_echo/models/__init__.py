@@ -18,7 +18,15 @@ import attrs
 from trio_echo.config import Config
 from trio_echo.lifecycle import Outcome
 
-__all__ = ["DATAGRAM_FLAGS", "HARDENING_FLAGS", "MODELS", "SCALE_OUT_FLAGS", "UNIX_FLAGS", "Model"]
+__all__ = [
+    "DATAGRAM_FLAGS",
+    "HARDENING_FLAGS",
+    "MODELS",
+    "OUTPUT_FILE_FLAGS",
+    "SCALE_OUT_FLAGS",
+    "UNIX_FLAGS",
+    "Model",
+]
 
 # The flags for exposing the server (TLS, access control, a byte limit per connection): the trio
 # model's, refused by the others, which stay minimal and side by side comparable.  The warning
@@ -41,7 +49,12 @@ DATAGRAM_FLAGS = frozenset({"--udp"})
 # model's.
 UNIX_FLAGS = frozenset({"--unix", "--unix-mode", "--keepalive"})
 
-TRIO_ONLY = HARDENING_FLAGS | SCALE_OUT_FLAGS | TRIO_FLAGS | DATAGRAM_FLAGS | UNIX_FLAGS
+# The output file that SIGHUP reopens (--output): the trio app's writer (trio-stock shares it).
+OUTPUT_FILE_FLAGS = frozenset({"--output"})
+
+TRIO_ONLY = (
+    HARDENING_FLAGS | SCALE_OUT_FLAGS | TRIO_FLAGS | DATAGRAM_FLAGS | UNIX_FLAGS | OUTPUT_FILE_FLAGS
+)
 
 
 @attrs.frozen

@@ -24,6 +24,7 @@ from trio_echo.lifecycle import (
     MIN_DRAIN_TIMEOUT,
     STOP_SIGNALS,
     Outcome,
+    forces,
     log_forced,
     log_listening,
     log_stopping,
@@ -178,7 +179,7 @@ class Lab:
     def _on_signal(self, signum: int) -> None:
         if not self._stop.done():
             self._stop.set_result(signum)
-        elif not self._force.done():
+        elif forces(signum) and not self._force.done():
             log_forced(signum)
             self._force.set_result(signum)
 

@@ -20,7 +20,7 @@ import threading
 import time
 import types
 
-from trio_echo.lifecycle import STOP_SIGNALS
+from trio_echo.lifecycle import STOP_SIGNALS, forces
 from trio_echo.logs import LOGGER
 
 # accept(2) errors that mean "out of descriptors or memory", and the pause before retrying:
@@ -152,7 +152,7 @@ class StopSignals:
     def _handler(self, signum: int, frame: types.FrameType | None) -> None:
         if self.first is None:
             self.first = signum
-        elif not self.forced:  # a third signal must not interrupt the forced exit
+        elif not self.forced and forces(signum):  # a third must not interrupt the forced exit
             self.forced = True
             raise Forced(signum)
 

@@ -34,6 +34,7 @@ from trio_echo.lifecycle import (
     MIN_DRAIN_TIMEOUT,
     STOP_SIGNALS,
     Outcome,
+    forces,
     log_forced,
     log_listening,
     log_stopping,
@@ -179,7 +180,7 @@ class _Server:
                 self.stopped_by = signum
                 self.closing = "grace period over"
                 self.accepting.cancel()
-            else:
+            elif forces(signum):
                 log_forced(signum)
                 self.forced_by = signum
                 self.closing = "server aborted"

@@ -36,6 +36,7 @@ from trio_echo.lifecycle import (
     MIN_DRAIN_TIMEOUT,
     STOP_SIGNALS,
     Outcome,
+    forces,
     log_forced,
     log_listening,
     log_stopping,
@@ -117,7 +118,7 @@ class _Server:
     def on_signal(self, signum: int) -> None:
         if not self.stopped.ready():
             self.stopped.set(signum)
-        elif not self.forced.ready():
+        elif forces(signum) and not self.forced.ready():
             log_forced(signum)
             self.forced.set(signum)
 

@@ -6,11 +6,14 @@ output (whole lines only) for the stdout writer.  Nothing in this module does I/
 exhaustively without sockets, and every concurrency model of the lab shares it.
 
 Cleaning unsafe characters for a terminal is :mod:`trio_echo.output.clean`; this module
-assembles lines and formats them.  Three output formats exist (see :class:`OutputFormat`):
+assembles lines and formats them.  The line formats (see :class:`OutputFormat`):
 
 * ``text``: ``[peer] line`` per received line, cleaned for a terminal (:func:`clean`);
 * ``raw``: the bytes exactly as received (no assembler at all);
 * ``jsonl``: one JSON object per line piece, plus ``open``/``close`` events.
+
+(``hex``, rows of 16 bytes rather than lines, is :mod:`trio_echo.output.hexdump`; the receive
+time of ``--timestamps`` is :mod:`trio_echo.output.stamps`.)
 
 Line assembly rules (identical in text and jsonl mode):
 
@@ -65,6 +68,8 @@ class OutputFormat(enum.Enum):
     TEXT = "text"
     RAW = "raw"
     JSONL = "jsonl"
+    # hexdump -C's layout, a row per 16 bytes: trio_echo.output.hexdump.
+    HEX = "hex"
 
 
 def format_peer(address: object) -> str:

@@ -9,11 +9,15 @@ watcher -- and decides the exit status:
   gives a process killed by that signal;
 * stdout stalled at shutdown: once the clients are gone, stdout gets ``--grace`` seconds (at
   least ``MIN_DRAIN_TIMEOUT``) to take the rest; after that it is dropped and the exit status is 1;
-* stdout closed by its reader: stop, and let the caller print one line and exit 1.
+* stdout closed by its reader: stop, and let the caller print one line and exit 1;
+* SIGHUP: a stop like SIGTERM (the terminal went away), but with ``--output`` it reopens the
+  file instead (:mod:`trio_echo.output.file`), and a ``--workers`` worker, whose supervisor
+  writes that file, ignores it.
 """
 
 from __future__ import annotations
 
+import signal
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
@@ -24,13 +28,15 @@ import trio
 from trio_echo.config import Config
 from trio_echo.lifecycle import (
     MIN_DRAIN_TIMEOUT,
-    STOP_SIGNALS,
     Outcome,
+    forces,
     log_forced,
     log_listening,
     log_stopping,
+    watched_signals,
 )
 from trio_echo.logs import LOGGER
+from trio_echo.output.file import OutputFile, write_file
 from trio_echo.output.queue import open_output_queue
 from trio_echo.output.writer import write_stdout
 from trio_echo.server.datagram import log_stopped_receiving, serve_datagrams
@@ -57,6 +63,8 @@ class _SignalWatcher:
     _handle: ServerHandle | None = attrs.field(default=None, init=False)
     # Set with the handle: a worker's early stop request waits for it.
     _attached: trio.Event = attrs.field(factory=trio.Event, init=False)
+    # What SIGHUP does instead of stopping, with --output (None: it stops like SIGTERM).
+    on_hangup: Callable[[], None] | None = None
 
     @property
     def handle(self) -> ServerHandle | None:
@@ -71,6 +79,9 @@ class _SignalWatcher:
 
     async def watch(self, signals: AsyncIterator[int]) -> None:
         async for signum in signals:
+            if signum == signal.SIGHUP and self.on_hangup is not None:
+                self.on_hangup()
+                continue
             if self.worker:
                 # Signals that come meanwhile wait in ``signals``; the first is the stop.
                 await self._attached.wait()
@@ -78,6 +89,9 @@ class _SignalWatcher:
             if self.worker and handle is not None and handle.shutting_down:
                 # A worker is forced by its supervisor (stop_when), not by a second signal:
                 # under systemd or pkill a signal may reach it twice, directly and forwarded.
+                continue
+            if handle is not None and handle.shutting_down and not forces(signum):
+                LOGGER.debug("SIGHUP again: the stop goes on (SIGINT or SIGTERM to force)")
                 continue
             if handle is None or handle.shutting_down:
                 if handle is not None:
@@ -123,15 +137,22 @@ async def run(
     """
 
     # Listen for signals before anything else, so that a signal during start-up is not lost.
-    with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+    with trio.open_signal_receiver(*watched_signals(config.output is not None)) as signals:
         queue, reader = open_output_queue(config.queue_bytes)
+        # --output: the file, opened once the server listens; a worker's is its supervisor's.
+        output = OutputFile(config.output) if config.output is not None and not framed else None
         async with trio.open_nursery() as nursery:
             watcher = _SignalWatcher(nursery.cancel_scope, worker=config.worker_id is not None)
+            if output is not None:
+                watcher.on_hangup = output.request_reopen
+            elif config.output is not None:
+                watcher.on_hangup = partial(LOGGER.debug, "SIGHUP: the supervisor reopens --output")
             nursery.start_soon(watcher.watch, signals)
             if stop_when is not None:
                 nursery.start_soon(watcher.stop_when, stop_when)
             async with trio.open_nursery() as work:
-                work.start_soon(partial(write_stdout, queue, reader, stdout_fd, framed=framed))
+                if output is None:
+                    work.start_soon(partial(write_stdout, queue, reader, stdout_fd, framed=framed))
                 try:
                     serving = None if listeners is None else await listeners()
                     # --udp: datagrams instead of connections (trio_echo.server.datagram).
@@ -140,6 +161,9 @@ async def run(
                         partial(server, sockets=sockets), config, None if config.quiet else queue
                     )
                     watcher.handle = handle
+                    if output is not None:
+                        await output.open()
+                        work.start_soon(write_file, queue, reader, output)
                     if announce is None:
                         log_listening(handle.addresses, config)
                     else:

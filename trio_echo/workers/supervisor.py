@@ -19,7 +19,9 @@ becomes a small supervisor (this module, Trio too) and N workers
   (a worker ignores signals after its first: under systemd's default ``KillMode`` or ``pkill``
   the first one may reach it twice, directly and forwarded); workers still alive
   ``KILL_AFTER_FORCE`` later are killed.  A forced worker exits 128 + N like the supervisor,
-  and the supervisor's summary names the workers that closed their connections.  However
+  and the supervisor's summary names the workers that closed their connections.  SIGHUP is a
+  stop signal too, but with ``--output`` the supervisor, which writes the file, reopens it
+  (and a worker ignores it).  However
   stalled stdout is, a stop takes at most ``--grace`` plus one drain period
   (:meth:`Supervisor.drain_deadline`): the workers, the relays and the writer share it.
 * **Output.**  Each worker's stdout is a pipe to the supervisor, written in frames of whole
@@ -34,6 +36,9 @@ becomes a small supervisor (this module, Trio too) and N workers
   are started (a replacement gets a new number); jsonl records carry ``"worker"``, so
   ``(worker, conn)`` names a connection.  The supervisor sums the workers' counts into the
   usual summary line.
+
+The program around it -- the signal receiver, the port, the output writer, the nurseries and the
+exit status -- is :mod:`trio_echo.workers.run`.
 """
 
 from __future__ import annotations
@@ -53,15 +58,20 @@ import attrs
 import trio
 
 from trio_echo.config import Config
-from trio_echo.lifecycle import MIN_DRAIN_TIMEOUT, STOP_SIGNALS, Outcome, WorkerError, log_listening
+from trio_echo.lifecycle import (
+    MIN_DRAIN_TIMEOUT,
+    WorkerError,
+    force_hint,
+    forces,
+    log_listening,
+)
 from trio_echo.logs import LOGGER, NOTICE
 from trio_echo.net.bind import ListenError, bind_reuseport
 from trio_echo.net.datagram import bind_datagram_reuseport
+from trio_echo.output.file import OutputFile
 from trio_echo.output.frames import FrameDecoder
-from trio_echo.output.queue import OutputQueue, open_output_queue
-from trio_echo.output.writer import write_stdout
+from trio_echo.output.queue import OutputQueue
 from trio_echo.stats import ServerStats
-from trio_echo.workers.ports import open_port
 from trio_echo.workers.process import describe_exit, grow_pipe, interpreter_flags
 from trio_echo.workers.worker import WorkerSpec, force_message
 
@@ -71,8 +81,6 @@ __all__ = [
     "RESTART_FIRST_DELAY",
     "RESTART_MAX_DELAY",
     "Supervisor",
-    "run_supervisor",
-    "supervise",
 ]
 
 # A worker that died is started again after this long at first: long enough not to spin on a
@@ -124,6 +132,8 @@ class Supervisor:
     # the others that did not stop gracefully ended ("worker 3 was killed by SIGKILL").
     forced_workers: list[int] = attrs.field(factory=list)
     killed: list[str] = attrs.field(factory=list)
+    # --output: the file the supervisor writes the workers' output to, reopened on SIGHUP.
+    output: OutputFile | None = None
     _numbers: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1))
     _first_ready: int = 0
 
@@ -134,6 +144,10 @@ class Supervisor:
         (``FORCE`` on its control socket); ``KILL_AFTER_FORCE`` later, SIGKILL for any still
         alive."""
         async for signum in signals:
+            if signum == signal.SIGHUP and self.output is not None:
+                # logrotate's: the workers write to us, and we to the file (they ignore it).
+                self.output.request_reopen()
+                continue
             name = signal.Signals(signum).name
             if not self.stop_requested.is_set():
                 self.stop_deadline = trio.current_time() + self.config.grace + self.drain_timeout
@@ -145,12 +159,12 @@ class Supervisor:
                 LOGGER.log(
                     NOTICE,
                     "%s: stopping %d worker%s: they stop accepting and give their clients up "
-                    "to %g s (%s again to force)",
+                    "to %g s (%s)",
                     *(name, len(self.live), "" if len(self.live) == 1 else "s"),
-                    *(self.config.grace, name),
+                    *(self.config.grace, force_hint(signum)),
                 )
                 self._signal_all(signal.SIGTERM)
-            else:
+            elif forces(signum):
                 LOGGER.warning("%s again: closing every connection now", name)
                 self.forced_by = signum
                 for control in list(self.controls.values()):
@@ -352,49 +366,3 @@ class Supervisor:
             self._first_ready += 1
             if self._first_ready == self.config.workers and not self.stop_requested.is_set():
                 log_listening(self.addresses, self.config)
-
-
-async def supervise(config: Config, log_level: str) -> Outcome:
-    """Run ``config.workers`` workers until a signal stops them; the exit status as for one
-    process (see :mod:`trio_echo.server.app`)."""
-    with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
-        shared, addresses = await open_port(config)
-        queue, reader = open_output_queue(config.queue_bytes)
-        supervisor = Supervisor(
-            config, log_level, queue, addresses, shared, stats=ServerStats(udp=config.udp)
-        )
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(supervisor.watch, signals)
-                async with trio.open_nursery() as output:
-                    output.start_soon(write_stdout, queue, reader)
-                    try:
-                        async with trio.open_nursery() as workers:
-                            for _ in range(config.workers):
-                                workers.start_soon(supervisor.run_slot)
-                        # Every worker is gone: stdout gets what is left of the stop's drain
-                        # period (nothing, after a forced stop).
-                        if supervisor.forced_by is not None:
-                            output.cancel_scope.cancel()
-                        output.cancel_scope.deadline = supervisor.drain_deadline()
-                    finally:
-                        await queue.aclose()
-                nursery.cancel_scope.cancel()  # stop the signal watcher
-        finally:
-            for sock in shared:
-                sock.close()
-    stats = supervisor.stats
-    if supervisor.restarts:
-        LOGGER.log(NOTICE, "workers restarted: %d", supervisor.restarts)
-    if supervisor.forced_by is not None:
-        return Outcome.forced(supervisor.forced_by, stats, supervisor.describe_forced())
-    if output.cancel_scope.cancelled_caught:
-        return Outcome.drain_failed(supervisor.drain_timeout, stats)
-    if supervisor.failures:
-        return Outcome(1, f"{supervisor.failures[0]} while stopping: {stats.summary()}", stats)
-    return Outcome.stopped(stats)
-
-
-def run_supervisor(config: Config, log_level: str) -> Outcome:
-    """``trio-echo --workers N`` (N > 1): see the module docstring."""
-    return trio.run(supervise, config, log_level)

@@ -330,6 +330,7 @@ FLAG_VALUES = {
     "--idle-timeout": "5",
     "--max-bytes": "100",
     "--fd": "3",
+    "--keepalive": "5",
 }
 
 

@@ -19,6 +19,7 @@ NOT_WITH_UDP = {
     "--idle-timeout": "UDP has no connections to time out",
     "--max-bytes": "it bounds a connection; a datagram is whole and at most 64 KiB",
     "--fd": "inherited sockets must be TCP listeners; --udp binds its own",
+    "--keepalive": "TCP keepalive probes a connection, and UDP has none",
 }
 
 

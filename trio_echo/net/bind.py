@@ -13,7 +13,8 @@ import os
 import socket
 import stat
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 
 from trio_echo.logs import LOGGER
 from trio_echo.output.format import format_peer
@@ -166,18 +167,37 @@ def bind_reuseport(addresses: list[tuple[object, ...]]) -> list[socket.socket]:
     """
     if not hasattr(socket, "SO_REUSEPORT"):
         raise ListenError("cannot bind a socket per worker: this platform lacks SO_REUSEPORT")
+    return bind_each(
+        addresses,
+        partial(_new_socket, reuse_port=True),
+        lambda sock: sock.listen(BACKLOG),
+        _error_text,
+    )
+
+
+def bind_each(
+    addresses: list[tuple[object, ...]],
+    new_socket: Callable[[int], socket.socket],
+    prepare: Callable[[socket.socket], None] | None,
+    error_text: Callable[[str, int, OSError], str],
+) -> list[socket.socket]:
+    """A socket from ``new_socket(family)`` bound on each of ``addresses``, then ``prepare``d
+    (e.g. ``listen``); on any failure every socket made so far is closed and a
+    :class:`ListenError` carries ``error_text(host, port, error)``: TCP's and UDP's per-worker
+    sockets (:func:`bind_reuseport`, :func:`trio_echo.net.datagram.bind_datagram_reuseport`)."""
     sockets: list[socket.socket] = []
     try:
         for address in addresses:
             host, port = str(address[0]), int(str(address[1]))
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            sock = _new_socket(family, reuse_port=True)
+            sock = new_socket(family)
             sockets.append(sock)
             try:
                 sock.bind(address)
-                sock.listen(BACKLOG)
+                if prepare is not None:
+                    prepare(sock)
             except OSError as exc:
-                raise ListenError(_error_text(host, port, exc)) from exc
+                raise ListenError(error_text(host, port, exc)) from exc
     except BaseException:
         for sock in sockets:
             sock.close()

@@ -22,12 +22,14 @@ import socket
 import struct
 import sys
 from collections.abc import Iterable
+from functools import partial
 
 from trio_echo.net.bind import (
     PORT_ZERO_ATTEMPTS,
     ListenError,
     _addresses_of,
     _error_text,
+    bind_each,
     warn_if_exposed,
 )
 
@@ -172,19 +174,4 @@ def bind_datagram_reuseport(addresses: list[tuple[object, ...]]) -> list[socket.
     error)."""
     if not hasattr(socket, "SO_REUSEPORT"):
         raise ListenError("cannot bind a socket per worker: this platform lacks SO_REUSEPORT")
-    sockets: list[socket.socket] = []
-    try:
-        for address in addresses:
-            host, port = str(address[0]), int(str(address[1]))
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            sock = _new_socket(family, reuse_port=True)
-            sockets.append(sock)
-            try:
-                sock.bind(address)
-            except OSError as exc:
-                raise ListenError(_udp_error(host, port, exc)) from exc
-    except BaseException:
-        for sock in sockets:
-            sock.close()
-        raise
-    return sockets
+    return bind_each(addresses, partial(_new_socket, reuse_port=True), None, _udp_error)

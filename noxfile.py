@@ -33,11 +33,16 @@ def stress(session: nox.Session) -> None:
     """Run the stress tests of issue 6 (tests/test_stress.py, `pytest -m stress`): faulty
     clients around a good one, byte-exact accounting, `ulimit -n 256` with 1,000 clients, a
     60 s soak of connection churn, SIGTERM with 1,000 clients mid-stream, bad command lines.
-    About 1.5 minutes on 2 cores, a minute of it the soak; every wait in it is bounded.  Writes
+    Then the output's property tests at their full example counts.  About 2.5 minutes on 2
+    cores, a minute of it the soak; every wait in it is bounded.  Writes
     its figures to build/stress.json (docs/reliability.md says what each test proves).
     Arguments after -- go to pytest, e.g. `nox -s stress -- -k soak`."""
     session.install(".[bench]", *nox.project.dependency_groups(PYPROJECT, "test"))
     session.run("pytest", "-m", "stress", *session.posargs)
+    # The output's property tests at their full example counts (the default suite runs a
+    # quarter of them): about a minute.
+    if not session.posargs:
+        session.run("pytest", "tests/test_output.py", env={"TRIO_ECHO_PROPERTY_SCALE": "1"})
 
 
 @nox.session(default=False)

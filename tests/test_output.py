@@ -7,6 +7,7 @@ import base64
 import datetime
 import itertools
 import json
+import os
 import unicodedata
 
 import pytest
@@ -35,6 +36,15 @@ LINE_SEPARATORS = (0x2028, 0x2029)
 BIDI = (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
 INVISIBLE = (0xFEFF,)
 FORBIDDEN = {*range(0x20), 0x7F, *C1, *LINE_SEPARATORS, *BIDI, *INVISIBLE} - {0x0A}
+
+# The property tests' example counts are divided by this in the default suite, which must stay
+# well under five minutes; `nox -s stress` runs them again at their full counts (scale 1).
+PROPERTY_SCALE = max(1, int(os.environ.get("TRIO_ECHO_PROPERTY_SCALE", "4")))
+
+
+def examples(count: int) -> int:
+    """``count`` examples at full scale, a quarter of them (at least 50) by default."""
+    return max(50, count // PROPERTY_SCALE)
 
 
 # --------------------------------------------------------------------------------------------
@@ -296,7 +306,7 @@ def test_clean_escapes_cannot_be_forged() -> None:
     assert clean(b"\\xff") != clean(b"\xff")
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @given(st.one_of(st.binary(max_size=64), streams))
 def test_clean_property_safe_and_lossless(data: bytes) -> None:
     out = clean(data)
@@ -306,7 +316,7 @@ def test_clean_property_safe_and_lossless(data: bytes) -> None:
     assert unclean(out) == data  # injective: nothing dropped, nothing ambiguous
 
 
-@settings(max_examples=200)
+@settings(max_examples=examples(200))
 @given(st.text(max_size=40))
 def test_clean_property_valid_text_keeps_harmless_characters(text: str) -> None:
     out = clean(text.encode("utf-8", "surrogatepass"))
@@ -710,21 +720,21 @@ def test_jsonl_reconstruction_example() -> None:
 # Property tests
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(cases)
 def test_property_text_chunking_does_not_matter(case: Case) -> None:
     max_line, data, chunks = case
     assert run(text_assembler(max_line), chunks) == run(text_assembler(max_line), [data])
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(cases)
 def test_property_jsonl_chunking_does_not_matter(case: Case) -> None:
     max_line, data, chunks = case
     assert run(jsonl_assembler(max_line), chunks) == run(jsonl_assembler(max_line), [data])
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(cases)
 def test_property_text_output_is_safe(case: Case) -> None:
     max_line, _, chunks = case
@@ -734,7 +744,7 @@ def test_property_text_output_is_safe(case: Case) -> None:
     assert not any(unicodedata.category(c) == "Cs" for c in text)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(cases)
 def test_property_text_line_structure(case: Case) -> None:
     max_line, data, chunks = case
@@ -751,7 +761,7 @@ def test_property_text_line_structure(case: Case) -> None:
         assert not pieces[0][0]  # the first line is never a continuation
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(cases)
 def test_property_jsonl_is_lossless(case: Case) -> None:
     max_line, data, chunks = case
@@ -778,7 +788,7 @@ def test_property_jsonl_is_lossless(case: Case) -> None:
     assert sum(e["eol"] != "" for e in events) == data.count(b"\n")
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(cases)
 def test_property_pieces_respect_the_limit(case: Case) -> None:
     max_line, _, chunks = case
@@ -798,7 +808,7 @@ def test_property_pieces_respect_the_limit(case: Case) -> None:
             assert "\n" not in str(event["data"])
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.text(max_size=60), max_lines, st.data())
 def test_property_valid_utf8_is_never_split(text: str, max_line: int, data: st.DataObject) -> None:
     encoded = text.encode("utf-8", "surrogatepass")
@@ -818,7 +828,7 @@ def test_property_valid_utf8_is_never_split(text: str, max_line: int, data: st.D
         raw.decode("utf-8")
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(cases)
 def test_property_text_and_jsonl_print_the_same_pieces(case: Case) -> None:
     max_line, _, chunks = case
@@ -827,7 +837,7 @@ def test_property_text_and_jsonl_print_the_same_pieces(case: Case) -> None:
     assert pieces == [(bool(e.get("continued")), raw_data(e)) for e in events]
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(cases)
 def test_property_pending_is_bounded(case: Case) -> None:
     max_line, _, chunks = case
@@ -956,21 +966,21 @@ def many_lines_cases(draw: st.DrawFn) -> Case:
 all_cases = st.one_of(cases, fast_cases(), many_lines_cases())
 
 
-@settings(max_examples=1000, deadline=None)
+@settings(max_examples=examples(1000), deadline=None)
 @given(st.one_of(cases, fast_cases()))
 def test_property_text_matches_reference(case: Case) -> None:
     max_line, data, chunks = case
     assert run(text_assembler(max_line), chunks) == reference_text(data, max_line)
 
 
-@settings(max_examples=1000, deadline=None)
+@settings(max_examples=examples(1000), deadline=None)
 @given(many_lines_cases())
 def test_property_text_many_lines_match_reference(case: Case) -> None:
     max_line, data, chunks = case
     assert run(text_assembler(max_line), chunks) == reference_text(data, max_line)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(all_cases)
 def test_property_jsonl_pieces_match_reference(case: Case) -> None:
     max_line, data, chunks = case
@@ -979,7 +989,7 @@ def test_property_jsonl_pieces_match_reference(case: Case) -> None:
     assert got == reference_pieces(data, max_line)
 
 
-@settings(max_examples=1000, deadline=None)
+@settings(max_examples=examples(1000), deadline=None)
 @given(fast_streams)
 def test_property_text_block_matches_reference(data: bytes) -> None:
     # One block, as feed() hands it over: whole lines of any content (the limit is the
@@ -988,7 +998,7 @@ def test_property_text_block_matches_reference(data: bytes) -> None:
     assert TextFormatter(PEER).block(block) == reference_text(block, len(block))
 
 
-@settings(max_examples=1000, deadline=None)
+@settings(max_examples=examples(1000), deadline=None)
 @given(st.one_of(fast_streams, st.binary(max_size=64), streams))
 def test_property_piece_cleaning_matches_clean(data: bytes) -> None:
     content = data.replace(b"\n", b"")  # a piece never holds a newline

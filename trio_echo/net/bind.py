@@ -82,17 +82,31 @@ class _PortTaken(Exception):
     """The port that port 0 picked on the first address is taken on a later one."""
 
 
-def bind_sockets(hosts: tuple[str, ...], port: int) -> list[socket.socket]:
+def bind_sockets(
+    hosts: tuple[str, ...],
+    port: int,
+    *,
+    new_socket: Callable[[int], socket.socket] | None = None,
+    listen: bool = True,
+    error_text: Callable[[str, int, OSError], str] | None = None,
+) -> list[socket.socket]:
     """Listening sockets on every address of every host, all on the same port.
 
     With port 0 the first address picks a free port and the others reuse it, so that
     ``127.0.0.1`` and ``::1`` answer on the same port; if that port happens to be taken on a
     later address, we start over with a new one.  Errors become a :class:`ListenError` that
     names the host and port, for a one-line message.
+
+    TCP by default; UDP's sockets (:func:`trio_echo.net.datagram.bind_datagram_sockets`) are
+    the same walk with their own ``new_socket(family)``, without ``listen`` and with their own
+    ``error_text(host, port, error)``.
     """
+    new_socket = new_socket or _new_socket
+    prepare = _listen if listen else None
+    error_text = error_text or _error_text
     for attempt in range(1, PORT_ZERO_ATTEMPTS + 1):
         try:
-            sockets = _bind_once(hosts, port)
+            sockets = _bind_once(hosts, port, new_socket, prepare, error_text)
         except _PortTaken as exc:
             if attempt == PORT_ZERO_ATTEMPTS:
                 raise ListenError(str(exc)) from exc.__cause__
@@ -117,21 +131,32 @@ def _addresses_of(host: str, port: int) -> list[tuple[int, tuple[object, ...]]]:
     return seen
 
 
-def _bind_once(hosts: tuple[str, ...], port: int) -> list[socket.socket]:
+def _listen(sock: socket.socket) -> None:
+    sock.listen(BACKLOG)
+
+
+def _bind_once(
+    hosts: tuple[str, ...],
+    port: int,
+    new_socket: Callable[[int], socket.socket],
+    prepare: Callable[[socket.socket], None] | None,
+    error_text: Callable[[str, int, OSError], str],
+) -> list[socket.socket]:
     sockets: list[socket.socket] = []
     chosen = port
     try:
         for host in hosts:
             for family, address in _addresses_of(host, chosen):
-                sock = _new_socket(family)
+                sock = new_socket(family)
                 sockets.append(sock)
                 try:
                     sock.bind(address)
-                    sock.listen(BACKLOG)
+                    if prepare is not None:
+                        prepare(sock)
                 except OSError as exc:
                     if port == 0 and chosen != 0 and exc.errno == errno.EADDRINUSE:
-                        raise _PortTaken(_error_text(host, chosen, exc)) from exc
-                    raise ListenError(_error_text(host, chosen, exc)) from exc
+                        raise _PortTaken(error_text(host, chosen, exc)) from exc
+                    raise ListenError(error_text(host, chosen, exc)) from exc
                 if chosen == 0:
                     chosen = sock.getsockname()[1]
     except BaseException:
@@ -167,12 +192,7 @@ def bind_reuseport(addresses: list[tuple[object, ...]]) -> list[socket.socket]:
     """
     if not hasattr(socket, "SO_REUSEPORT"):
         raise ListenError("cannot bind a socket per worker: this platform lacks SO_REUSEPORT")
-    return bind_each(
-        addresses,
-        partial(_new_socket, reuse_port=True),
-        lambda sock: sock.listen(BACKLOG),
-        _error_text,
-    )
+    return bind_each(addresses, partial(_new_socket, reuse_port=True), _listen, _error_text)
 
 
 def bind_each(

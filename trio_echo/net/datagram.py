@@ -16,7 +16,6 @@ differences that UDP's semantics force:
 
 from __future__ import annotations
 
-import errno
 import platform
 import socket
 import struct
@@ -25,12 +24,10 @@ from collections.abc import Iterable
 from functools import partial
 
 from trio_echo.net.bind import (
-    PORT_ZERO_ATTEMPTS,
     ListenError,
-    _addresses_of,
     _error_text,
     bind_each,
-    warn_if_exposed,
+    bind_sockets,
 )
 
 __all__ = [
@@ -132,38 +129,7 @@ def bind_datagram_sockets(hosts: tuple[str, ...], port: int) -> list[socket.sock
     """A UDP socket on every address of every host, all on the same port (port 0: one free
     port for all, as :func:`trio_echo.net.bind.bind_sockets` picks it for TCP).  Raises
     :class:`ListenError` naming the host and port."""
-    for attempt in range(1, PORT_ZERO_ATTEMPTS + 1):
-        sockets: list[socket.socket] = []
-        chosen = port
-        try:
-            for host in hosts:
-                for family, address in _addresses_of(host, chosen):
-                    sock = _new_socket(family)
-                    sockets.append(sock)
-                    try:
-                        sock.bind(address)
-                    except OSError as exc:
-                        taken = exc.errno == errno.EADDRINUSE
-                        if port == 0 and chosen != 0 and taken and attempt < PORT_ZERO_ATTEMPTS:
-                            raise _Retry from exc
-                        raise ListenError(_udp_error(host, chosen, exc)) from exc
-                    if chosen == 0:
-                        chosen = sock.getsockname()[1]
-        except _Retry:
-            for sock in sockets:
-                sock.close()
-            continue
-        except BaseException:
-            for sock in sockets:
-                sock.close()
-            raise
-        warn_if_exposed([sock.getsockname() for sock in sockets])
-        return sockets
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-class _Retry(Exception):
-    """The port that port 0 picked on the first address is taken on a later one."""
+    return bind_sockets(hosts, port, new_socket=_new_socket, listen=False, error_text=_udp_error)
 
 
 def bind_datagram_reuseport(addresses: list[tuple[object, ...]]) -> list[socket.socket]:

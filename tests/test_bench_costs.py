@@ -271,7 +271,12 @@ def test_the_accelerator_removes_trios_epoll_ctl_per_request():
         assert figures["server_cpu_us_per_request"] > 0
         assert figures["voluntary_ctx_switches_per_request"] is not None
         calls = figures["syscalls_per_request"]
-        assert 0.95 <= sum(calls.get(name, 0) for name in RECEIVES) <= 1.2, calls
+        # Under strace the short traced run serves few requests per connection, so each
+        # connection's own receives (a first try that finds nothing, the end-of-stream read)
+        # show per request: allow up to two per accepted connection on top of one per request.
+        per_connection = 2 * calls.get("accept4", calls.get("accept", 0.0))
+        receives = sum(calls.get(name, 0) for name in RECEIVES)
+        assert 0.95 <= receives <= 1.2 + per_connection, calls
         assert 0.95 <= sum(calls.get(name, 0) for name in SENDS) <= 1.1, calls
         found[model.name] = calls.get("epoll_ctl", 0.0)
         report["models"][model.name] = {"scenarios": {COSTS: result.to_json()}}

@@ -25,13 +25,14 @@ from trio_echo.server import hub
 from trio_echo.server.listener import (
     ACCEPT_BATCH,
     IGNORED_ACCEPT_ERRNOS,
+    AcceptEvents,
     LeanSocketListener,
     LimitedListener,
-    ShortageLog,
     peer_address,
 )
 from trio_echo.server.stream import LeanSocketStream
 from trio_echo.server.wrappers import SlotStream
+from trio_echo.stats import ServerStats
 
 
 class FlakySocket(socket.socket):
@@ -103,7 +104,7 @@ async def test_running_out_of_descriptors_pauses_accepting(
     autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     sock = listening([OSError(errno.EMFILE, "Too many open files") for _ in range(5)])
-    listener = LeanSocketListener(sock, shortage=ShortageLog(lambda: 7))
+    listener = LeanSocketListener(sock, events=AcceptEvents(ServerStats(active=7)))
     with socket.create_connection(sock.getsockname()):
         t0 = trio.current_time()
         stream = await listener.accept()
@@ -236,9 +237,9 @@ async def test_the_shortage_is_logged_once_for_all_listeners(
     autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     # IPv4 and IPv6 listeners run out of descriptors together: one line a second says it.
-    shortage = ShortageLog()
+    shortage = AcceptEvents()
     socks = [listening([OSError(errno.EMFILE, "Too many open files")] * 3) for _ in range(2)]
-    listeners = [LeanSocketListener(sock, shortage=shortage) for sock in socks]
+    listeners = [LeanSocketListener(sock, events=shortage) for sock in socks]
     clients = [socket.create_connection(sock.getsockname()) for sock in socks]
     streams: list[LeanSocketStream] = []
 

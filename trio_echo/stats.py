@@ -6,24 +6,103 @@ stderr and the summary at exit come from here, whatever the concurrency model.
 
 from __future__ import annotations
 
+import bisect
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import attrs
 
 from trio_echo.logs import LOGGER
+from trio_echo.output.format import Tally
 
-__all__ = ["ServerStats", "log_close", "log_open"]
+__all__ = [
+    "DURATION_BUCKETS",
+    "HANDSHAKE_BUCKETS",
+    "Histogram",
+    "ServerStats",
+    "close_kind",
+    "log_close",
+    "log_open",
+]
+
+# Upper bounds (seconds) of the connection duration histogram: from a health check's
+# millisecond to an hour-long session.
+DURATION_BUCKETS = (0.001, 0.01, 0.1, 1.0, 10.0, 60.0, 600.0, 3600.0)
+
+# Upper bounds (seconds) of the TLS handshake histogram: loopback takes about a millisecond;
+# the last bucket is the default --tls-handshake-timeout.
+HANDSHAKE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 10.0)
+
+
+class Histogram:
+    """Observations counted into fixed buckets (Prometheus's cumulative ``le`` buckets are
+    made from these at exposition): one ``bisect`` and two additions per observation, made
+    once per connection, never per request."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = tuple(bounds)
+        # counts[i]: observations in (bounds[i-1], bounds[i]]; the last, above every bound.
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def to_json(self) -> dict[str, object]:
+        return {"bounds": list(self.bounds), "counts": list(self.counts), "sum": self.total}
+
+
+def close_kind(reason: str) -> str:
+    """The metrics' label for a ``close`` line's reason (which may carry details)."""
+    for prefix, kind in _CLOSE_KINDS:
+        if reason.startswith(prefix):
+            return kind
+    return "other"
+
+
+_CLOSE_KINDS = (
+    ("closed by client", "client"),
+    ("idle for", "idle"),
+    ("not reading its echo", "idle"),
+    ("sent more than --max-bytes", "max_bytes"),
+    ("connection lost", "lost"),
+    ("grace period over", "grace_over"),
+    ("server aborted", "forced"),
+    ("server stopped", "forced"),
+    ("error", "error"),
+)
 
 
 @attrs.define
 class ServerStats:
-    """Counters for the summary printed at exit (and for tests)."""
+    """Counters for the summary printed at exit, the metrics and the status dump.
+
+    Plain integers, bumped where things happen: what a client costs on the hot path is an
+    addition, and only a scrape or a dump reads them (trio_echo.metrics)."""
 
     started: float = attrs.field(factory=time.monotonic)
+    # The wall clock at start, for process_start_time_seconds.
+    started_wall: float = attrs.field(factory=time.time)
     connections: int = 0
     active: int = 0
     bytes_received: int = 0
+    # --echo: the bytes sent back.
+    bytes_echoed: int = 0
+    # TCP/Unix clients closed at accept by --allow/--deny.
+    denied: int = 0
+    # Clients turned away after accept, by why: "tls", "proxy", "max_bytes".
+    refused_by: dict[str, int] = attrs.field(factory=dict)
+    # Connections closed, by close_kind of their reason.
+    closed_by: dict[str, int] = attrs.field(factory=dict)
+    # Accepts paused for lack of file descriptors (EMFILE, ENFILE, ENOBUFS, ENOMEM).
+    accept_pauses: int = 0
+    # The lines formatted for output (every connection's formatter counts into it).
+    printed: Tally = attrs.field(factory=Tally)
+    durations: Histogram = attrs.field(factory=lambda: Histogram(DURATION_BUCKETS))
+    handshakes: Histogram = attrs.field(factory=lambda: Histogram(HANDSHAKE_BUCKETS))
     # --udp (trio_echo.server.datagram): the summary counts datagrams, not connections.
     udp: bool = False
     datagrams: int = 0
@@ -35,6 +114,10 @@ class ServerStats:
 
     def uptime(self) -> float:
         return time.monotonic() - self.started
+
+    def count(self, counts: dict[str, int], kind: str) -> None:
+        """One more in ``counts`` (``refused_by``, ``closed_by``) under ``kind``."""
+        counts[kind] = counts.get(kind, 0) + 1
 
     def summary(self) -> str:
         if self.udp:

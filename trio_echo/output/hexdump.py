@@ -36,7 +36,7 @@ from __future__ import annotations
 import array
 import sys
 
-from trio_echo.output.format import Formatter
+from trio_echo.output.format import Formatter, Tally
 from trio_echo.output.stamps import ReceiveClock
 
 __all__ = ["ROW_BYTES", "HexDumper", "hex_rows"]
@@ -137,10 +137,13 @@ class HexDumper:
     :class:`~trio_echo.connection.Connection`.
     """
 
-    def __init__(self, peer: str, clock: ReceiveClock | None = None) -> None:
+    def __init__(
+        self, peer: str, clock: ReceiveClock | None = None, tally: Tally | None = None
+    ) -> None:
         self._peer = f"[{peer}] ".encode()
         self._clock = clock
-        self.formatter = Formatter()  # open and close print nothing on stdout
+        self.formatter = Formatter(tally)  # open and close print nothing on stdout
+        self.tally = self.formatter.tally
         self.offset = 0  # bytes of the connection so far: where the next read begins
 
     def _prefix(self) -> bytes:
@@ -153,8 +156,11 @@ class HexDumper:
         """The rows for the next bytes received, printed now, whole or not."""
         if not data:
             return b""
-        rows = hex_rows(self._prefix(), self.offset, data)
-        self.offset += len(data)
+        offset = self.offset
+        rows = hex_rows(self._prefix(), offset, data)
+        self.offset = end = offset + len(data)
+        # The rows this read touched: one per 16-byte row of the stream it reaches into.
+        self.tally.lines += (end - 1) // ROW_BYTES - offset // ROW_BYTES + 1
         return rows
 
     def finish(self) -> bytes:
@@ -162,4 +168,5 @@ class HexDumper:
         as ``hexdump -C`` prints nothing for an empty file)."""
         if not self.offset:
             return b""
+        self.tally.lines += 1
         return b"%s%08x\n" % (self._prefix(), self.offset)

@@ -9,17 +9,25 @@ so memory would grow with the number of clients; bounding the bytes bounds the t
 from __future__ import annotations
 
 import collections
+from typing import Protocol
 
 import trio
 
 from trio_echo.config import DEFAULT_QUEUE_BYTES
 from trio_echo.output.stdout import write_batch
 
-__all__ = ["ITEM_OVERHEAD", "OutputQueue", "OutputReader", "open_output_queue"]
+__all__ = ["ITEM_OVERHEAD", "OutputQueue", "OutputReader", "Waiter", "open_output_queue"]
 
 # Bookkeeping cost charged per item on top of its length, so that a flood of tiny items
 # (thousands of clients sending one short line each) is bounded too.
 ITEM_OVERHEAD = 64
+
+
+class Waiter(Protocol):
+    """Who is putting an item (a connection): told since when it waits for room, for the
+    status dump's "blocked on stdout"."""
+
+    blocked_since: float | None
 
 
 class OutputQueue:
@@ -47,26 +55,48 @@ class OutputQueue:
         self._broken = False  # the writer is gone: nobody will print anything any more
         # Set by the writer when stdout is /dev/null: see put_nowait.
         self._write_through: int | None = None
+        # For the metrics (trio_echo.metrics): the bytes written out (by the writer, or
+        # here when writing through), the handlers waiting for room now, and the seconds
+        # they have spent waiting in all -- backpressure made visible.  Counted per batch
+        # and per wait, never per item that fits.
+        self.written = 0
+        self.waiting = 0
+        self.blocked_seconds = 0.0
 
     @staticmethod
     def cost(item: bytes) -> int:
         """What ``item`` counts against the budget."""
         return len(item) + ITEM_OVERHEAD
 
-    async def put(self, item: bytes) -> None:
-        """Queue ``item`` for stdout, waiting for room: this wait is the backpressure."""
+    async def put(self, item: bytes, waiter: Waiter | None = None) -> None:
+        """Queue ``item`` for stdout, waiting for room: this wait is the backpressure.
+        ``waiter`` (a connection) is told while it waits."""
         if not item:
             return
         cost = self.cost(item)
+        # An item larger than the whole budget may go when the queue is empty, or it would
+        # never go at all.
+        if self.used and self.used + cost > self.limit:
+            await self._wait_for_room(item, cost, waiter)
+        self.put_nowait(item)
+
+    async def _wait_for_room(self, item: bytes, cost: int, waiter: Waiter | None) -> None:
+        """The slow path of :meth:`put`: wait, timed, until ``cost`` fits."""
+        began = trio.current_time()
+        self.waiting += 1
+        if waiter is not None:
+            waiter.blocked_since = began
         try:
-            # An item larger than the whole budget may go when the queue is empty, or it
-            # would never go at all.
             while self.used and self.used + cost > self.limit:
                 await self._room.park()
         except trio.Cancelled:
             self.put_nowait(item)
             raise
-        self.put_nowait(item)
+        finally:
+            self.waiting -= 1
+            self.blocked_seconds += trio.current_time() - began
+            if waiter is not None:
+                waiter.blocked_since = None
 
     def put_nowait(self, item: bytes) -> None:
         """Queue ``item`` now, even over budget (see the class docstring for when)."""
@@ -78,6 +108,7 @@ class OutputQueue:
             # one piece, keeps the order and the lines whole, and saves the writer task a
             # trip through the scheduler per item (measured in docs/performance.md).
             write_batch(self._write_through, (item,))
+            self.written += len(item)
             return
         self.used += self.cost(item)
         self._items.append(item)
@@ -132,6 +163,7 @@ class OutputQueue:
             item = items.popleft()
             batch.append(item)
             size += len(item)
+        self.written += size
         return batch, size + len(batch) * ITEM_OVERHEAD
 
     def break_(self) -> None:

@@ -28,7 +28,7 @@ import enum
 import time
 from collections.abc import Callable
 
-from trio_echo.output.format import LineAssembler, TextFormatter
+from trio_echo.output.format import LineAssembler, Tally, TextFormatter
 
 __all__ = ["ReceiveClock", "StampedLineAssembler", "StampedTextFormatter", "Timestamps"]
 
@@ -90,8 +90,8 @@ class StampedTextFormatter(TextFormatter):
     makes it fast; here the prefix changes with every read, so it is rebuilt when the clock
     has moved (once per read at most) and the plain formatter does the rest."""
 
-    def __init__(self, peer: str, clock: ReceiveClock) -> None:
-        super().__init__(peer)
+    def __init__(self, peer: str, clock: ReceiveClock, tally: Tally | None = None) -> None:
+        super().__init__(peer, tally)
         self._clock = clock
         self._peer_prefix = self._prefix
         self._peer_continued = self._continued_prefix

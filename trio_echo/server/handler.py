@@ -40,12 +40,13 @@ __all__ = ["Handler"]
 
 class _Refused(Exception):
     """A client that could not be set up (no valid PROXY header, a failed TLS handshake):
-    what and why, for its ``refused`` line."""
+    what and why, for its ``refused`` line, and the metrics' reason (``kind``)."""
 
     def __init__(self, what: str, detail: str) -> None:
         super().__init__(what, detail)
         self.what = what
         self.detail = detail
+        self.kind = "tls" if "TLS" in what else "proxy"
 
 
 @attrs.define(eq=False)
@@ -104,11 +105,12 @@ class Handler:
                 if config.max_bytes is not None:
                     stream = limited = LimitedStream(stream, config.max_bytes)
                 receive, send, feed = stream.receive_some, stream.send_all, conn.feed
+                stats = self.stats
                 # Our stream's echo without a second scheduler trip (see its docstring).
                 send_nowait = getattr(stream, "send_some_nowait", None)
                 size, echo, idle = config.receive_size, config.echo, config.idle_timeout
                 if output is not None:
-                    await output.put(conn.opened())
+                    await output.put(conn.opened(), conn)
                 # The hot path (one pass per request in the echo benchmark): one checkpoint
                 # per pass when the stream is ours, nothing awaited that has nothing to do.
                 while True:
@@ -125,10 +127,11 @@ class Handler:
                         data = bytes(data)  # the Stream ABC allows a bytearray
                     printed = feed(data)
                     if printed and output is not None:
-                        await output.put(printed)
+                        await output.put(printed, conn)
                     if echo:
                         if send_nowait is not None:
                             sent = send_nowait(data)
+                            stats.bytes_echoed += sent
                             if sent == len(data):
                                 continue
                             data = data[sent:]  # the kernel's buffer is full: wait below
@@ -142,6 +145,7 @@ class Handler:
                             sending = False
                         else:
                             await send(data)
+                        stats.bytes_echoed += len(data)
             if scope.cancelled_caught and not registry.closing and refused is None:
                 conn.reason = (
                     f"not reading its echo for {idle:g} s" if sending else f"idle for {idle:g} s"
@@ -161,7 +165,7 @@ class Handler:
         finally:
             del registry.live[conn]
             if refused is not None:
-                conn.abandon(refused.what, refused.detail or registry.cancel_reason())
+                conn.abandon(refused.kind, refused.what, refused.detail or registry.cancel_reason())
             else:
                 last = conn.finish()
                 if output is not None:
@@ -228,8 +232,10 @@ class Handler:
         """Shake hands within ``--tls-handshake-timeout``; raises :class:`_Refused`."""
         timeout = self.config.tls_handshake_timeout
         with trio.move_on_after(timeout):
+            began = trio.current_time()
             try:
                 await tls.do_handshake()
+                self.stats.handshakes.observe(trio.current_time() - began)
             except trio.BrokenResourceError as exc:
                 raise _Refused("TLS handshake failed", _handshake_problem(exc)) from None
             except Exception as exc:

@@ -12,7 +12,6 @@ import math
 import os
 import socket
 import time
-from collections.abc import Callable
 
 import trio
 
@@ -25,14 +24,15 @@ from trio_echo.output.format import format_peer
 from trio_echo.server.hub import ReadinessHub
 from trio_echo.server.stream import LeanSocketStream
 from trio_echo.server.wrappers import SlotStream
+from trio_echo.stats import ServerStats
 
 __all__ = [
     "ACCEPT_BATCH",
     "IGNORED_ACCEPT_ERRNOS",
+    "AcceptEvents",
     "AccessListener",
     "LeanSocketListener",
     "LimitedListener",
-    "ShortageLog",
     "WrappingListener",
     "peer_address",
 ]
@@ -90,17 +90,20 @@ def peer_address(stream: trio.abc.Stream) -> object:
         return "unknown"
 
 
-class ShortageLog:
-    """The out-of-descriptors line, at most once per ``CAPACITY_LOG_INTERVAL`` for the whole
-    server: every listener (IPv4 and IPv6, say) fails at once when the process is out of
-    descriptors, and one line says it for all of them."""
+class AcceptEvents:
+    """What accepting meets that concerns the whole server, said and counted once for all of
+    its listeners: clients refused by ``--allow/--deny`` (a line each, ``stats.denied``), and
+    the out-of-descriptors line, at most once per ``CAPACITY_LOG_INTERVAL`` -- every
+    listener (IPv4 and IPv6, say) fails at once when the process is out of descriptors --
+    with every pause counted (``stats.accept_pauses``)."""
 
-    def __init__(self, active: Callable[[], int] = lambda: 0) -> None:
-        # How many clients are connected, for the line.
-        self._active = active
+    def __init__(self, stats: ServerStats | None = None) -> None:
+        self._stats = ServerStats() if stats is None else stats
         self._logged = -math.inf
 
-    def log(self, exc: OSError) -> None:
+    def shortage(self, exc: OSError) -> None:
+        """Accepting pauses for lack of descriptors (or memory)."""
+        self._stats.accept_pauses += 1
         now = time.monotonic()
         if now - self._logged >= CAPACITY_LOG_INTERVAL:
             self._logged = now
@@ -108,13 +111,14 @@ class ShortageLog:
                 "accept failed: %s (%s); pausing accepts, %d clients connected",
                 errno.errorcode.get(exc.errno or 0, "?"),
                 os.strerror(exc.errno or 0),
-                self._active(),
+                self._stats.active,
             )
 
-
-def _log_refused(address: object, why: str) -> None:
-    """``refused 127.0.0.1:53422 (--deny 127.0.0.0/8)``: a client closed right after accept."""
-    LOGGER.info("refused %s (%s)", format_peer(address), why)
+    def refused(self, address: object, why: str) -> None:
+        """``refused 127.0.0.1:53422 (--deny 127.0.0.0/8)``: a client closed right after
+        accept."""
+        self._stats.denied += 1
+        LOGGER.info("refused %s (%s)", format_peer(address), why)
 
 
 class LeanSocketListener(trio.abc.Listener[LeanSocketStream]):
@@ -139,7 +143,7 @@ class LeanSocketListener(trio.abc.Listener[LeanSocketStream]):
         *,
         hub: ReadinessHub | None = None,
         access: AccessPolicy | None = None,
-        shortage: ShortageLog | None = None,
+        events: AcceptEvents | None = None,
         keepalive: Keepalive | None = None,
     ) -> None:
         sock.setblocking(False)
@@ -150,8 +154,8 @@ class LeanSocketListener(trio.abc.Listener[LeanSocketStream]):
         self._keepalive = keepalive
         # A Unix socket's clients are named by their credentials (trio_echo.net.unix).
         self._unix = sock.family == getattr(socket, "AF_UNIX", None)
-        # Shared by the server's listeners (see ShortageLog).
-        self._shortage = shortage or ShortageLog()
+        # Shared by the server's listeners (see AcceptEvents).
+        self._events = events or AcceptEvents()
         self._in_a_row = 0
 
     async def accept(self) -> LeanSocketStream:
@@ -178,7 +182,7 @@ class LeanSocketListener(trio.abc.Listener[LeanSocketStream]):
                 address = unix_peer_name(client, address)
             if access is not None and (why := access.refusal(address)) is not None:
                 client.close()
-                _log_refused(address, why)
+                self._events.refused(address, why)
                 continue
             try:
                 if self._keepalive is not None and not unix:
@@ -199,7 +203,7 @@ class LeanSocketListener(trio.abc.Listener[LeanSocketStream]):
             return
         if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
             raise exc
-        self._shortage.log(exc)
+        self._events.shortage(exc)
         await trio.sleep(ACCEPT_RETRY_SLEEP)
 
     async def aclose(self) -> None:
@@ -228,9 +232,15 @@ class AccessListener(WrappingListener):
     """``--allow``/``--deny`` for any listener (an embedding application's, Trio's own):
     a refused client is closed before it reaches a handler."""
 
-    def __init__(self, inner: trio.abc.Listener[trio.abc.Stream], access: AccessPolicy) -> None:
+    def __init__(
+        self,
+        inner: trio.abc.Listener[trio.abc.Stream],
+        access: AccessPolicy,
+        events: AcceptEvents | None = None,
+    ) -> None:
         super().__init__(inner)
         self._access = access
+        self._events = events or AcceptEvents()
 
     async def accept(self) -> trio.abc.Stream:
         while True:
@@ -240,7 +250,7 @@ class AccessListener(WrappingListener):
             if why is None:
                 return stream
             await trio.aclose_forcefully(stream)
-            _log_refused(address, why)
+            self._events.refused(address, why)
 
 
 class LimitedListener(WrappingListener):

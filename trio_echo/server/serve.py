@@ -37,10 +37,10 @@ from trio_echo.output.queue import OutputQueue
 from trio_echo.server import hub
 from trio_echo.server.handler import Handler
 from trio_echo.server.listener import (
+    AcceptEvents,
     AccessListener,
     LeanSocketListener,
     LimitedListener,
-    ShortageLog,
 )
 from trio_echo.server.shutdown import AdmittingListener, Registry, ServerHandle
 from trio_echo.stats import ServerStats
@@ -113,16 +113,18 @@ async def serve(
             if owned and config.accelerate and hub.AVAILABLE:
                 readiness = hub.ReadinessHub()
                 services.start_soon(readiness.run)
-            shortage = ShortageLog(partial(getattr, stats, "active"))
+            events = AcceptEvents(stats)
             keepalive = _set_keepalive(config, owned)
             serving: list[Listener] = [
                 LeanSocketListener(
-                    sock, hub=readiness, access=access, shortage=shortage, keepalive=keepalive
+                    sock, hub=readiness, access=access, events=events, keepalive=keepalive
                 )
                 for sock in owned
             ]
             for listener in listeners or ():
-                serving.append(listener if access is None else AccessListener(listener, access))
+                serving.append(
+                    listener if access is None else AccessListener(listener, access, events)
+                )
             if config.max_connections is not None:
                 limiter = trio.CapacityLimiter(config.max_connections)
                 serving = [LimitedListener(listener, limiter) for listener in serving]

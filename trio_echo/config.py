@@ -139,6 +139,10 @@ class Config:
     clock_origin: int = attrs.field(factory=time.monotonic_ns, eq=False)
     # --output: the file the output is appended to instead of stdout, reopened on SIGHUP.
     output: str | None = None
+    # Observability (trio model; trio_echo.metrics): --metrics, the (host, port) of the
+    # OpenMetrics endpoint; --stats-interval, seconds between two "stats:" lines on stderr.
+    metrics: tuple[str, int] | None = None
+    stats_interval: float | None = attrs.field(default=None, validator=_optional_positive)
 
     @max_line.validator
     def _check_max_line(self, attribute: attrs.Attribute[int], value: int) -> None:

@@ -4,6 +4,7 @@ value types of the flags (each error names the value and what was expected)."""
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import math
 import os
 from collections.abc import Callable
@@ -17,7 +18,9 @@ __all__ = [
     "PROG",
     "OneLineParser",
     "fd_number",
+    "host_and_port",
     "host_name",
+    "metrics_address",
     "number_type",
     "port_number",
     "worker_count",
@@ -59,6 +62,47 @@ def number_type(
 
     parse.__name__ = kind  # argparse names the type in some messages
     return parse
+
+
+def host_and_port(text: str, *, port_zero: bool = False) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[IPv6]:PORT`` (replay's ``--to``, ``--metrics``): the host without
+    brackets, and the port (0, "any free port", only with ``port_zero``)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{host!r} in brackets is not an IPv6 address, in {text!r}"
+            ) from None
+    elif ":" in host:
+        raise argparse.ArgumentTypeError(
+            f"an IPv6 address goes in brackets, as in [::1]:PORT, got {text!r}"
+        )
+    if not host.strip():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    try:
+        number = int(port)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a port number after ':', got {text!r}"
+        ) from None
+    if not (0 if port_zero else 1) <= number <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"the port must be {0 if port_zero else 1}-65535, got {text!r}"
+        )
+    return host, number
+
+
+def metrics_address(text: str) -> tuple[str, int]:
+    """``--metrics``: ``HOST:PORT``, ``[IPv6]:PORT``, or a bare ``PORT`` on 127.0.0.1 (metrics
+    stay on this machine unless a host says otherwise); port 0 picks a free one."""
+    if text.isdigit():
+        return host_and_port(f"127.0.0.1:{text}", port_zero=True)
+    return host_and_port(text, port_zero=True)
 
 
 def port_number(text: str) -> int:

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from trio_echo import __version__
-from trio_echo.cli import options_output, options_udp, options_unix
+from trio_echo.cli import options_metrics, options_output, options_udp, options_unix
 from trio_echo.cli.argtypes import (
     PROG,
     OneLineParser,
@@ -21,7 +21,13 @@ from trio_echo.cli.argtypes import (
 )
 from trio_echo.config import DEFAULT_HOSTS, DEFAULT_PORT, Config
 from trio_echo.logs import LEVELS
-from trio_echo.models import HARDENING_FLAGS, MODELS, SCALE_OUT_FLAGS, UNIX_FLAGS
+from trio_echo.models import (
+    HARDENING_FLAGS,
+    METRICS_FLAGS,
+    MODELS,
+    SCALE_OUT_FLAGS,
+    UNIX_FLAGS,
+)
 from trio_echo.net.access import Network, parse_network
 from trio_echo.net.bind import inherited_problem, systemd_fds
 from trio_echo.net.tls import DEFAULT_HANDSHAKE_TIMEOUT, TLSSetupError, server_context
@@ -184,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: %(default)s)",
     )
     options_output.add_arguments(out)
+    options_metrics.add_arguments(parser)
     parser.add_argument(
         "--model",
         choices=list(MODELS),
@@ -193,7 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
             f"{m.name}: {m.summary}"
             + (
                 f" (no {', '.join(sorted(flags))})"
-                if (flags := m.unsupported - HARDENING_FLAGS - SCALE_OUT_FLAGS - UNIX_FLAGS)
+                if (
+                    flags := m.unsupported
+                    - HARDENING_FLAGS
+                    - SCALE_OUT_FLAGS
+                    - UNIX_FLAGS
+                    - METRICS_FLAGS
+                )
                 else ""
             )
             for m in MODELS.values()
@@ -275,6 +288,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, str, str]:
         keepalive=unix.keepalive,
         timestamps=timestamps,
         output=output,
+        **options_metrics.config_fields(args),  # type: ignore[arg-type]
     )
     return config, args.model, args.log_level
 

@@ -52,8 +52,18 @@ UNIX_FLAGS = frozenset({"--unix", "--unix-mode", "--keepalive"})
 # The output file that SIGHUP reopens (--output): the trio app's writer (trio-stock shares it).
 OUTPUT_FILE_FLAGS = frozenset({"--output"})
 
+# Seeing inside a running server (trio_echo.metrics): the trio app's observers (trio-stock
+# shares them).
+METRICS_FLAGS = frozenset({"--metrics", "--stats-interval"})
+
 TRIO_ONLY = (
-    HARDENING_FLAGS | SCALE_OUT_FLAGS | TRIO_FLAGS | DATAGRAM_FLAGS | UNIX_FLAGS | OUTPUT_FILE_FLAGS
+    HARDENING_FLAGS
+    | SCALE_OUT_FLAGS
+    | TRIO_FLAGS
+    | DATAGRAM_FLAGS
+    | UNIX_FLAGS
+    | OUTPUT_FILE_FLAGS
+    | METRICS_FLAGS
 )
 
 

@@ -89,6 +89,7 @@ def bind_sockets(
     new_socket: Callable[[int], socket.socket] | None = None,
     listen: bool = True,
     error_text: Callable[[str, int, OSError], str] | None = None,
+    warn: bool = True,
 ) -> list[socket.socket]:
     """Listening sockets on every address of every host, all on the same port.
 
@@ -99,7 +100,8 @@ def bind_sockets(
 
     TCP by default; UDP's sockets (:func:`trio_echo.net.datagram.bind_datagram_sockets`) are
     the same walk with their own ``new_socket(family)``, without ``listen`` and with their own
-    ``error_text(host, port, error)``.
+    ``error_text(host, port, error)``.  ``warn=False``: the caller warns about addresses that
+    are not loopback in its own words (the metrics endpoint's).
     """
     new_socket = new_socket or _new_socket
     prepare = _listen if listen else None
@@ -111,7 +113,8 @@ def bind_sockets(
             if attempt == PORT_ZERO_ATTEMPTS:
                 raise ListenError(str(exc)) from exc.__cause__
         else:
-            warn_if_exposed([sock.getsockname() for sock in sockets])
+            if warn:
+                warn_if_exposed([sock.getsockname() for sock in sockets])
             return sockets
     raise AssertionError("unreachable")  # pragma: no cover
 

@@ -9,47 +9,16 @@ on stderr at the end; nothing on stdout.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import math
 import socket
 import sys
 from collections.abc import Sequence
 
-from trio_echo.cli.argtypes import EXIT_ERROR, EXIT_OK, EXIT_USAGE, OneLineParser
+from trio_echo.cli.argtypes import EXIT_ERROR, EXIT_OK, EXIT_USAGE, OneLineParser, host_and_port
 
-__all__ = ["main", "parse_speed", "parse_target"]
+__all__ = ["main", "parse_speed"]
 
 PROG = "trio-echo replay"
-
-
-def parse_target(text: str) -> tuple[str, int]:
-    """``--to``: ``HOST:PORT``, ``[IPv6]:PORT``; the host without brackets, and the port."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not host:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"{host!r} in brackets is not an IPv6 address, in {text!r}"
-            ) from None
-    elif ":" in host:
-        raise argparse.ArgumentTypeError(
-            f"an IPv6 address goes in brackets, as in [::1]:PORT, got {text!r}"
-        )
-    if not host.strip():
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    try:
-        number = int(port)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a port number after ':', got {text!r}"
-        ) from None
-    if not 1 <= number <= 65535:
-        raise argparse.ArgumentTypeError(f"the port must be 1-65535, got {text!r}")
-    return host, number
 
 
 def parse_speed(text: str) -> float:
@@ -89,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--to",
         required=True,
-        type=parse_target,
+        type=host_and_port,
         metavar="HOST:PORT",
         help="the server to replay against (an IPv6 address in brackets: [::1]:9000)",
     )

@@ -10,6 +10,7 @@ watcher -- and decides the exit status:
 * stdout stalled at shutdown: once the clients are gone, stdout gets ``--grace`` seconds (at
   least ``MIN_DRAIN_TIMEOUT``) to take the rest; after that it is dropped and the exit status is 1;
 * stdout closed by its reader: stop, and let the caller print one line and exit 1;
+* SIGUSR1: the status dump on stderr (:mod:`trio_echo.metrics.status`), nothing else;
 * SIGHUP: a stop like SIGTERM (the terminal went away), but with ``--output`` it reopens the
   file instead (:mod:`trio_echo.output.file`), and a ``--workers`` worker, whose supervisor
   writes that file, ignores it.
@@ -36,6 +37,9 @@ from trio_echo.lifecycle import (
     watched_signals,
 )
 from trio_echo.logs import LOGGER
+from trio_echo.metrics.observe import observe
+from trio_echo.metrics.snapshot import Snapshot, take
+from trio_echo.metrics.status import STATUS_SIGNAL, log_status
 from trio_echo.output.file import OutputFile, write_file
 from trio_echo.output.queue import open_output_queue
 from trio_echo.output.writer import write_stdout
@@ -82,6 +86,9 @@ class _SignalWatcher:
             if signum == signal.SIGHUP and self.on_hangup is not None:
                 self.on_hangup()
                 continue
+            if signum == STATUS_SIGNAL:
+                self.dump_status()
+                continue
             if self.worker:
                 # Signals that come meanwhile wait in ``signals``; the first is the stop.
                 await self._attached.wait()
@@ -107,6 +114,11 @@ class _SignalWatcher:
                 log_stopped_receiving(signum, handle.grace, hint=not self.worker)
             else:
                 log_stopping(signum, handle.grace, handle.stats.active, hint=not self.worker)
+
+    def dump_status(self) -> None:
+        """SIGUSR1: the status dump, once the server is up (before, there is nothing)."""
+        if (handle := self._handle) is not None:
+            log_status(take(handle.stats, handle.output), handle.live)
 
     async def stop_when(self, trigger: Callable[[], Awaitable[str]]) -> None:
         """Close everything at once when ``trigger`` returns (why, for the log): a worker's
@@ -137,7 +149,8 @@ async def run(
     """
 
     # Listen for signals before anything else, so that a signal during start-up is not lost.
-    with trio.open_signal_receiver(*watched_signals(config.output is not None)) as signals:
+    watching = (*watched_signals(config.output is not None), STATUS_SIGNAL)
+    with trio.open_signal_receiver(*watching) as signals:
         queue, reader = open_output_queue(config.queue_bytes)
         # --output: the file, opened once the server listens; a worker's is its supervisor's.
         output = OutputFile(config.output) if config.output is not None and not framed else None
@@ -164,6 +177,11 @@ async def run(
                     if output is not None:
                         await output.open()
                         work.start_soon(write_file, queue, reader, output)
+                    if config.metrics is not None or config.stats_interval is not None:
+                        page = partial(_page, handle)
+                        await work.start(
+                            observe, config.metrics, config.stats_interval, page, handle.stopped
+                        )
                     if announce is None:
                         log_listening(handle.addresses, config)
                     else:
@@ -182,6 +200,11 @@ async def run(
         if work.cancel_scope.cancelled_caught:
             return Outcome.drain_failed(drain_timeout, stats)
         return Outcome.stopped(stats)
+
+
+async def _page(handle: ServerHandle) -> Snapshot:
+    """A snapshot of this server, for the observers."""
+    return take(handle.stats, handle.output)
 
 
 def run_trio(config: Config) -> Outcome:

@@ -316,7 +316,7 @@ async def serve_datagrams(
         server = _Datagrams(config, output, stats, AccessPolicy.of(config.allow, config.deny))
         receiving, everything = trio.CancelScope(), trio.CancelScope()
         addresses = [b.std.getsockname() for b in bound]
-        handle = ServerHandle(addresses, stats, config.grace, receiving, everything)
+        handle = ServerHandle(addresses, stats, config.grace, receiving, everything, output=output)
         with everything:
             with receiving:
                 async with trio.open_nursery() as loops:

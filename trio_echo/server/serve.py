@@ -132,8 +132,10 @@ async def serve(
             # The scopes the handle cancels, made before the nurseries they will wrap, so that
             # everything below gets what it needs when it is made.
             accepting, everything = trio.CancelScope(), trio.CancelScope()
-            handle = ServerHandle(addresses, stats, config.grace, accepting, everything)
-            registry = Registry(stats, handle)
+            handle = ServerHandle(
+                addresses, stats, config.grace, accepting, everything, output=output
+            )
+            registry = Registry(stats, handle, live=handle.live)
             handler = Handler(config, output, stats, registry, tls)
             serving = [AdmittingListener(listener, registry) for listener in serving]
             with everything:

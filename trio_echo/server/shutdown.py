@@ -13,6 +13,7 @@ import attrs
 import trio
 
 from trio_echo.connection import Connection
+from trio_echo.output.queue import OutputQueue
 from trio_echo.server.listener import WrappingListener
 from trio_echo.server.wrappers import end_receiving
 from trio_echo.stats import ServerStats
@@ -44,6 +45,10 @@ class ServerHandle:
     stopped: trio.Event = attrs.field(factory=trio.Event)
     shutting_down: bool = False
     aborted: bool = False
+    # What the metrics and the status dump read (trio_echo.metrics): the output queue (None
+    # when nothing is printed) and the connections being served (the Registry's).
+    output: OutputQueue | None = None
+    live: dict[Connection, tuple[trio.CancelScope, trio.abc.Stream]] = attrs.field(factory=dict)
 
     @property
     def port(self) -> int:

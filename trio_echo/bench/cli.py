@@ -107,8 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=number_type("a whole number", 1, strict=False, integer=True),
         default=None,
         metavar="N",
-        help="measured runs per echo scenario (after a warm-up) and per storm under load; the "
-        "report gives their median and spread (default: 3, --quick 1)",
+        help="measured runs per echo and streaming scenario (after a warm-up) and per storm "
+        "under load; the report gives their median and spread (default: 3, --quick 1)",
     )
     parser.add_argument(
         "--quick",

@@ -3,6 +3,8 @@
 * ``trio-bare``, the reference: a bare ``trio.serve_tcp`` handler (:mod:`.bare`);
 * ``trio-w2``: the trio model with ``--workers 2`` (a supervisor and two worker processes);
 * ``trio-nohub``: the trio model with ``--no-accelerator`` (no epoll readiness hub);
+* ``trio-metrics``: the trio model with ``--metrics 127.0.0.1:0``, scraped by the bench during
+  its measured runs (:mod:`.scrape`): what seeing inside a running server costs;
 * ``trio@REV``, only with ``bench --baseline REV``: the trio model of an earlier revision
   (:mod:`.baseline`).
 
@@ -18,11 +20,12 @@ import attrs
 
 from trio_echo.bench import bare
 from trio_echo.bench.scenarios import Context
-from trio_echo.bench.server import NOHUB, VARIANTS, W2
+from trio_echo.bench.server import METRICS, NOHUB, VARIANTS, W2
 from trio_echo.models import MODELS, Model
 
 __all__ = [
     "BARE_MODEL",
+    "METRICS_MODEL",
     "NOHUB_MODEL",
     "REFERENCES",
     "W2_MODEL",
@@ -61,12 +64,22 @@ NOHUB_MODEL = attrs.evolve(
     "wait_readable, without the epoll readiness hub",
 )
 
+# The trio model with its metrics endpoint, watched: ``python -m trio_echo --model trio
+# --metrics 127.0.0.1:0``, scraped every second of its measured runs (:mod:`.scrape`).
+METRICS_MODEL = attrs.evolve(
+    MODELS[VARIANTS[METRICS].model],
+    name=METRICS,
+    summary="the trio model with --metrics 127.0.0.1:0, scraped by the bench every second of "
+    "its echo and streaming runs (a real Prometheus scrapes every 15-60 s): the counters kept "
+    "and read",
+)
+
 
 def bench_models() -> dict[str, Model]:
     """Every model the bench knows, in report order: the CLI's, with the reference, the
-    2-worker trio and the trio without accelerator right after trio."""
+    2-worker trio, the trio without accelerator and the watched trio right after trio."""
     found: dict[str, Model] = {}
-    ours = (BARE_MODEL, W2_MODEL, NOHUB_MODEL)
+    ours = (BARE_MODEL, W2_MODEL, NOHUB_MODEL, METRICS_MODEL)
     for name, model in MODELS.items():
         found[name] = model
         if name == "trio":

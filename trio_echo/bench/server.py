@@ -48,6 +48,7 @@ from trio_echo.bench.machine import (
 )
 
 __all__ = [
+    "METRICS",
     "NOHUB",
     "VARIANTS",
     "W2",
@@ -84,6 +85,9 @@ class Variant:
     # that revision's commit.
     source: Path | None = None
     revision: str | None = None
+    # Whether the bench scrapes the server's ``--metrics`` endpoint during its measured runs
+    # (:class:`.scrape.ScrapedServer`).
+    scraped: bool = False
 
 
 # The trio model with two worker processes behind a supervisor (``--workers 2``, the port shared
@@ -91,10 +95,14 @@ class Variant:
 W2 = "trio-w2"
 # The trio model without its epoll readiness hub (``--no-accelerator``): what the hub is worth.
 NOHUB = "trio-nohub"
+# The trio model with its ``--metrics`` endpoint on a free loopback port, scraped by the bench
+# during its measured runs (:mod:`.scrape`): what seeing inside a running server costs.
+METRICS = "trio-metrics"
 # ``bench --baseline REV`` adds ``trio@REV`` here (:func:`.baseline.register`).
 VARIANTS: dict[str, Variant] = {
     W2: Variant("trio", ("--workers", "2"), workers=2),
     NOHUB: Variant("trio", ("--no-accelerator",)),
+    METRICS: Variant("trio", ("--metrics", "127.0.0.1:0"), scraped=True),
 }
 
 
@@ -280,6 +288,17 @@ class ServerProcess:
     def threads(self) -> int:
         """Threads of the whole process tree."""
         return self._sum(lambda process: int(process.num_threads()))
+
+    # ---- what a scenario tells the server -----------------------------------------------------
+
+    def measuring(self) -> contextlib.AbstractContextManager[None]:
+        """Around each measured run of a scenario: nothing here; a server the bench watches
+        (:class:`.scrape.ScrapedServer`) scrapes its metrics meanwhile."""
+        return contextlib.nullcontext()
+
+    def figures(self) -> dict[str, Any]:
+        """Figures of the server's own to add to the scenario's, once stopped: none here."""
+        return {}
 
     # ---- stop ---------------------------------------------------------------------------------
 

@@ -20,7 +20,8 @@ report); the rest is one module per job:
 * :mod:`.correctness` -- what a shutdown keeps: numbered lines, SIGTERM (once, twice, with a
   stalled stdout), the lines lost or torn (its table comes first in the report);
 * :mod:`.echo` -- echo request/response (:class:`EchoSession`: its measured runs in turns);
-* :mod:`.stream` -- streaming into the print path, ``--raw`` and text;
+* :mod:`.stream` -- streaming into the print path, ``--raw`` and text (:class:`.stream.StreamSession`:
+  its measured runs in turns, like echo's);
 * :mod:`.idle` -- memory per idle connection;
 * :mod:`.storm` -- connection storms, on an idle server and on a busy one;
 * :mod:`.shutdown` -- SIGTERM to exit with idle clients;
@@ -102,6 +103,7 @@ def scenarios_for(sizes: Sizes) -> list[Scenario]:
             f"stream --raw, {_size_label(sizes.stream_block)}B writes",
             ("--raw",),
             stream.stream("raw", sizes.stream_block),
+            stream.stream_session("raw", sizes.stream_block),
         )
     )
     for line in sizes.text_lines:
@@ -111,6 +113,7 @@ def scenarios_for(sizes: Sizes) -> list[Scenario]:
                 f"stream text, {_size_label(line)}B lines",
                 ("--format",),
                 stream.stream("text", line),
+                stream.stream_session("text", line),
             )
         )
     found += [

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import attrs
 
+from trio_echo.bench.scrape import ScrapedServer
 from trio_echo.bench.server import VARIANTS, ServerProcess
 from trio_echo.models import Model
 
@@ -32,10 +33,11 @@ class Sizes:
     # Seconds of traffic per echo and streaming measurement: with 3 repeats, the full run of
     # fifteen models stays under twenty minutes (docs/benchmarks.json has each scenario's time).
     duration: float = 1.5
-    # Measured runs per echo scenario (on one server, after its warm-up) and storms per storm
-    # under load; the report gives their median and their spread.
+    # Measured runs per echo and streaming scenario (on one server, after its warm-up) and
+    # storms per storm under load; the report gives their median and their spread.
     repeats: int = 3
-    # Echo: seconds of discarded load after the probe connection, before the measured runs.
+    # Echo and streaming: seconds of discarded load (after echo's probe connection) before the
+    # measured runs.
     warmup: float = 0.3
     # Echo: every size at every concurrency here, then the points of ``echo_more``.
     echo_connections: tuple[int, ...] = (1, 100)
@@ -158,8 +160,11 @@ class Context:
         return self.server_cpus
 
     def server(self, model: Model, flags: list[str], **kwargs: Any) -> ServerProcess:
-        """A fresh server of ``model`` with ``flags``, on its CPUs (:meth:`cpus_for`)."""
-        return ServerProcess(model.name, flags, cpus=self.cpus_for(model), **kwargs)
+        """A fresh server of ``model`` with ``flags``, on its CPUs (:meth:`cpus_for`); a
+        variant the bench watches (``trio-metrics``) scraped during its measured runs."""
+        variant = VARIANTS.get(model.name)
+        kind = ScrapedServer if variant is not None and variant.scraped else ServerProcess
+        return kind(model.name, flags, cpus=self.cpus_for(model), **kwargs)
 
 
 class Session(Protocol):

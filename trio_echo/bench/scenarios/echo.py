@@ -196,7 +196,8 @@ class EchoSession:
             costs.start()
 
         try:
-            result = self._load(self.ctx.sizes.duration, started)
+            with self.server.measuring():  # a watched server is scraped meanwhile
+                result = self._load(self.ctx.sizes.duration, started)
             figures = {**window.figures(result), **costs.figures(result["requests"])}
         except GUARDED as exc:
             self.failed = f"failed: {exc}"
@@ -237,6 +238,7 @@ class EchoSession:
             "served_connections": served,
             "errors": sum(result["errors"] + result["connect_failures"] for result, _ in runs),
             **cpu,
+            **(self.server.figures() if self.server is not None else {}),
         }
         if served < self.connections:
             return Result(

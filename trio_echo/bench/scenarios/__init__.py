@@ -20,8 +20,8 @@ report); the rest is one module per job:
 * :mod:`.correctness` -- what a shutdown keeps: numbered lines, SIGTERM (once, twice, with a
   stalled stdout), the lines lost or torn (its table comes first in the report);
 * :mod:`.echo` -- echo request/response (:class:`EchoSession`: its measured runs in turns);
-* :mod:`.stream` -- streaming into the print path, ``--raw`` and text (:class:`.stream.StreamSession`:
-  its measured runs in turns, like echo's);
+* :mod:`.stream` -- streaming into the print path, ``--raw`` and text
+  (:class:`.stream.StreamSession`: its measured runs in turns, like echo's);
 * :mod:`.idle` -- memory per idle connection;
 * :mod:`.storm` -- connection storms, on an idle server and on a busy one;
 * :mod:`.shutdown` -- SIGTERM to exit with idle clients;

@@ -8,11 +8,13 @@ every scenario.
 
 The models are the CLI's (``--model``) plus the bench's own (:mod:`.lineup`): ``trio-bare``, the
 reference, a bare ``trio.serve_tcp`` handler (:mod:`.bare`); ``trio-w2``, the trio model with
-``--workers 2``; ``trio-nohub``, the trio model with ``--no-accelerator``; and with ``--baseline
+``--workers 2``; ``trio-nohub``, the trio model with ``--no-accelerator``; ``trio-metrics``, the
+trio model with ``--metrics``, scraped while measured (:mod:`.scrape`); and with ``--baseline
 REV``, ``trio@REV``, the trio model of an earlier revision (:mod:`.baseline`).  Under the table
 the ratios of the same run (:mod:`.ratios`): ``trio-w2 ÷ trio``, ``trio ÷ trio@REV`` and ``trio
-÷ trio-nohub`` (the accelerator's worth).  After the run the performance targets
-(:mod:`.targets`) are evaluated on the figures of this run and printed under the table.
+÷ trio-nohub`` (the accelerator's worth), and ``trio-metrics ÷ trio`` (:mod:`.overhead`).  After
+the run the performance targets (:mod:`.targets`) are evaluated on the figures of this run and
+printed under the table.
 
 Exit status: 0 when the run completed (even with skipped scenarios: a skip is a result), 1 when
 it could not run at all (no C compiler, matplotlib missing for ``--plot``, a ``--baseline``
@@ -48,6 +50,7 @@ from trio_echo.bench.lineup import (
 )
 from trio_echo.bench.machine import machine_info, missing_process_figures
 from trio_echo.bench.markdown import render_markdown
+from trio_echo.bench.overhead import metrics_overhead
 from trio_echo.bench.plot import PlotUnavailable, write_plot
 from trio_echo.bench.ratios import accelerator_gain, baseline_gain, workers_gain
 from trio_echo.bench.report import headroom, render_table, write_json
@@ -82,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=",".join(bench_models()),
         help="comma-separated models to compare (default: all: %(default)s; trio-bare is the "
         "reference, a bare trio.serve_tcp handler; trio-w2 is trio with --workers 2; "
-        "trio-nohub is trio with --no-accelerator)",
+        "trio-nohub is trio with --no-accelerator; trio-metrics is trio with --metrics, scraped "
+        "every second of its echo and streaming runs)",
     )
     parser.add_argument(
         "--baseline",
@@ -355,6 +359,7 @@ def main(argv: Sequence[str]) -> int:
     report["workers_gain"] = workers_gain(report)
     report["baseline_gain"] = baseline_gain(report)
     report["accelerator_gain"] = accelerator_gain(report)
+    report["metrics_overhead"] = metrics_overhead(report)
     report["targets"] = _targets(report)
 
     sys.stdout.write(render_table(report))

@@ -18,6 +18,7 @@ from typing import Any
 
 from trio_echo.bench.keeps import render_correctness
 from trio_echo.bench.lab import model_sizes, shared_lines
+from trio_echo.bench.overhead import metrics_overhead
 from trio_echo.bench.report import OWN_TABLES
 from trio_echo.bench.report import _rows_for as rows_for
 from trio_echo.bench.scenarios import costs, latency
@@ -204,6 +205,12 @@ peak drifted by more than 20 % between before and after the curve.
 """
 
 
+def _overhead(report: Mapping[str, Any]) -> str | None:
+    """``trio-metrics ÷ trio`` (:mod:`.overhead`), as the terminal shows it."""
+    found = metrics_overhead(report)
+    return None if found is None else _fenced(found["text"])
+
+
 def _keeps(report: Mapping[str, Any]) -> str | None:
     table_text = _fenced("\n".join(render_correctness(report)))
     return None if table_text is None else KEEPS_INTRO + "\n" + table_text
@@ -291,6 +298,7 @@ BEFORE: tuple[Section, ...] = (("What a graceful shutdown keeps", _keeps),)
 AFTER: tuple[Section, ...] = (
     ("Where the time goes", _costs),
     ("Latency under load, open loop", _latency),
+    ("What --metrics costs", _overhead),
     ("What each scenario does", _how),
 )
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from trio_echo.bench.keeps import CORRECTNESS, render_correctness
+from trio_echo.bench.overhead import metrics_overhead
 from trio_echo.bench.plot import PlotUnavailable, write_plot
 from trio_echo.bench.ratios import accelerator_gain, baseline_gain, workers_gain
 from trio_echo.bench.scenarios import costs, latency
@@ -205,7 +206,7 @@ def render_table(report: Mapping[str, Any]) -> str:
     gain = workers_gain(report)
     if gain is not None:
         out += ["", gain["text"]]
-    for ratios in (baseline_gain(report), accelerator_gain(report)):
+    for ratios in (baseline_gain(report), accelerator_gain(report), metrics_overhead(report)):
         if ratios is not None:
             out += ["", *ratios["lines"]]
     if keys:
@@ -228,8 +229,8 @@ def render_targets(evaluations: Sequence[Mapping[str, Any]]) -> list[str]:
     if all(e["status"] == "not measured" for e in evaluations):
         return [
             f"targets: none of the {len(evaluations)} measured (they need the trio model, and "
-            "trio-bare and asyncio for the ratios, in echo_100x64, stream_raw, stream_text, "
-            "storm_busy and c10k: nox -s perf)"
+            "trio-bare, asyncio and trio-metrics for the ratios, in echo_100x64, "
+            "echo_1000x1024, stream_raw, stream_text, storm_busy and c10k: nox -s perf)"
         ]
     rows = [["targets (figures of this run)", "figure", "target", "result"]]
     notes: list[str] = []

@@ -20,7 +20,16 @@ from typing import Any, Literal
 
 import attrs
 
-__all__ = ["TARGETS", "Evaluation", "Figure", "Target", "evaluate", "failures"]
+__all__ = [
+    "METRICS_FIGURES",
+    "METRICS_THRESHOLD",
+    "TARGETS",
+    "Evaluation",
+    "Figure",
+    "Target",
+    "evaluate",
+    "failures",
+]
 
 Comparison = Literal[">=", "<=", "=="]
 Status = Literal["pass", "FAIL", "not measured"]
@@ -211,6 +220,8 @@ def failures(evaluations: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]
 
 
 TRIO, BARE, ASYNCIO = "trio", "trio-bare", "asyncio"
+# The trio model with --metrics, scraped during its measured runs (bench.scrape).
+METRICS = "trio-metrics"
 
 # The echo ratios compare each model's best measured run (after its warm-up): other work on the
 # machine only ever slows a run down, so the best of a few runs is the figure least disturbed,
@@ -311,4 +322,32 @@ TARGETS: tuple[Target, ...] = (
         "==",
         0.0,
     ),
+)
+
+# What --metrics may cost (issue 15): "nothing on the per-request hot path may cost more than a
+# counter increment", checked as the watched trio (trio-metrics, scraped every second of its
+# runs) over trio, in each echo and streaming scenario of the issue: (scenario, title, figure).
+# The median, not the best run of the echo targets above: the two models' runs are taken in
+# turns, side by side, so a disturbance falls on both alike, and of three runs the middle one
+# varies less than the fastest -- which matters for a 3 % margin.
+METRICS_FIGURES = (
+    ("echo_100x64", "echo 100×64 B req/s", "requests_per_s"),
+    ("echo_1000x1024", "echo 1000×1 KiB req/s", "requests_per_s"),
+    ("stream_raw", "stream --raw MB/s", "mb_per_s"),
+    ("stream_text_64", "text 64 B lines MB/s", "mb_per_s"),
+    ("stream_text_4k", "text 4 KiB lines MB/s", "mb_per_s"),
+)
+METRICS_THRESHOLD = 0.97
+
+TARGETS += tuple(
+    Target(
+        f"metrics_{key}",
+        f"metrics overhead, {title}: {METRICS} ÷ {TRIO}",
+        Figure(METRICS, key, field),
+        ">=",
+        METRICS_THRESHOLD,
+        Figure(TRIO, key, field),
+        "×",
+    )
+    for key, title, field in METRICS_FIGURES
 )

@@ -70,16 +70,17 @@ def bench(session: nox.Session) -> None:
 def perf(session: nox.Session) -> None:
     """Check the performance targets of issues 5 and 15 (about three minutes on 2 cores): a short
     bench of the trio model, the bare trio.serve_tcp reference (trio-bare), asyncio and trio with
-    --metrics scraped every second (trio-metrics), then `--check`
-    fails the session if a target evaluated is missed.  The targets, ratios measured in the same
-    run where possible (the machine is noisy; echo and storm compare the best of 3 runs each):
+    --metrics scraped every second (trio-metrics), then `--check` fails the session if a target
+    evaluated is missed.  The targets, ratios measured in the same run where possible (the
+    machine is noisy; echo and storm compare the best of 3 runs each):
     echo 100 conn × 64 B >= 0.9x trio-bare and >= 1.0x warmed-up asyncio; --raw streaming
     >= 0.8x trio-bare; text mode >= 1M lines/s of 64 B lines and >= 1 GB/s of 4 KiB lines;
     1,000 new clients while 100 echo clients are busy all served in <= 0.1 s and >= 5x faster
     than trio-bare; 10,000 connections all served, <= 6000 B of RSS each, SIGTERM with --grace 1
     to exit 0 in <= 1.5 s; metrics overhead: trio-metrics ÷ trio >= 0.97x (median of runs in
-    turns) on echo 100 × 64 B and 1000 × 1 KiB and on --raw and text streaming.  A failure measured while other work took the CPU says so (run again
-    on a quiet machine).  Writes build/perf.json.  Arguments after -- replace the defaults, e.g.
+    turns) on echo 100 × 64 B and 1000 × 1 KiB and on --raw and text streaming.  A failure
+    measured while other work took the CPU says so (run again on a quiet machine).  Writes
+    build/perf.json.  Arguments after -- replace the defaults, e.g.
     `nox -s perf -- --quick --check`.  Not part of CI: the figures need a quiet machine."""
     session.install(".[bench]")
     args = session.posargs or [

@@ -178,8 +178,10 @@ def check(
     why = None
     if final is None:
         why = "no closing scrape answered"
-    elif final.get(ACTIVE) != 0:
-        why = f"{final.get(ACTIVE)} clients still connected {SETTLE_TIMEOUT:g} s after the load"
+    elif (active := final.get(ACTIVE)) is None:
+        why = f"no {ACTIVE} in the closing scrape"
+    elif active != 0:
+        why = f"{active:g} clients still connected {SETTLE_TIMEOUT:g} s after the load"
     elif summary is None:
         why = "the server logged no summary"
     else:

@@ -220,7 +220,7 @@ def test_trio_metrics_over_trio_with_its_spread_and_its_scrapes():
     text = found["text"]
     assert text.startswith("trio-metrics ÷ trio: what --metrics costs, scraped every 1 s")
     assert "target ≥ 0.97×" in text
-    assert "0.99×  pairs 0.94–1.01 (3)  5 scrapes, totals match" in text
+    assert "0.99×  pairs 0.94–1.01, median 0.99 (3)  5 scrapes, totals match" in text
     assert "MISMATCH: scraped x != y" in text
     assert "≥ 0.97× in 2 of 2 scenarios; lowest 0.97× (stream --raw)" in text
     assert "not compared (skipped or limited): stream_text_64" in text

@@ -15,6 +15,7 @@ Works on the JSON-shaped report, so the lines come back from a saved file (``--f
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -121,7 +122,12 @@ def _lines(rows: list[dict[str, Any]], not_compared: list[str]) -> list[str]:
     cells = []
     for row in rows:
         pairs = row["pairs"]
-        spread = f"pairs {min(pairs):.2f}–{max(pairs):.2f} ({len(pairs)})" if pairs else "no pairs"
+        spread = (
+            f"pairs {min(pairs):.2f}–{max(pairs):.2f}, median {statistics.median(pairs):.2f} "
+            f"({len(pairs)})"
+            if pairs
+            else "no pairs"
+        )
         busy = row["other_cpu_max"] or 0
         cells.append(
             [
@@ -140,8 +146,8 @@ def _lines(rows: list[dict[str, Any]], not_compared: list[str]) -> list[str]:
     )
     every = f", scraped every {interval:g} s of its runs" if interval else ""
     out = [
-        f"{METRICS} ÷ {TRIO}: what --metrics costs{every} (ratio of the medians; "
-        f"pairs: each pair of runs taken side by side; target ≥ {METRICS_THRESHOLD:.2f}×):"
+        f"{METRICS} ÷ {TRIO}: what --metrics costs{every} (ratio of the medians; pairs: the "
+        f"ratios of the runs taken side by side; target ≥ {METRICS_THRESHOLD:.2f}×):"
     ]
     out += [
         f"  {a.ljust(widths[0])}  {b.ljust(widths[1])}  {c.rjust(widths[2])}  "

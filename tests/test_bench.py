@@ -822,7 +822,7 @@ def test_a_baseline_that_cannot_be_run_is_one_line_and_status_1():
 # The default suite's quick run: the trio model and every variant of it, and asyncio (the
 # figures the test below checks in detail); every model, sync included, runs in the
 # stress session's test of the whole --quick run.
-QUICK_MODELS = ("trio", "trio-bare", "trio-w2", "trio-nohub", "asyncio")
+QUICK_MODELS = ("trio", "trio-bare", "trio-w2", "trio-nohub", "trio-metrics", "asyncio")
 
 
 @needs_cc
@@ -920,6 +920,18 @@ def _quick_run(tmp_path, models):
     assert report["accelerator_gain"]["ratios"]["echo_100x64"]["requests_per_s"] > 0
     assert "c10k" in report["accelerator_gain"]["ratios"]
     assert "trio ÷ trio-nohub: the accelerator's worth" in result.stdout
+    # The watched trio: scraped through each echo and streaming run, its closing scrape equal
+    # to its summary; trio-metrics ÷ trio under the table (not a performance test: any ratio).
+    watched = report["models"]["trio-metrics"]["scenarios"]
+    assert not {key: f["skipped"] for key, f in watched.items() if "skipped" in f}
+    for key in (k for k in keys if k.startswith(("echo_", "stream_"))):
+        assert watched[key]["scrape"]["matches"], (key, watched[key]["scrape"])
+        assert watched[key]["scrape"]["scrapes"] >= 2, key
+    assert "scrape" not in watched["storm_busy"]  # no measured runs: nobody scrapes
+    assert set(report["metrics_overhead"]["ratios"]) == {
+        k for k in keys if k.startswith(("echo_", "stream_"))
+    }
+    assert "trio-metrics ÷ trio: what --metrics costs" in result.stdout
     assert report["baseline"] is None
     assert report["baseline_gain"] is None
     # The reference: everything but the text scenarios, which it cannot do.

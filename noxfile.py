@@ -174,7 +174,7 @@ def prometheus(session: nox.Session) -> None:
                 why = f"{' '.join(command)} timed out after {timeout} s"
                 break
     if shutil.which("prometheus") is None:
-        session.skip(f"Debian's prometheus is not installed ({why}); the test is skipped")
+        session.skip(f"Debian's prometheus is not installed ({why})")
     session.install(".", *nox.project.dependency_groups(PYPROJECT, "test"))
     session.run("pytest", "-m", "prometheus", *session.posargs)
 

@@ -281,3 +281,20 @@ def test_tls_handshakes_and_refusals_are_counted(start_server, tmp_path):
     assert value(samples, "trio_echo_connections_refused_total", reason="max_bytes") == 1
     assert value(samples, "trio_echo_connections_closed_total", reason="max_bytes") == 1
     assert server.stop() == 0
+
+
+def test_a_client_without_a_proxy_header_is_a_refusal(start_server):
+    server = start_server("--proxy-protocol", "--metrics", "0")
+    url = metrics_url(server)
+    with socket.create_connection(("127.0.0.1", server.port)) as client:
+        client.sendall(b"no header here\r\n")
+        assert recv_eof(client) == b""
+    with socket.create_connection(("127.0.0.1", server.port)) as client:
+        client.sendall(b"PROXY TCP4 203.0.113.7 127.0.0.1 51234 8888\r\nhello\n")
+        server.wait_stdout(b"[203.0.113.7:51234] hello\n")
+    samples = scrape_until(
+        url, lambda s: value(s, "trio_echo_connections_refused_total", reason="proxy") == 1
+    )
+    assert value(samples, "trio_echo_connections_accepted_total") == 2
+    assert value(samples, "trio_echo_received_bytes_total") == len(b"hello\n")
+    assert server.stop() == 0

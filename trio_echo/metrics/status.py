@@ -44,10 +44,11 @@ def totals_line(snapshot: Snapshot) -> str:
     else:
         refused = sum(s["refused"].values()) - s["refused"].get("max_bytes", 0)
         who = f"{s['active']} connected, {s['accepted']} accepted, {refused} refused"
+    lines = f"{s['printed_lines']} line{'' if s['printed_lines'] == 1 else 's'}"
     return (
         f"up {s['uptime']:.1f} s; {who}; {_size(s['received_bytes'])} received, "
         f"{_size(s['echoed_bytes'])} echoed, {_size(s['printed_bytes'])} printed "
-        f"({s['printed_lines']} lines); output queue {_size(s['queue_bytes'])} of "
+        f"({lines}); output queue {_size(s['queue_bytes'])} of "
         f"{_size(s['queue_limit_bytes'])}, {s['blocked_handlers']} waiting for stdout "
         f"({s['blocked_seconds']:.3f} s in all)"
     )

@@ -66,12 +66,15 @@ from trio_echo.lifecycle import (
     log_listening,
 )
 from trio_echo.logs import LOGGER, NOTICE
+from trio_echo.metrics.snapshot import Snapshot
+from trio_echo.metrics.status import STATUS_SIGNAL, log_status
 from trio_echo.net.bind import ListenError, bind_reuseport
 from trio_echo.net.datagram import bind_datagram_reuseport
 from trio_echo.output.file import OutputFile
 from trio_echo.output.frames import FrameDecoder
 from trio_echo.output.queue import OutputQueue
 from trio_echo.stats import ServerStats
+from trio_echo.workers.figures import WorkerFigures
 from trio_echo.workers.process import describe_exit, grow_pipe, interpreter_flags
 from trio_echo.workers.worker import WorkerSpec, force_message
 
@@ -134,6 +137,10 @@ class Supervisor:
     killed: list[str] = attrs.field(factory=list)
     # --output: the file the supervisor writes the workers' output to, reopened on SIGHUP.
     output: OutputFile | None = None
+    # The workers' counters, for --metrics, --stats-interval and SIGUSR1 (figures.py).
+    figures: WorkerFigures = attrs.field(
+        default=attrs.Factory(lambda self: WorkerFigures(self.stats, self.queue), takes_self=True)
+    )
     _numbers: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1))
     _first_ready: int = 0
 
@@ -147,6 +154,11 @@ class Supervisor:
             if signum == signal.SIGHUP and self.output is not None:
                 # logrotate's: the workers write to us, and we to the file (they ignore it).
                 self.output.request_reopen()
+                continue
+            if signum == STATUS_SIGNAL:
+                # The totals here; each worker dumps its own connections, tagged with its number.
+                log_status(await self.snapshot(), ())
+                self._signal_all(STATUS_SIGNAL)
                 continue
             name = signal.Signals(signum).name
             if not self.stop_requested.is_set():
@@ -204,6 +216,10 @@ class Supervisor:
                 "closed every connection"
             )
         return "; ".join(parts + self.killed)
+
+    async def snapshot(self) -> Snapshot:
+        """Every worker's counters, added up (:mod:`trio_echo.workers.figures`)."""
+        return await self.figures.gather(self.controls, len(self.live), self.restarts)
 
     def _signal_all(self, signum: int) -> None:
         for process in list(self.live.values()):
@@ -267,7 +283,16 @@ class Supervisor:
             sockets = await trio.to_thread.run_sync(bind, self.addresses)
         fds = tuple(sock.fileno() for sock in sockets)
         spec = WorkerSpec(
-            attrs.evolve(self.config, fds=fds, workers=1, worker_id=number), self.log_level
+            # The supervisor serves the metrics and prints the interval line, for them all.
+            attrs.evolve(
+                self.config,
+                fds=fds,
+                workers=1,
+                worker_id=number,
+                metrics=None,
+                stats_interval=None,
+            ),
+            self.log_level,
         )
         ours, theirs = socket.socketpair()
         read_fd, write_fd = os.pipe()
@@ -310,6 +335,7 @@ class Supervisor:
         finally:
             del self.live[number]
             del self.controls[number]
+            self.figures.retire(number)
             if process.returncode is None:
                 process.kill()
                 with trio.CancelScope(shield=True):
@@ -355,6 +381,8 @@ class Supervisor:
                 if "ready" in message:
                     ready.set()
                     self._ready(number, int(message["ready"]), first)
+                if "snapshot" in message and message["snapshot"] is not None:
+                    self.figures.received(number, message["snapshot"])
                 if "status" in message:
                     self.stats.connections += int(message.get("connections", 0))
                     self.stats.bytes_received += int(message.get("bytes", 0))

@@ -267,6 +267,8 @@ def test_prometheus_scrapes_exactly_the_traffic_sent(
         "trio_echo_stdout_blocked_handlers": 0,
         'count(up{job="trio_echo"})': 1,
     }
+    if workers > 1:
+        expected |= {"trio_echo_workers": workers, "trio_echo_worker_restarts_total": 0}
     wait_scraped(prom, expected, time.time())
     # What was printed, byte for byte (once stdout has taken it all).
     printed = len(server.wait_stdout(lambda out: out.count(b"\n") >= lines))

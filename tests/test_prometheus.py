@@ -193,7 +193,7 @@ def wait_scraped(
 
 
 def _payload(i: int) -> bytes:
-    """Client ``i``'s bytes: 1 to 3 lines, 10 B to ~30 kB, so each total is unambiguous."""
+    """Client ``i``'s bytes: 1 to 3 lines, 6 B to 30 kB, different sizes for different clients."""
     lines = [b"c%d-%d " % (i, n) + b"x" * (i * 997 % 9973) + b"\n" for n in range(1 + i % 3)]
     return b"".join(lines)
 

@@ -156,8 +156,8 @@ def prometheus(session: nox.Session) -> None:
     read back through Prometheus's query API must be exactly what was sent; the PromQL of
     docs/deployment.md must run.  All on loopback.  Installs Debian's prometheus first if it
     is missing and we may (root with apt-get, --no-install-recommends: 19 MB; best effort,
-    bounded); without it the session skips with one line.  About 45 s once installed (43 s
-    measured on 2 cores), most of it this session's virtualenv."""
+    bounded); without it the session skips with one line.  Under a minute once installed (43 s
+    and 58 s measured on 2 cores shared with other work), half of it this session's virtualenv."""
     import os
     import shutil
     import subprocess

@@ -7,11 +7,12 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import time
 
 import pytest
 import trio
 import trio.testing
-from conftest import assert_no_traceback, recv_exactly
+from conftest import STARTUP_TIMEOUT, assert_no_traceback, recv_exactly
 from test_metrics_e2e import metrics_url, scrape, scrape_until, value
 from test_workers import worker_pids
 
@@ -24,11 +25,12 @@ from trio_echo.workers.figures import ASK, WorkerFigures
 pytest.importorskip("prometheus_client")
 
 
-def _snapshot(accepted: int) -> dict[str, object]:
+def _snapshot(accepted: int, active: int = 0) -> dict[str, object]:
     stats = ServerStats()
-    stats.connections = accepted
+    stats.connections, stats.active = accepted, active
     stats.durations.observe(0.01)
-    return take(stats, None)
+    queue, _ = open_output_queue(limit=1000)
+    return take(stats, queue)
 
 
 async def test_a_scrape_asks_every_worker_and_adds_up_their_answers():
@@ -68,15 +70,18 @@ def test_a_gone_workers_counts_stay_in_the_totals():
     queue, _ = open_output_queue(limit=1000)
     queue.put_nowait(b"abc")
     figures = WorkerFigures(ServerStats(), queue)
-    figures.received(1, _snapshot(3))
-    figures.received(2, _snapshot(4))
+    figures.received(1, _snapshot(3, active=2))
+    figures.received(2, _snapshot(4, active=1))
     figures.retire(1)
     figures.received(3, _snapshot(1))  # its replacement
     total = figures.total(workers=2, restarts=1)
     assert total["accepted"] == 8
+    # What the gone worker held (its clients, its queue) is gone with it.
+    assert total["active"] == 1
+    assert total["queue_limit_bytes"] == 2 * 1000 + queue.limit
     assert total["duration_seconds"]["counts"][1] == 3  # 0.01 s is in the le=0.01 bucket
     assert total["worker_restarts"] == 1
-    assert total["queue_bytes"] == queue.used  # the supervisor's own queue, on top
+    assert total["queue_bytes"] == queue.used  # the workers queue nothing; the supervisor: abc
     assert total["printed_bytes"] == 0  # what the supervisor wrote: nothing yet
 
 
@@ -161,4 +166,21 @@ def test_stats_interval_under_workers_is_the_supervisors(start_server):
     server.wait_stderr(r"^\S+ NOTICE stats: \d+ connected, \+[1-3] accepted")
     # One line per interval from the supervisor, none from the workers.
     assert "worker 1: stats:" not in server.stderr
+    assert server.stop() == 0
+
+
+def test_sigusr1_never_reaches_a_worker_that_is_still_starting(start_server):
+    """A worker is told only once it said it serves: before, the signal would kill it."""
+    server = start_server("--workers", "2")
+    pids = worker_pids(server)
+    os.kill(pids[1], signal.SIGKILL)
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    # Through the whole restart (its back-off, its start-up), as fast as the signal goes.
+    while "worker 3 (pid" not in server.stderr:
+        assert time.monotonic() < deadline, server.stderr
+        server.send_signal(signal.SIGUSR1)
+        time.sleep(0.002)
+    server.send_signal(signal.SIGUSR1)
+    server.wait_stderr(r"worker 3: status: end")
+    assert "SIGUSR1" not in server.stderr
     assert server.stop() == 0

@@ -67,9 +67,13 @@ def connection_line(conn: Connection, now: float) -> str:
     return line
 
 
-def log_status(snapshot: Snapshot, connections: Iterable[Connection]) -> None:
-    """The dump: the totals, one line per live connection (oldest first), the count."""
+def log_status(snapshot: Snapshot, connections: Iterable[Connection] | None) -> None:
+    """The dump: the totals, one line per live connection (oldest first), the count.
+    ``None`` for a ``--workers`` supervisor, whose workers list their own connections."""
     LOGGER.log(NOTICE, "status: %s", totals_line(snapshot))
+    if connections is None:
+        LOGGER.log(NOTICE, "status: each worker lists its own connections next")
+        return
     now = time.monotonic()
     live = sorted(connections, key=lambda conn: conn.conn_id)
     for conn in live:

@@ -21,7 +21,11 @@ from trio_echo.metrics.snapshot import Snapshot, merge, take
 from trio_echo.output.queue import OutputQueue
 from trio_echo.stats import ServerStats
 
-__all__ = ["ASK", "ASK_TIMEOUT", "WorkerFigures"]
+__all__ = ["ASK", "ASK_TIMEOUT", "GAUGES", "WorkerFigures"]
+
+# The snapshot's figures that say what a server holds now rather than count what happened:
+# a worker that is gone holds nothing.
+GAUGES = ("active", "queue_bytes", "queue_limit_bytes", "blocked_handlers")
 
 # What the supervisor sends a worker to ask for its snapshot (one line).
 ASK = b"snapshot\n"
@@ -50,9 +54,10 @@ class WorkerFigures:
         self._arrived.unpark_all()
 
     def retire(self, number: int) -> None:
-        """Worker ``number`` is gone: its last counts stay in the totals."""
+        """Worker ``number`` is gone: its last counts stay in the totals, its gauges (what it
+        held at that moment: clients, queued output) do not."""
         if (last := self.latest.pop(number, None)) is not None:
-            self.retired = [merge([*self.retired, last])]
+            self.retired = [merge([*self.retired, {**last, **dict.fromkeys(GAUGES, 0)}])]
         self._answers.pop(number, None)
         self._arrived.unpark_all()  # a scrape waiting for it waits no more
 

@@ -71,11 +71,11 @@ from trio_echo.metrics.status import STATUS_SIGNAL, log_status
 from trio_echo.net.bind import ListenError, bind_reuseport
 from trio_echo.net.datagram import bind_datagram_reuseport
 from trio_echo.output.file import OutputFile
-from trio_echo.output.frames import FrameDecoder
 from trio_echo.output.queue import OutputQueue
 from trio_echo.stats import ServerStats
 from trio_echo.workers.figures import WorkerFigures
 from trio_echo.workers.process import describe_exit, grow_pipe, interpreter_flags
+from trio_echo.workers.relay import relay
 from trio_echo.workers.worker import WorkerSpec, force_message
 
 __all__ = [
@@ -101,10 +101,6 @@ HEALTHY_AFTER = 30.0
 # After the second signal the workers close everything at once; one still alive this much
 # later is stuck, and killed.
 KILL_AFTER_FORCE = 2.0
-
-# The most read from a worker's pipe at a time: a whole batch of the worker's writer (up to
-# 1 MiB, and a frame is read in one piece up to this size) fits in one read.
-RELAY_READ_SIZE = 2 * 1024 * 1024
 
 
 @attrs.define(eq=False)
@@ -141,6 +137,8 @@ class Supervisor:
     figures: WorkerFigures = attrs.field(
         default=attrs.Factory(lambda self: WorkerFigures(self.stats, self.queue), takes_self=True)
     )
+    # The workers that said they are ready (and so listen for SIGUSR1).
+    serving: set[int] = attrs.field(factory=set)
     _numbers: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1))
     _first_ready: int = 0
 
@@ -156,9 +154,7 @@ class Supervisor:
                 self.output.request_reopen()
                 continue
             if signum == STATUS_SIGNAL:
-                # The totals here; each worker dumps its own connections, tagged with its number.
-                log_status(await self.snapshot(), ())
-                self._signal_all(STATUS_SIGNAL)
+                await self.dump_status()
                 continue
             name = signal.Signals(signum).name
             if not self.stop_requested.is_set():
@@ -216,6 +212,14 @@ class Supervisor:
                 "closed every connection"
             )
         return "; ".join(parts + self.killed)
+
+    async def dump_status(self) -> None:
+        """SIGUSR1: the totals here, then each worker dumps its own connections (tagged with
+        its number).  Only workers that said they serve get it: one still starting would die
+        of it."""
+        log_status(await self.snapshot(), None)
+        for number in self.serving & set(self.live):
+            self.live[number].send_signal(STATUS_SIGNAL)
 
     async def snapshot(self) -> Snapshot:
         """Every worker's counters, added up (:mod:`trio_echo.workers.figures`)."""
@@ -327,7 +331,7 @@ class Supervisor:
             process.send_signal(signal.SIGTERM)
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._relay, read_fd, number)
+                nursery.start_soon(relay, read_fd, number, self.queue)
                 nursery.start_soon(self._messages, ours, number, ready, first)
                 await process.wait()
                 # The relay still empties the pipe; if stdout is stalled, not for ever.
@@ -335,6 +339,7 @@ class Supervisor:
         finally:
             del self.live[number]
             del self.controls[number]
+            self.serving.discard(number)
             self.figures.retire(number)
             if process.returncode is None:
                 process.kill()
@@ -343,22 +348,6 @@ class Supervisor:
             ours.close()
         returncode: int | None = process.returncode
         return returncode
-
-    async def _relay(self, read_fd: int, number: int) -> None:
-        """Worker ``number``'s frames into the output queue, each whole, until its pipe ends."""
-        decoder = FrameDecoder()
-        async with trio.lowlevel.FdStream(read_fd) as pipe:
-            # A read per header and a read per payload: a payload then usually arrives in one
-            # piece, and goes on to stdout without being copied again (frames.py).
-            while chunk := await pipe.receive_some(min(decoder.wanted(), RELAY_READ_SIZE)):
-                for payload in decoder.feed(chunk):
-                    # Waiting here is the backpressure: the worker's writer waits on the pipe.
-                    await self.queue.put(payload)
-        if decoder.pending:
-            LOGGER.warning(
-                "worker %d ended in the middle of an output batch: %d bytes dropped",
-                *(number, decoder.pending),
-            )
 
     async def _messages(
         self, control: socket.socket, number: int, ready: trio.Event, first: bool
@@ -389,6 +378,7 @@ class Supervisor:
                     self.stats.add_datagrams(message, shared=bool(self.shared))  # --udp
 
     def _ready(self, number: int, pid: int, first: bool) -> None:
+        self.serving.add(number)
         LOGGER.info("worker %d (pid %d) is serving", number, pid)
         if first:
             self._first_ready += 1

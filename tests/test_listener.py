@@ -104,7 +104,8 @@ async def test_running_out_of_descriptors_pauses_accepting(
     autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     sock = listening([OSError(errno.EMFILE, "Too many open files") for _ in range(5)])
-    listener = LeanSocketListener(sock, events=AcceptEvents(ServerStats(active=7)))
+    stats = ServerStats(active=7)
+    listener = LeanSocketListener(sock, events=AcceptEvents(stats))
     with socket.create_connection(sock.getsockname()):
         t0 = trio.current_time()
         stream = await listener.accept()
@@ -114,6 +115,7 @@ async def test_running_out_of_descriptors_pauses_accepting(
     # ...and logged once, not five times, with the clients connected.
     assert caplog.text.count("EMFILE") == 1
     assert "7 clients connected" in caplog.text
+    assert stats.accept_pauses == 5  # but every pause counted, for the metrics
     await listener.aclose()
 
 
@@ -197,13 +199,15 @@ async def test_refused_clients_never_reach_the_caller(caplog: pytest.LogCaptureF
     sock = listening()
     access = AccessPolicy.of((), (parse_network("127.0.0.0/8"),))
     assert access is not None
-    listener = LeanSocketListener(sock, access=access)
+    stats = ServerStats()
+    listener = LeanSocketListener(sock, access=access, events=AcceptEvents(stats))
     with socket.create_connection(sock.getsockname()) as client:
         with trio.move_on_after(0.2) as timeout:
             await listener.accept()
         assert timeout.cancelled_caught
         assert client.recv(10) == b""
     assert "refused 127.0.0.1" in caplog.text
+    assert stats.denied == 1
     await listener.aclose()
 
 

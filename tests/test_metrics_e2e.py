@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -227,3 +228,73 @@ def test_the_endpoint_stops_with_the_server(start_server):
     port = int(url.rsplit(":", 1)[1].split("/")[0])
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=EVENT_TIMEOUT).close()
+
+
+@pytest.mark.parametrize("model", ["trio", "trio-stock", "sync", "threads", "asyncio"])
+def test_sigusr1_never_kills_a_server(start_server, model):
+    """The trio app dumps its status; the other models have no dump and ignore the signal
+    (its default action would kill them)."""
+    server = start_server("--model", model)
+    server.send_signal(signal.SIGUSR1)
+    if model.startswith("trio"):
+        server.wait_stderr(r"status: end \(0 connections\)")
+    with socket.create_connection(("127.0.0.1", server.port)) as client:
+        client.sendall(b"still here\n")
+        server.wait_stdout(b"still here\n")
+    assert server.proc.poll() is None
+    assert server.stop() == 0
+    assert ("status:" in server.all_stderr()) == model.startswith("trio")
+
+
+def test_tls_handshakes_and_refusals_are_counted(start_server, tmp_path):
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    issued = ca.issue_cert("127.0.0.1")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    issued.cert_chain_pems[0].write_to_path(str(cert))
+    issued.private_key_pem.write_to_path(str(key))
+    server = start_server(
+        "--tls-cert", str(cert), "--tls-key", str(key), "--metrics", "0", "--max-bytes", "4"
+    )
+    url = metrics_url(server)
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+
+    def tls_client() -> ssl.SSLSocket:
+        raw = socket.create_connection(("127.0.0.1", server.port))
+        return context.wrap_socket(raw, server_hostname="127.0.0.1")
+
+    with tls_client() as client:
+        client.sendall(b"ok\n")
+        server.wait_stdout(b"ok\n")
+    with tls_client() as client:
+        client.sendall(b"too long\n")  # more than --max-bytes 4
+        server.wait_stderr("sent more than --max-bytes 4")
+    with socket.create_connection(("127.0.0.1", server.port)) as plain:
+        plain.sendall(b"GET / HTTP/1.0\r\n\r\n")  # not TLS
+        assert recv_eof(plain) is not None
+    samples = scrape_until(
+        url, lambda s: value(s, "trio_echo_connections_refused_total", reason="tls") == 1
+    )
+    assert value(samples, "trio_echo_tls_handshake_seconds_count") == 2
+    assert 0 < value(samples, "trio_echo_tls_handshake_seconds_sum") < 5
+    assert value(samples, "trio_echo_connections_refused_total", reason="max_bytes") == 1
+    assert value(samples, "trio_echo_connections_closed_total", reason="max_bytes") == 1
+    assert server.stop() == 0
+
+
+def test_a_client_without_a_proxy_header_is_a_refusal(start_server):
+    server = start_server("--proxy-protocol", "--metrics", "0")
+    url = metrics_url(server)
+    with socket.create_connection(("127.0.0.1", server.port)) as client:
+        client.sendall(b"no header here\r\n")
+        assert recv_eof(client) == b""
+    with socket.create_connection(("127.0.0.1", server.port)) as client:
+        client.sendall(b"PROXY TCP4 203.0.113.7 127.0.0.1 51234 8888\r\nhello\n")
+        server.wait_stdout(b"[203.0.113.7:51234] hello\n")
+    samples = scrape_until(
+        url, lambda s: value(s, "trio_echo_connections_refused_total", reason="proxy") == 1
+    )
+    assert value(samples, "trio_echo_connections_accepted_total") == 2
+    assert value(samples, "trio_echo_received_bytes_total") == len(b"hello\n")
+    assert server.stop() == 0

@@ -12,6 +12,7 @@ can end into an exit status and at most one line on stderr -- never a traceback:
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -52,6 +53,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError:
         return fail("stdout is closed; redirect it, e.g. >/dev/null")
     raise_fd_limit()
+    # SIGUSR1 asks for the status dump (trio_echo.metrics.status), which the trio model and
+    # the supervisor give once they listen for it; until then, and in every other model, it
+    # does nothing rather than its default, killing the server.
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     try:
         if config.workers > 1:
             from trio_echo.workers.run import run_supervisor

@@ -44,10 +44,11 @@ def totals_line(snapshot: Snapshot) -> str:
     else:
         refused = sum(s["refused"].values()) - s["refused"].get("max_bytes", 0)
         who = f"{s['active']} connected, {s['accepted']} accepted, {refused} refused"
+    lines = f"{s['printed_lines']} line{'' if s['printed_lines'] == 1 else 's'}"
     return (
         f"up {s['uptime']:.1f} s; {who}; {_size(s['received_bytes'])} received, "
         f"{_size(s['echoed_bytes'])} echoed, {_size(s['printed_bytes'])} printed "
-        f"({s['printed_lines']} lines); output queue {_size(s['queue_bytes'])} of "
+        f"({lines}); output queue {_size(s['queue_bytes'])} of "
         f"{_size(s['queue_limit_bytes'])}, {s['blocked_handlers']} waiting for stdout "
         f"({s['blocked_seconds']:.3f} s in all)"
     )
@@ -66,9 +67,13 @@ def connection_line(conn: Connection, now: float) -> str:
     return line
 
 
-def log_status(snapshot: Snapshot, connections: Iterable[Connection]) -> None:
-    """The dump: the totals, one line per live connection (oldest first), the count."""
+def log_status(snapshot: Snapshot, connections: Iterable[Connection] | None) -> None:
+    """The dump: the totals, one line per live connection (oldest first), the count.
+    ``None`` for a ``--workers`` supervisor, whose workers list their own connections."""
     LOGGER.log(NOTICE, "status: %s", totals_line(snapshot))
+    if connections is None:
+        LOGGER.log(NOTICE, "status: each worker lists its own connections next")
+        return
     now = time.monotonic()
     live = sorted(connections, key=lambda conn: conn.conn_id)
     for conn in live:

@@ -11,6 +11,8 @@ import trio
 from trio_echo.config import Config
 from trio_echo.lifecycle import Outcome, watched_signals
 from trio_echo.logs import LOGGER, NOTICE
+from trio_echo.metrics.observe import observe
+from trio_echo.metrics.status import STATUS_SIGNAL
 from trio_echo.output.file import OutputFile, write_output
 from trio_echo.output.queue import open_output_queue
 from trio_echo.stats import ServerStats
@@ -23,7 +25,8 @@ __all__ = ["run_supervisor", "supervise"]
 async def supervise(config: Config, log_level: str) -> Outcome:
     """Run ``config.workers`` workers until a signal stops them; the exit status as for one
     process (see :mod:`trio_echo.server.app`)."""
-    with trio.open_signal_receiver(*watched_signals(config.output is not None)) as signals:
+    watching = (*watched_signals(config.output is not None), STATUS_SIGNAL)
+    with trio.open_signal_receiver(*watching) as signals:
         shared, addresses = await open_port(config)
         queue, reader = open_output_queue(config.queue_bytes)
         out = None if config.output is None else OutputFile(config.output)
@@ -41,6 +44,15 @@ async def supervise(config: Config, log_level: str) -> Outcome:
                 await out.open()  # once the port is ours: a port in use leaves no file
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(supervisor.watch, signals)
+                if config.metrics is not None or config.stats_interval is not None:
+                    # Until the end: the cancel below, once the workers and stdout are done.
+                    await nursery.start(
+                        observe,
+                        config.metrics,
+                        config.stats_interval,
+                        supervisor.snapshot,
+                        trio.Event(),
+                    )
                 async with trio.open_nursery() as output:
                     output.start_soon(write_output, queue, reader, out)
                     try:
@@ -54,7 +66,7 @@ async def supervise(config: Config, log_level: str) -> Outcome:
                         output.cancel_scope.deadline = supervisor.drain_deadline()
                     finally:
                         await queue.aclose()
-                nursery.cancel_scope.cancel()  # stop the signal watcher
+                nursery.cancel_scope.cancel()  # stop the signal watcher and the observers
         finally:
             for sock in shared:
                 sock.close()

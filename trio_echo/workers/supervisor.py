@@ -66,13 +66,16 @@ from trio_echo.lifecycle import (
     log_listening,
 )
 from trio_echo.logs import LOGGER, NOTICE
+from trio_echo.metrics.snapshot import Snapshot
+from trio_echo.metrics.status import STATUS_SIGNAL, log_status
 from trio_echo.net.bind import ListenError, bind_reuseport
 from trio_echo.net.datagram import bind_datagram_reuseport
 from trio_echo.output.file import OutputFile
-from trio_echo.output.frames import FrameDecoder
 from trio_echo.output.queue import OutputQueue
 from trio_echo.stats import ServerStats
+from trio_echo.workers.figures import WorkerFigures
 from trio_echo.workers.process import describe_exit, grow_pipe, interpreter_flags
+from trio_echo.workers.relay import relay
 from trio_echo.workers.worker import WorkerSpec, force_message
 
 __all__ = [
@@ -98,10 +101,6 @@ HEALTHY_AFTER = 30.0
 # After the second signal the workers close everything at once; one still alive this much
 # later is stuck, and killed.
 KILL_AFTER_FORCE = 2.0
-
-# The most read from a worker's pipe at a time: a whole batch of the worker's writer (up to
-# 1 MiB, and a frame is read in one piece up to this size) fits in one read.
-RELAY_READ_SIZE = 2 * 1024 * 1024
 
 
 @attrs.define(eq=False)
@@ -134,6 +133,12 @@ class Supervisor:
     killed: list[str] = attrs.field(factory=list)
     # --output: the file the supervisor writes the workers' output to, reopened on SIGHUP.
     output: OutputFile | None = None
+    # The workers' counters, for --metrics, --stats-interval and SIGUSR1 (figures.py).
+    figures: WorkerFigures = attrs.field(
+        default=attrs.Factory(lambda self: WorkerFigures(self.stats, self.queue), takes_self=True)
+    )
+    # The workers that said they are ready (and so listen for SIGUSR1).
+    serving: set[int] = attrs.field(factory=set)
     _numbers: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1))
     _first_ready: int = 0
 
@@ -147,6 +152,9 @@ class Supervisor:
             if signum == signal.SIGHUP and self.output is not None:
                 # logrotate's: the workers write to us, and we to the file (they ignore it).
                 self.output.request_reopen()
+                continue
+            if signum == STATUS_SIGNAL:
+                await self.dump_status()
                 continue
             name = signal.Signals(signum).name
             if not self.stop_requested.is_set():
@@ -204,6 +212,18 @@ class Supervisor:
                 "closed every connection"
             )
         return "; ".join(parts + self.killed)
+
+    async def dump_status(self) -> None:
+        """SIGUSR1: the totals here, then each worker dumps its own connections (tagged with
+        its number).  Only workers that said they serve get it: one still starting would die
+        of it."""
+        log_status(await self.snapshot(), None)
+        for number in self.serving & set(self.live):
+            self.live[number].send_signal(STATUS_SIGNAL)
+
+    async def snapshot(self) -> Snapshot:
+        """Every worker's counters, added up (:mod:`trio_echo.workers.figures`)."""
+        return await self.figures.gather(self.controls, len(self.live), self.restarts)
 
     def _signal_all(self, signum: int) -> None:
         for process in list(self.live.values()):
@@ -267,7 +287,16 @@ class Supervisor:
             sockets = await trio.to_thread.run_sync(bind, self.addresses)
         fds = tuple(sock.fileno() for sock in sockets)
         spec = WorkerSpec(
-            attrs.evolve(self.config, fds=fds, workers=1, worker_id=number), self.log_level
+            # The supervisor serves the metrics and prints the interval line, for them all.
+            attrs.evolve(
+                self.config,
+                fds=fds,
+                workers=1,
+                worker_id=number,
+                metrics=None,
+                stats_interval=None,
+            ),
+            self.log_level,
         )
         ours, theirs = socket.socketpair()
         read_fd, write_fd = os.pipe()
@@ -302,7 +331,7 @@ class Supervisor:
             process.send_signal(signal.SIGTERM)
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._relay, read_fd, number)
+                nursery.start_soon(relay, read_fd, number, self.queue)
                 nursery.start_soon(self._messages, ours, number, ready, first)
                 await process.wait()
                 # The relay still empties the pipe; if stdout is stalled, not for ever.
@@ -310,6 +339,8 @@ class Supervisor:
         finally:
             del self.live[number]
             del self.controls[number]
+            self.serving.discard(number)
+            self.figures.retire(number)
             if process.returncode is None:
                 process.kill()
                 with trio.CancelScope(shield=True):
@@ -317,22 +348,6 @@ class Supervisor:
             ours.close()
         returncode: int | None = process.returncode
         return returncode
-
-    async def _relay(self, read_fd: int, number: int) -> None:
-        """Worker ``number``'s frames into the output queue, each whole, until its pipe ends."""
-        decoder = FrameDecoder()
-        async with trio.lowlevel.FdStream(read_fd) as pipe:
-            # A read per header and a read per payload: a payload then usually arrives in one
-            # piece, and goes on to stdout without being copied again (frames.py).
-            while chunk := await pipe.receive_some(min(decoder.wanted(), RELAY_READ_SIZE)):
-                for payload in decoder.feed(chunk):
-                    # Waiting here is the backpressure: the worker's writer waits on the pipe.
-                    await self.queue.put(payload)
-        if decoder.pending:
-            LOGGER.warning(
-                "worker %d ended in the middle of an output batch: %d bytes dropped",
-                *(number, decoder.pending),
-            )
 
     async def _messages(
         self, control: socket.socket, number: int, ready: trio.Event, first: bool
@@ -355,12 +370,15 @@ class Supervisor:
                 if "ready" in message:
                     ready.set()
                     self._ready(number, int(message["ready"]), first)
+                if "snapshot" in message and message["snapshot"] is not None:
+                    self.figures.received(number, message["snapshot"])
                 if "status" in message:
                     self.stats.connections += int(message.get("connections", 0))
                     self.stats.bytes_received += int(message.get("bytes", 0))
                     self.stats.add_datagrams(message, shared=bool(self.shared))  # --udp
 
     def _ready(self, number: int, pid: int, first: bool) -> None:
+        self.serving.add(number)
         LOGGER.info("worker %d (pid %d) is serving", number, pid)
         if first:
             self._first_ready += 1

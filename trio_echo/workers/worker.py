@@ -22,6 +22,7 @@ the exit over the control socket on a second signal.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -40,9 +41,12 @@ import trio
 from trio_echo.config import Config
 from trio_echo.lifecycle import STOP_SIGNALS, Outcome
 from trio_echo.logs import LOGGER, setup_logging
+from trio_echo.metrics.snapshot import Snapshot, take
+from trio_echo.metrics.status import STATUS_SIGNAL
 from trio_echo.server.app import run
 from trio_echo.server.serve import ServerHandle
 from trio_echo.stats import ServerStats
+from trio_echo.workers.figures import ASK
 
 __all__ = ["FORCE", "WorkerSpec", "force_message", "main", "send_message"]
 
@@ -115,6 +119,9 @@ class _SignalMemo:
     def install(self) -> None:
         for signum in STOP_SIGNALS:
             signal.signal(signum, self._note)
+        # The status dump's signal, forwarded by the supervisor: by default it would kill a
+        # worker that is not yet (or no longer) listening for it.
+        signal.signal(STATUS_SIGNAL, signal.SIG_IGN)
 
     def _note(self, signum: int, frame: FrameType | None) -> None:
         self.received.append(signum)
@@ -127,9 +134,12 @@ class _SignalMemo:
             signal.raise_signal(signum)
 
 
-async def _until_forced(control: socket.socket, cut: _Cut, memo: _SignalMemo) -> str:
+async def _until_forced(
+    control: socket.socket, cut: _Cut, memo: _SignalMemo, serving: _Serving
+) -> str:
     """Return (why) once the supervisor forces the exit (``FORCE`` on the control socket) or
-    its end of the control socket closes; ``cut`` records which.
+    its end of the control socket closes; ``cut`` records which.  Meanwhile, answer its
+    requests for a snapshot (:mod:`trio_echo.workers.figures`) with the ``serving`` server's.
 
     Started by ``run`` once it listens for signals: the signals ``memo`` noted before, it
     replays first."""
@@ -150,6 +160,9 @@ async def _until_forced(control: socket.socket, cut: _Cut, memo: _SignalMemo) ->
         if (match := _FORCE_RE.search(received)) is not None:
             cut.forced_by = int(match[1]) if match[1] else signal.SIGTERM
             return "forced by the supervisor"
+        while ASK in received:
+            received = received.replace(ASK, b"", 1)
+            serving.answer(control)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -177,6 +190,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         control.close()
 
 
+@attrs.define
+class _Serving:
+    """The worker's server, once it is up: what a snapshot is taken from."""
+
+    handle: ServerHandle | None = None
+
+    def snapshot(self) -> Snapshot | None:
+        handle = self.handle
+        return None if handle is None else take(handle.stats, handle.output)
+
+    def answer(self, control: socket.socket) -> None:
+        """Send the supervisor a snapshot (none before the server is up: it then counts the
+        worker as empty).  A few kB, into a socket buffer that the supervisor keeps empty;
+        if it is full all the same, this answer is skipped and the supervisor counts the last
+        one."""
+        if (snapshot := self.snapshot()) is not None:
+            with contextlib.suppress(BlockingIOError):
+                send_message(control, snapshot=snapshot)
+
+
 def _serve(spec: WorkerSpec, control: socket.socket, memo: _SignalMemo) -> int:
     """Run the server of ``spec``, tell the supervisor how it ended; the exit status."""
     # Imported here: cli imports the models, which a worker only needs for its error messages.
@@ -188,8 +221,10 @@ def _serve(spec: WorkerSpec, control: socket.socket, memo: _SignalMemo) -> int:
     sockets = [socket.socket(fileno=fd) for fd in config.fds]
     control.setblocking(False)
     cut = _Cut()
+    serving = _Serving()
 
     def announce(handle: ServerHandle) -> None:
+        serving.handle = handle
         # The supervisor logs it, and the start-up line once every worker is ready.
         send_message(control, ready=os.getpid())
 
@@ -201,7 +236,7 @@ def _serve(spec: WorkerSpec, control: socket.socket, memo: _SignalMemo) -> int:
                 sockets=sockets,
                 framed=True,
                 announce=announce,
-                stop_when=partial(_until_forced, control, cut, memo),
+                stop_when=partial(_until_forced, control, cut, memo, serving),
             )
         )
     except BaseException as exc:
@@ -227,6 +262,8 @@ def _serve(spec: WorkerSpec, control: socket.socket, memo: _SignalMemo) -> int:
         datagrams=stats.datagrams if stats else 0,
         refused=stats.refused if stats else 0,
         kernel_drops=stats.kernel_drops if stats else None,
+        # Its final counts, which stay in the supervisor's metrics.
+        snapshot=serving.snapshot(),
     )
     # A cut short worker's line is a warning: its clients were cut off.
     LOGGER.log(logging.INFO if outcome.exit_status == 0 else logging.WARNING, "%s", outcome.summary)

@@ -298,3 +298,14 @@ def test_a_client_without_a_proxy_header_is_a_refusal(start_server):
     assert value(samples, "trio_echo_connections_accepted_total") == 2
     assert value(samples, "trio_echo_received_bytes_total") == len(b"hello\n")
     assert server.stop() == 0
+
+
+def test_metrics_off_loopback_say_so(start_server):
+    server = start_server("--metrics", "0.0.0.0:0", "--host", "127.0.0.1")
+    server.wait_stderr(
+        r"WARNING metrics exposed to the network: 0\.0\.0\.0:\d+ is not loopback; other "
+        r"machines can read the server's counters"
+    )
+    # The server's own addresses are loopback: no warning about them.
+    assert "WARNING exposed to the network" not in server.stderr
+    assert server.stop() == 0

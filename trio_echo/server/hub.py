@@ -75,6 +75,21 @@ class ReadinessHub:
         if task is not None:
             trio.lowlevel.reschedule(task, outcome.Error(trio.ClosedResourceError("socket closed")))
 
+    def end(self, fd: int) -> None:
+        """Receiving on ``fd`` was ended (``shutdown(SHUT_RD)``, see
+        :meth:`~trio_echo.server.stream.LeanSocketStream.end_receiving`): it is readable for
+        good from now on, and a task waiting on it is woken at once.
+
+        The kernel would report the same through the epoll, but only after a round trip
+        through :meth:`run` (an ``epoll_wait`` that returns up to ten thousand events at the
+        end of the grace period); waking the task here saves that trip, and is exactly what
+        the event would have done."""
+        self._ended.add(fd)
+        self._ready.add(fd)
+        task = self._waiting.pop(fd, None)
+        if task is not None:
+            trio.lowlevel.reschedule(task)
+
     async def wait_readable(self, fd: int) -> None:
         """Wait until ``fd`` has had new data, an end of stream or an error since its last
         ``recv``; always a checkpoint."""

@@ -60,6 +60,7 @@ class LeanSocketStream(trio.abc.HalfCloseableStream):
         "_eof_sent",
         "_fd",
         "_hub",
+        "_read_ended",
         "_receiving",
         "_sending",
         "_waited_in_trio",
@@ -94,6 +95,8 @@ class LeanSocketStream(trio.abc.HalfCloseableStream):
         self._closed = False
         # After send_eof, sending is our own misuse (ClosedResourceError), not a broken pipe.
         self._eof_sent = False
+        # After end_receiving: the kernel was told already (once is enough).
+        self._read_ended = False
         # Whether Trio's I/O manager may know the socket (then it must hear of its closing).
         self._waited_in_trio = hub is None
 
@@ -272,11 +275,18 @@ class LeanSocketStream(trio.abc.HalfCloseableStream):
 
         The kernel marks the socket readable at end of stream: the waiting task wakes like
         for any data, reads what is left, then ``b""``.  Much cheaper than a cancellation
-        when ten thousand handlers end at once."""
+        when ten thousand handlers end at once.  With the hub, the waiting task is woken at
+        once rather than through the epoll (:meth:`ReadinessHub.end`).  Calling it again is
+        cheap (no system call): it only says whether receiving is still waiting, which is
+        what the end of the grace period asks of a handler that has not ended yet."""
         if self._closed:
             return False
-        try:
-            self.socket.shutdown(socket.SHUT_RD)
-        except OSError:  # the client already reset the connection
-            return False
+        if not self._read_ended:
+            try:
+                self.socket.shutdown(socket.SHUT_RD)
+            except OSError:  # the client already reset the connection
+                return False
+            self._read_ended = True
+            if self._hub is not None:
+                self._hub.end(self._fd)
         return self._waiting

@@ -130,6 +130,23 @@ async def test_forget_wakes_a_waiter_with_closed_resource_error(hub, pair) -> No
     assert len(errors) == 1
 
 
+async def test_end_wakes_the_waiter_at_once_and_the_socket_stays_readable(hub, pair) -> None:
+    # What the end of the grace period relies on (LeanSocketStream.end_receiving): the waiter
+    # is woken by end() itself, not by an epoll event (none comes here: the socket was not
+    # shut down), and every later wait returns at once.
+    ours, _ = pair
+    hub.register(ours.fileno())
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(hub.wait_readable, ours.fileno())
+            await trio.testing.wait_all_tasks_blocked()
+            hub.end(ours.fileno())
+            # The nursery exits only once the waiter woke.
+        await hub.wait_readable(ours.fileno())
+        await hub.wait_readable(ours.fileno())
+    hub.forget(ours.fileno())
+
+
 async def test_a_reset_wakes_the_waiter(hub, pair) -> None:
     ours, theirs = pair
     hub.register(ours.fileno())

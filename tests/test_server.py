@@ -10,6 +10,7 @@ can show (bound addresses, both address families).
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -290,6 +291,23 @@ async def test_grace_period_ends_with_every_client_closed(
     assert trio.current_time() - t0 == pytest.approx(3)
     # What the client had sent was printed even though its line never ended.
     assert h.out.lines() == [f"{h.prefix(client)} unfinished line"]
+    await client.aclose()
+
+
+async def test_the_collector_gets_every_object_back_after_the_grace_period(
+    start: Callable[..., Any], autojump_clock: trio.testing.MockClock
+) -> None:
+    # While the handlers end, the closer freezes the old objects for the collector
+    # (shutdown.py): every one must be handed back, or a long-lived embedding would never
+    # collect them again.
+    frozen = gc.get_freeze_count()
+    h = await start(grace=1)
+    client = await h.listener.connect()
+    await trio.testing.wait_all_tasks_blocked()
+    h.handle.shutdown()
+    assert await client.receive_some(10) == b""  # closed by the closer, not by the client
+    await h.done.wait()
+    assert gc.get_freeze_count() == frozen
     await client.aclose()
 
 

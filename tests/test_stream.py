@@ -116,6 +116,29 @@ async def test_end_receiving_wakes_a_waiting_receiver_without_cancelling(
     assert not server.end_receiving()  # closed: nothing to end
 
 
+async def test_end_receiving_again_only_says_whether_receiving_still_waits(
+    readiness: hub.ReadinessHub | None,
+) -> None:
+    # The end of the grace period looks at a handler again while it has not ended: asking
+    # again must not fail (the socket is shut down already) and must still say "waiting"
+    # until the woken receiver has run.
+    client, server = await maker(_tcp_pair, readiness)()
+    received: list[bytes] = []
+
+    async def receive() -> None:
+        received.append(await server.receive_some(100))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(receive)
+        await trio.testing.wait_all_tasks_blocked()
+        assert server.end_receiving()
+        assert server.end_receiving()
+    assert received == [b""]
+    assert not server.end_receiving()  # nobody receives any more
+    await client.aclose()
+    await server.aclose()
+
+
 async def test_a_reused_descriptor_number_starts_clean() -> None:
     # A connection whose socket ended is forgotten; a new socket that gets the same fd
     # number must not inherit its "ended" state, or its handler would spin on EAGAIN.

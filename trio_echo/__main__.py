@@ -1,8 +1,6 @@
 """``python -m trio_echo``: see :mod:`trio_echo.cli.main`."""
 
-import sys
-
-from trio_echo.cli.main import main
+from trio_echo.cli.main import exit_program, main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_program(main())

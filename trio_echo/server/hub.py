@@ -26,6 +26,7 @@ polling.
 from __future__ import annotations
 
 import select
+from collections.abc import Callable
 
 import outcome
 import trio
@@ -53,6 +54,9 @@ class ReadinessHub:
         self._waiting: dict[int, trio.lowlevel.Task] = {}
         self._ready: set[int] = set()
         self._ended: set[int] = set()
+        # One abort function per registered socket, made once at registration: a wait on the
+        # hot path (one per echo request) then builds no closure (issue 16).
+        self._aborts: dict[int, Callable[[object], trio.lowlevel.Abort]] = {}
 
     def register(self, fd: int) -> None:
         """Watch ``fd`` from now until :meth:`forget`; an already readable ``fd`` is reported
@@ -65,27 +69,6 @@ class ReadinessHub:
         self._ready.discard(fd)
         self._ended.discard(fd)
         self._epoll.register(fd, _EVENTS)
-
-    def forget(self, fd: int) -> None:
-        """``fd`` is about to be closed (closing it removes it from the epoll): drop what we
-        know about it, and wake a task still waiting on it with ``ClosedResourceError``."""
-        self._ready.discard(fd)
-        self._ended.discard(fd)
-        task = self._waiting.pop(fd, None)
-        if task is not None:
-            trio.lowlevel.reschedule(task, outcome.Error(trio.ClosedResourceError("socket closed")))
-
-    async def wait_readable(self, fd: int) -> None:
-        """Wait until ``fd`` has had new data, an end of stream or an error since its last
-        ``recv``; always a checkpoint."""
-        if fd in self._ready:
-            if fd not in self._ended:
-                self._ready.discard(fd)
-            await trio.lowlevel.checkpoint()
-            return
-        if fd in self._waiting:
-            raise trio.BusyResourceError("another task is already waiting on this socket")
-        self._waiting[fd] = trio.lowlevel.current_task()
         waiting = self._waiting
 
         def abort(_: object) -> trio.lowlevel.Abort:
@@ -93,6 +76,35 @@ class ReadinessHub:
             waiting.pop(fd, None)
             return trio.lowlevel.Abort.SUCCEEDED
 
+        self._aborts[fd] = abort
+
+    def forget(self, fd: int) -> None:
+        """``fd`` is about to be closed (closing it removes it from the epoll): drop what we
+        know about it, and wake a task still waiting on it with ``ClosedResourceError``."""
+        self._ready.discard(fd)
+        self._ended.discard(fd)
+        self._aborts.pop(fd, None)
+        task = self._waiting.pop(fd, None)
+        if task is not None:
+            trio.lowlevel.reschedule(task, outcome.Error(trio.ClosedResourceError("socket closed")))
+
+    async def wait_readable(self, fd: int) -> None:
+        """Wait until ``fd`` has had new data, an end of stream or an error since its last
+        ``recv``; always a checkpoint.  ``fd`` must be registered."""
+        ready = self._ready
+        if fd in ready:
+            if fd not in self._ended:
+                ready.discard(fd)
+            await trio.lowlevel.checkpoint()
+            return
+        waiting = self._waiting
+        if fd in waiting:
+            raise trio.BusyResourceError("another task is already waiting on this socket")
+        abort = self._aborts.get(fd)
+        if abort is None:
+            await trio.lowlevel.checkpoint()
+            raise trio.ClosedResourceError("this socket is not registered (closed?)")
+        waiting[fd] = trio.lowlevel.current_task()
         await trio.lowlevel.wait_task_rescheduled(abort)
 
     async def run(self) -> None:

@@ -236,6 +236,27 @@ async def test_quiet_prints_nothing(start: Callable[..., Any]) -> None:
     assert h.handle.stats.bytes_received == 7
 
 
+async def test_quiet_echo_waits_for_room_and_stays_exact(start: Callable[..., Any]) -> None:
+    """--echo --quiet (the handler's branch-free loop on our own stream): a client that sends
+    more than the socket buffers hold before it reads makes the echo wait for room; every byte
+    comes back in order, and every byte is counted as echoed."""
+    h = await start(quiet=True, echo=True)
+    payload = bytes(range(256)) * 65536  # 16 MiB: more than the kernel buffers hold
+    got = bytearray()
+    async with await h.listener.connect() as client, trio.open_nursery() as nursery:
+        with trio.fail_after(30):  # a lost or extra byte would leave the reader waiting
+            nursery.start_soon(client.send_all, payload)
+            await trio.testing.wait_all_tasks_blocked()  # both sides stuck: buffers full
+            while len(got) < len(payload):
+                chunk = await client.receive_some(65536)
+                assert chunk
+                got.extend(chunk)
+    assert got == payload
+    h.handle.shutdown()
+    await h.done.wait()
+    assert h.handle.stats.bytes_echoed == len(payload)
+
+
 async def test_raw_output_is_byte_exact(start: Callable[..., Any]) -> None:
     h = await start(output_format=OutputFormat.RAW)
     payload = bytes(range(256)) * 4

@@ -115,8 +115,13 @@ class LeanSocketStream(trio.abc.HalfCloseableStream):
         try:
             if self._drained:
                 self._waiting = True
-                if self._hub is not None:  # (inlined _wait_readable: this is the hot path)
-                    await self._hub.wait_readable(self._fd)
+                hub = self._hub
+                if hub is not None:  # (inlined hub.wait_readable: this is the hot path)
+                    abort = hub.arm(self._fd)
+                    if abort is None:
+                        await trio.lowlevel.checkpoint()
+                    else:
+                        await trio.lowlevel.wait_task_rescheduled(abort)
                 else:
                     await trio.lowlevel.wait_readable(self.socket)
                 self._waiting = False

@@ -1,0 +1,246 @@
+"""Zero-copy raw output (``trio_echo.output.splice``): exact bytes, the queue's order and its
+backpressure kept, the copy path wherever splicing does not apply.
+
+Unit tests drive a :class:`LeanSocketStream`'s ``splice_some`` over a TCP pair into a pipe or a
+file; end-to-end tests stream two clients at once through ``python -m trio_echo --raw`` into a
+pipe and into a file and check every client's bytes, in order, and the server's count.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from trio_echo.output.queue import OutputQueue
+from trio_echo.output.splice import Splicer, open_splicer
+from trio_echo.server import hub
+from trio_echo.server.stream import LeanSocketStream
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "splice"), reason="os.splice is Linux's")
+
+KiB = 1024
+
+
+def _tcp_pair() -> tuple[socket.socket, socket.socket]:
+    with socket.create_server(("127.0.0.1", 0)) as listening:
+        client = socket.create_connection(listening.getsockname())
+        server, _ = listening.accept()
+    return client, server
+
+
+@pytest.fixture
+def pipe() -> Iterator[tuple[int, int]]:
+    read_end, write_end = os.pipe()
+    yield read_end, write_end
+    for fd in (read_end, write_end):
+        os.close(fd)
+
+
+@pytest.fixture(params=["hub", "trio"])
+async def readiness(
+    request: pytest.FixtureRequest, nursery: trio.Nursery
+) -> AsyncIterator[hub.ReadinessHub | None]:
+    if request.param == "trio":
+        yield None
+        return
+    if not hub.AVAILABLE:
+        pytest.skip("no epoll on this platform")
+    readiness = hub.ReadinessHub()
+    nursery.start_soon(readiness.run)
+    yield readiness
+
+
+class _Fd:
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _read_all(fd: int, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = os.read(fd, size - len(data))
+        assert chunk, f"EOF after {len(data)} of {size} bytes"
+        data += chunk
+    return data
+
+
+def test_splicer_only_where_it_applies(tmp_path: Path, pipe: tuple[int, int]) -> None:
+    """A pipe and a plain file: yes; an O_APPEND file (splice refuses it), /dev/null and a
+    socket: the copy path."""
+    queue = OutputQueue()
+    assert open_splicer(pipe[1], queue) is not None
+    with open(tmp_path / "out", "wb") as plain:
+        splicer = open_splicer(plain.fileno(), queue)
+        assert splicer is not None
+        splicer.close()
+    with open(tmp_path / "out", "ab") as appending:
+        assert open_splicer(appending.fileno(), queue) is None
+    with open(os.devnull, "wb") as null:
+        assert open_splicer(null.fileno(), queue) is None
+    a, b = socket.socketpair()
+    with a, b:
+        assert open_splicer(a.fileno(), queue) is None
+
+
+async def test_splice_into_a_pipe_exact_and_counted(
+    pipe: tuple[int, int], readiness: hub.ReadinessHub | None
+) -> None:
+    client, server = _tcp_pair()
+    stream = LeanSocketStream(server, readiness)
+    queue = OutputQueue()
+    splicer = Splicer(pipe[1], queue, None)
+    payload = os.urandom(48 * KiB)
+    with client, contextlib.closing(stream):
+        client.sendall(payload)
+        moved = 0
+        while moved < len(payload):
+            got = await stream.splice_some(splicer, 64 * KiB)
+            assert type(got) is int, "the queue is idle and the pipe has room: spliced"
+            moved += got
+        assert _read_all(pipe[0], len(payload)) == payload
+        assert queue.written == len(payload)
+        client.shutdown(socket.SHUT_WR)
+        assert await stream.splice_some(splicer, 64 * KiB) == b""
+
+
+async def test_busy_queue_or_full_pipe_fall_back_to_bytes(
+    pipe: tuple[int, int], readiness: hub.ReadinessHub | None
+) -> None:
+    """While the queue holds output, the bytes come back to be queued behind it (the order);
+    with stdout full, too (the queue's backpressure then applies)."""
+    client, server = _tcp_pair()
+    stream = LeanSocketStream(server, readiness)
+    queue = OutputQueue()
+    splicer = Splicer(pipe[1], queue, None)
+    with client, contextlib.closing(stream):
+        queue.put_nowait(b"queued first\n")
+        client.sendall(b"after it")
+        assert await stream.splice_some(splicer, 64 * KiB) == b"after it"
+        queue.take(1 << 20)
+        queue.release(queue.used)
+        # Fill stdout (the pipe) completely.
+        os.set_blocking(pipe[1], False)
+        try:
+            while True:
+                os.write(pipe[1], b"x" * 4096)
+        except BlockingIOError:
+            pass
+        os.set_blocking(pipe[1], True)
+        client.sendall(b"stdout is full")
+        assert await stream.splice_some(splicer, 64 * KiB) == b"stdout is full"
+        assert queue.written == len(b"queued first\n")  # by the writer, none spliced
+
+
+async def test_splice_into_a_file_via_our_pipe(
+    tmp_path: Path, readiness: hub.ReadinessHub | None
+) -> None:
+    client, server = _tcp_pair()
+    stream = LeanSocketStream(server, readiness)
+    queue = OutputQueue()
+    payload = os.urandom(300 * KiB)
+    out = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT)
+    with client, contextlib.closing(stream), contextlib.closing(_Fd(out)):
+        splicer = open_splicer(out, queue)
+        assert splicer is not None
+        sender = threading.Thread(target=client.sendall, args=(payload,))
+        sender.start()
+        moved = 0
+        while moved < len(payload):
+            got = await stream.splice_some(splicer, 64 * KiB)
+            assert type(got) is int
+            moved += got
+        sender.join(10)
+        splicer.close()
+    assert (tmp_path / "out").read_bytes() == payload
+    assert queue.written == len(payload)
+
+
+# ---- end to end --------------------------------------------------------------------------
+
+CLIENT_BYTES = 8 * 1024 * KiB
+
+
+def _pattern(alphabet: bytes, size: int) -> bytes:
+    """A client's stream: its own letters, in a sequence whose order is checkable."""
+    return bytes(alphabet[(i * 7 + i // 26) % 26] for i in range(4096)) * (size // 4096)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["pipe", "file"])
+def test_two_raw_clients_exact_bytes(tmp_path: Path, target: str) -> None:
+    """Two clients stream at once into stdout (a pipe, a file): each one's bytes arrive whole
+    and in order, and the summary counts them all."""
+    out_path = tmp_path / "out"
+    with open(out_path, "wb") as out_file:
+        stdout = subprocess.PIPE if target == "pipe" else out_file
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "trio_echo", "--raw", "--port", "0", "--host", "127.0.0.1"],
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+        )
+    try:
+        assert proc.stderr is not None
+        line = b""
+        while b"listening on" not in line:
+            line = proc.stderr.readline()
+            assert line, "the server exited before listening"
+        port = int(line.rsplit(b":", 1)[1].split()[0])
+        collected = bytearray()
+        reader = None
+        if target == "pipe":
+            assert proc.stdout is not None
+            out = proc.stdout
+
+            def drain() -> None:
+                while chunk := out.read1(1 << 20):
+                    collected.extend(chunk)
+
+            reader = threading.Thread(target=drain, daemon=True)
+            reader.start()
+        payloads = [
+            _pattern(b"abcdefghijklmnopqrstuvwxyz", CLIENT_BYTES),
+            _pattern(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ", CLIENT_BYTES),
+        ]
+
+        def send(payload: bytes) -> None:
+            with socket.create_connection(("127.0.0.1", port)) as sock:
+                sock.sendall(payload)
+                sock.shutdown(socket.SHUT_WR)
+                sock.settimeout(30)
+                assert sock.recv(1) == b""  # the server closed: it read everything
+
+        senders = [threading.Thread(target=send, args=(p,)) for p in payloads]
+        for thread in senders:
+            thread.start()
+        for thread in senders:
+            thread.join(60)
+            assert not thread.is_alive()
+        proc.terminate()
+        proc.wait(timeout=30)
+        err = proc.stderr.read()
+        if reader is not None:
+            reader.join(30)
+        assert proc.returncode == 0, err
+        data = bytes(collected) if target == "pipe" else out_path.read_bytes()
+        assert len(data) == 2 * CLIENT_BYTES
+        upper, lower = bytes(range(0x41, 0x5B)), bytes(range(0x61, 0x7B))
+        assert data.translate(None, upper) == payloads[0]
+        assert data.translate(None, lower) == payloads[1]
+        assert f"{2 * CLIENT_BYTES} bytes received".encode() in err
+        assert b"Traceback" not in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.__exit__(None, None, None)  # waits, closes our ends of its pipes

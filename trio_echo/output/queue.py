@@ -69,6 +69,13 @@ class OutputQueue:
         self.waiting = 0
         self.blocked_seconds = 0.0
 
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and nothing being written (the writer releases a batch's budget
+        only once it is out), and somebody still writes: output may go straight to stdout
+        now without overtaking or splitting anybody's (:mod:`trio_echo.output.splice`)."""
+        return not self.used and not self._broken
+
     @staticmethod
     def cost(item: bytes) -> int:
         """What ``item`` counts against the budget."""

@@ -19,7 +19,7 @@ Where it applies, and why only there:
   keeps the copy path, and so does every platform without ``os.splice``.
 
 Ordering and backpressure stay the output queue's: a handler may splice only while the queue
-is *idle* (nothing queued, nothing being written: :attr:`OutputQueue.used` is 0), and the
+is *idle* (nothing queued, nothing being written: ``OutputQueue.idle``), and the
 splice is one synchronous system call in the event loop, so no other output can start or be
 under way in between: one receive's chunk is never interleaved with anybody else's output.
 When the queue is busy or stdout is full (``EAGAIN``), :meth:`Splicer.move` says so and the
@@ -35,12 +35,9 @@ import errno
 import fcntl
 import os
 import stat
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from trio_echo.output.queue import OutputQueue
-
-__all__ = ["Splicer", "open_splicer"]
+__all__ = ["Output", "Splicer", "open_splicer"]
 
 # SPLICE_F_MOVE is only a hint; SPLICE_F_NONBLOCK is what keeps the event loop from blocking
 # on a full pipe.  Both exist wherever os.splice does.
@@ -50,6 +47,15 @@ _FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
 _PIPE_BYTES = 1 << 16
 
 
+class Output(Protocol):
+    """What a :class:`Splicer` needs of the output queue (an ``OutputQueue``)."""
+
+    written: int
+
+    @property
+    def idle(self) -> bool: ...
+
+
 class Splicer:
     """Moves a socket's bytes into the output descriptor while the output queue is idle.
 
@@ -57,7 +63,7 @@ class Splicer:
     is safe because :meth:`move` never awaits.  Counts what it moves in the queue's
     ``written`` (the metrics' printed bytes)."""
 
-    def __init__(self, fd: int, queue: OutputQueue, pipe: tuple[int, int] | None) -> None:
+    def __init__(self, fd: int, queue: Output, pipe: tuple[int, int] | None) -> None:
         self.fd = fd
         self.queue = queue
         # (read end, write end) of our pipe when fd is a regular file; None for a pipe.
@@ -73,7 +79,7 @@ class Splicer:
         socket but refused by the file (ENOSPC...), for the copy path, whose writer reports
         the error.  Socket errors propagate as ``OSError``."""
         queue = self.queue
-        if not self.enabled or queue.used or queue._broken:
+        if not self.enabled or not queue.idle:
             return None
         if self._pipe is not None:
             return self._via_pipe(sock_fd, max_bytes)
@@ -119,7 +125,7 @@ class Splicer:
         self.enabled = False
 
 
-def open_splicer(fd: int, queue: OutputQueue) -> Splicer | None:
+def open_splicer(fd: int, queue: Output) -> Splicer | None:
     """A :class:`Splicer` into ``fd`` if splicing applies to it (see the module docstring),
     else None: the copy path."""
     if not hasattr(os, "splice"):

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from trio_echo.output.queue import OutputQueue
 from trio_echo.output.splice import Splicer, open_splicer
@@ -115,11 +116,10 @@ async def test_splice_into_a_pipe_exact_and_counted(
         assert await stream.splice_some(splicer, 64 * KiB) == b""
 
 
-async def test_busy_queue_or_full_pipe_fall_back_to_bytes(
+async def test_a_busy_queue_gets_the_bytes_behind_what_it_holds(
     pipe: tuple[int, int], readiness: hub.ReadinessHub | None
 ) -> None:
-    """While the queue holds output, the bytes come back to be queued behind it (the order);
-    with stdout full, too (the queue's backpressure then applies)."""
+    """While the queue holds output, the bytes come back to be queued behind it (the order)."""
     client, server = _tcp_pair()
     stream = LeanSocketStream(server, readiness)
     queue = OutputQueue()
@@ -128,19 +128,41 @@ async def test_busy_queue_or_full_pipe_fall_back_to_bytes(
         queue.put_nowait(b"queued first\n")
         client.sendall(b"after it")
         assert await stream.splice_some(splicer, 64 * KiB) == b"after it"
-        queue.take(1 << 20)
-        queue.release(queue.used)
-        # Fill stdout (the pipe) completely.
-        os.set_blocking(pipe[1], False)
-        try:
-            while True:
-                os.write(pipe[1], b"x" * 4096)
-        except BlockingIOError:
-            pass
-        os.set_blocking(pipe[1], True)
-        client.sendall(b"stdout is full")
-        assert await stream.splice_some(splicer, 64 * KiB) == b"stdout is full"
-        assert queue.written == len(b"queued first\n")  # by the writer, none spliced
+        assert queue.written == 0
+
+
+async def test_a_full_stdout_holds_the_client_back(
+    pipe: tuple[int, int], readiness: hub.ReadinessHub | None
+) -> None:
+    """stdout (the pipe) full: nothing is read from the client until it can take more, then
+    the bytes are spliced after what filled it."""
+    client, server = _tcp_pair()
+    stream = LeanSocketStream(server, readiness)
+    queue = OutputQueue()
+    splicer = Splicer(pipe[1], queue, None)
+    os.set_blocking(pipe[1], False)
+    filled = 0
+    try:
+        while True:
+            filled += os.write(pipe[1], b"x" * 4096)
+    except BlockingIOError:
+        pass
+    os.set_blocking(pipe[1], True)
+    got: list[int | bytes] = []
+    with client, contextlib.closing(stream), trio.fail_after(10):
+        client.sendall(b"waiting")
+        async with trio.open_nursery() as nursery:
+
+            async def splice() -> None:
+                got.append(await stream.splice_some(splicer, 64 * KiB))
+
+            nursery.start_soon(splice)
+            await trio.testing.wait_all_tasks_blocked()
+            assert not got, "nothing can go while stdout is full"
+            assert client.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)  # still connected
+            await trio.to_thread.run_sync(_read_all, pipe[0], filled)
+        assert got == [len(b"waiting")]
+        assert _read_all(pipe[0], len(b"waiting")) == b"waiting"
 
 
 async def test_splice_into_a_file_via_our_pipe(

@@ -22,10 +22,14 @@ Ordering and backpressure stay the output queue's: a handler may splice only whi
 is *idle* (nothing queued, nothing being written: ``OutputQueue.idle``), and the
 splice is one synchronous system call in the event loop, so no other output can start or be
 under way in between: one receive's chunk is never interleaved with anybody else's output.
-When the queue is busy or stdout is full (``EAGAIN``), :meth:`Splicer.move` says so and the
-handler receives the bytes the ordinary way and ``put``\\ s them: they wait their turn in the
-queue, and a stalled stdout blocks the writer, fills the budget and stops the handler, exactly
-as on the copy path.
+When the queue is busy, :meth:`Splicer.move` says so and the handler receives the bytes the
+ordinary way and ``put``\\ s them: they wait their turn in the queue (and a stalled stdout blocks
+the writer, fills the budget and stops the handler, as on the copy path).  When stdout is full
+(``EAGAIN`` with bytes waiting in the socket), the handler waits until it can take more
+(:meth:`Splicer.wait_for_room`) without reading its client: the client is slowed down, and
+nothing piles up in memory.  (Falling back to the copy path there instead was measured: once
+one chunk is queued the queue is rarely idle again while the client streams, and nearly every
+byte went the copy way.)
 """
 
 from __future__ import annotations
@@ -37,11 +41,15 @@ import os
 import stat
 from typing import Protocol
 
-__all__ = ["Output", "Splicer", "open_splicer"]
+import trio
+
+__all__ = ["WOULD_BLOCK", "Output", "Splicer", "open_splicer"]
 
 # SPLICE_F_MOVE is only a hint; SPLICE_F_NONBLOCK is what keeps the event loop from blocking
 # on a full pipe.  Both exist wherever os.splice does.
 _FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
+# move(): nothing moved, because the socket is empty or stdout (a pipe) is full.
+WOULD_BLOCK = -1
 # Our own pipe (regular-file stdout) holds one receive: 64 KiB is the default pipe size and the
 # handler's receive size, so one splice in always fits.
 _PIPE_BYTES = 1 << 16
@@ -68,14 +76,16 @@ class Splicer:
         self.queue = queue
         # (read end, write end) of our pipe when fd is a regular file; None for a pipe.
         self._pipe = pipe
+        self._turn = trio.Lock()  # who waits for room in stdout (wait_for_room)
         # Off for good after stdout failed: the copy path then meets the error in the writer,
         # which reports it and stops the server as it always did.
         self.enabled = True
 
     def move(self, sock_fd: int, max_bytes: int) -> int | bytes | None:
         """Splice up to ``max_bytes`` from ``sock_fd`` into the output: how many bytes went (0
-        at the end of the stream), or None if none can go now (the queue is busy, the socket
-        is empty, or stdout is full): then receive the ordinary way.  Bytes: taken from the
+        at the end of the stream); :data:`WOULD_BLOCK` if the socket is empty or stdout full
+        (the caller tells which and waits: :meth:`wait_for_room`); None if splicing cannot
+        be used now (the queue is busy): receive the ordinary way.  Bytes: taken from the
         socket but refused by the file (ENOSPC...), for the copy path, whose writer reports
         the error.  Socket errors propagate as ``OSError``."""
         queue = self.queue
@@ -86,7 +96,7 @@ class Splicer:
         try:
             moved = os.splice(sock_fd, self.fd, max_bytes, flags=_FLAGS)
         except BlockingIOError:
-            return None
+            return WOULD_BLOCK
         except OSError as exc:
             if exc.errno != errno.EPIPE:
                 raise  # the socket's (ECONNRESET, ...)
@@ -102,7 +112,7 @@ class Splicer:
         try:
             moved = os.splice(sock_fd, write_end, min(max_bytes, _PIPE_BYTES), flags=_FLAGS)
         except BlockingIOError:
-            return None
+            return WOULD_BLOCK  # our pipe is empty: the socket is
         left = moved
         try:
             while left:
@@ -115,6 +125,18 @@ class Splicer:
             return os.read(read_end, left)
         self.queue.written += moved
         return moved
+
+    async def wait_for_room(self) -> None:
+        """Wait until stdout (a pipe) can take more: the backpressure of the splicing path.
+
+        Handlers take turns (a ``trio.Lock``: Trio lets one task at a time wait on a
+        descriptor); the next one finds the pipe writable at once or waits in its turn.  A
+        regular file is always writable (and epoll refuses it): a checkpoint."""
+        if self._pipe is not None:
+            await trio.lowlevel.checkpoint()
+            return
+        async with self._turn:
+            await trio.lowlevel.wait_writable(self.fd)
 
     def close(self) -> None:
         if self._pipe is not None:

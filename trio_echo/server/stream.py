@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from trio_echo.output.splice import WOULD_BLOCK
 from trio_echo.server.hub import ReadinessHub
 
 if TYPE_CHECKING:
@@ -170,6 +171,13 @@ class LeanSocketStream(trio.abc.HalfCloseableStream):
                     moved = splicer.move(self._fd, max_bytes)
                     if moved is None:
                         data = self.socket.recv(max_bytes)
+                    elif moved == WOULD_BLOCK:
+                        # The socket is empty (the peek raises BlockingIOError: wait for the
+                        # client, below), or stdout is full: wait for stdout, the client's
+                        # bytes left in its socket (the backpressure).
+                        self.socket.recv(1, socket.MSG_PEEK)
+                        await splicer.wait_for_room()
+                        continue
                     elif type(moved) is int:
                         # Not "drained" after a short splice: stdout may have taken less than
                         # was waiting, and the hub is edge-triggered (see receive_some).

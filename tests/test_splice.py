@@ -10,16 +10,21 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import select
+import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 import trio
 import trio.testing
+from conftest import EVENT_TIMEOUT, assert_no_traceback
 
 from trio_echo.output.queue import OutputQueue
 from trio_echo.output.splice import Splicer, open_splicer
@@ -266,3 +271,31 @@ def test_two_raw_clients_exact_bytes(tmp_path: Path, target: str) -> None:
         if proc.poll() is None:
             proc.kill()
         proc.__exit__(None, None, None)  # waits, closes our ends of its pipes
+
+
+def test_a_stalled_stdout_holds_the_client_and_shutdown_is_graceful(start_server, connect):
+    """Nobody reads stdout: the client stalls with nothing taken beyond what the pipe holds
+    (the server reads no more than stdout takes), SIGTERM closes it after the grace period,
+    and the server exits 0 at once: nothing accepted is left to drain."""
+    server = start_server("--raw", "--grace", "0.5", read_stdout=False)
+    client = connect(server.port)
+    client.setblocking(False)
+    block = b"x" * 65536
+    sent = 0
+    while select.select([], [client], [], 0.5)[1]:  # until the client cannot send any more
+        with contextlib.suppress(BlockingIOError):
+            sent += client.send(block)
+    signalled = server.send_signal(signal.SIGTERM)
+    server.wait(timeout=0.5 + EVENT_TIMEOUT)
+    elapsed = time.monotonic() - signalled
+    assert server.proc.returncode == 0
+    assert elapsed < 0.5 + 1.0
+    stderr = server.all_stderr()
+    assert_no_traceback(stderr)
+    # What the server counted is what the pipe took: read it all.
+    assert server.proc.stdout is not None
+    printed = len(server.proc.stdout.read())
+    match = re.search(r"served 1 connection, (\d+) bytes received", stderr)
+    assert match, stderr
+    assert int(match[1]) == printed
+    assert 0 < printed < sent

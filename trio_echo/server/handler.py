@@ -120,6 +120,7 @@ class Handler:
                 if (
                     splicer is not None
                     and splice_some is not None
+                    and config.accelerate
                     and stream is accepted
                     and not echo
                     and config.output_format is OutputFormat.RAW

@@ -147,7 +147,7 @@ class LeanSocketStream(trio.abc.HalfCloseableStream):
 
     async def splice_some(self, splicer: Splicer, max_bytes: int) -> int | bytes:
         """Like :meth:`receive_some`, but the bytes go straight into the output when they can
-        (``--raw`` to a pipe or a file, :mod:`trio_echo.output.splice`): how many were
+        (``--raw`` to a pipe, :mod:`trio_echo.output.splice`): how many were
         spliced, or the bytes received as usual when they could not go now (the output queue
         busy, stdout full); ``b""`` at the end of the stream.
 
@@ -178,13 +178,11 @@ class LeanSocketStream(trio.abc.HalfCloseableStream):
                         self.socket.recv(1, socket.MSG_PEEK)
                         await splicer.wait_for_room()
                         continue
-                    elif type(moved) is int:
+                    else:
                         # Not "drained" after a short splice: stdout may have taken less than
                         # was waiting, and the hub is edge-triggered (see receive_some).
                         self._drained = False
                         return moved if moved else b""
-                    else:
-                        return moved  # taken but refused by the file: the copy path's now
                 except BlockingIOError:
                     self._waiting = True
                     await self._wait_readable()

@@ -58,7 +58,7 @@ class OutputQueue:
         self._broken = False  # the writer is gone: nobody will print anything any more
         # Set by the writer when stdout is /dev/null: see put_nowait.
         self._write_through: int | None = None
-        # Set by the writer when stdout is a pipe or a file and splicing applies: raw handlers
+        # Set by the writer when stdout is a pipe and splicing applies: raw handlers
         # may move their bytes straight into it while this queue is idle (output/splice.py).
         self.splicer: Splicer | None = None
         # For the metrics (trio_echo.metrics): the bytes written out (by the writer, or

@@ -42,7 +42,7 @@ async def write_stdout(
     if inline:
         queue._write_through = fd
     elif not framed:
-        # A pipe or a file: --raw handlers may splice into it while we are idle.
+        # A pipe: --raw handlers may splice into it while we are idle (else None).
         queue.splicer = open_splicer(fd, queue)
     try:
         await _drain(queue, reader, fd, inline=inline, framed=framed)

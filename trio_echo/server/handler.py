@@ -113,7 +113,7 @@ class Handler:
                 # Our stream's echo without a second scheduler trip (see its docstring).
                 send_nowait = getattr(stream, "send_some_nowait", None)
                 size, echo, idle = config.receive_size, config.echo, config.idle_timeout
-                # --raw into a pipe or a file: zero-copy splicing where the stream can
+                # --raw into a pipe: zero-copy splicing where the stream can
                 # (output/splice.py); the bytes it moves come back as a count, not bytes.
                 splicer = output.splicer if output is not None else None
                 splice_some = getattr(stream, "splice_some", None)

@@ -80,7 +80,9 @@ def perf(session: nox.Session) -> None:
     to exit 0 in <= 1.5 s; metrics overhead: trio-metrics ÷ trio >= 0.97x (median of runs in
     turns) on echo 100 × 64 B and 1000 × 1 KiB and on --raw and text streaming; issue 16: in
     both echo scenarios trio ÷ asyncio >= 1.0x (medians) with trio's slowest run >= 0.95x
-    asyncio's median, and trio ÷ uvloop >= 1.0x (medians; the moonshot).  A failure
+    asyncio's median, and trio ÷ uvloop >= 1.0x (medians; the moonshot); then --raw streaming
+    into a pipe and a file >= 1.0x the threads model and >= 0.8x the C sink (median of 5 runs
+    in turns, build/perf-raw.json).  A failure
     measured while other work took the CPU says so (run again on a quiet machine).  Writes
     build/perf.json.  Arguments after -- replace the defaults, e.g.
     `nox -s perf -- --quick --check`.  Not part of CI: the figures need a quiet machine."""
@@ -97,6 +99,14 @@ def perf(session: nox.Session) -> None:
         "build/perf.json",
     ]
     session.run("python", "-m", "trio_echo", "bench", *args)
+    if not session.posargs:
+        # Issue 16's raw streaming targets: into a pipe and a file, trio against the threads
+        # model and the C sink, in turns (about 40 s).
+        session.run(
+            "python", "-m", "trio_echo", "bench", "--models", "trio,threads,c-sink",
+            "--scenarios", "stream_into", "--duration", "2", "--repeats", "5",
+            "--check", "--json", "build/perf-raw.json",
+        )  # fmt: skip
 
 
 # The revision the core server's rewrite (serve_listeners, our own Listener and stream) is

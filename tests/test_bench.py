@@ -197,7 +197,7 @@ def test_the_median_run_is_the_middle_one():
 def test_bench_models_put_the_reference_and_the_trio_variants_after_trio():
     names = list(bench_models())
     assert names[:4] == ["trio", "trio-bare", "trio-w2", "trio-nohub"]
-    assert set(names) == {*MODELS, "trio-bare", "trio-w2", "trio-nohub", "trio-metrics"}
+    assert set(names) == {*MODELS, "trio-bare", "trio-w2", "trio-nohub", "trio-metrics", "c-sink"}
     # All three are the bench's: the CLI's --model does not know them.
     assert "trio-bare" not in MODELS
     assert "trio-w2" not in MODELS
@@ -826,7 +826,11 @@ def test_a_baseline_that_cannot_be_run_is_one_line_and_status_1():
 QUICK_MODELS = ("trio", "trio-w2", "trio-metrics")
 # ...in the scenarios this test checks in detail (correctness, costs, latency and the rest
 # have tests of their own, and run here in the stress session's whole run).
-QUICK_SCENARIOS = ("article", "echo_100x64", "stream_", "storm_busy", "shutdown", "c10k")
+# (Raw streaming into a file runs in the stress session only: the pipe's is the same splicing.)
+QUICK_SCENARIOS = (
+    *("article", "echo_100x64", "stream_raw", "stream_text", "stream_into_pipe"),
+    *("storm_busy", "shutdown", "c10k"),
+)
 
 
 @needs_cc

@@ -561,11 +561,14 @@ def test_idle_timeout_closes_a_silent_client_one_at_a_time(serve, connect):
 
 # Not sync: by design a stalled stdout blocks that whole server until it moves.
 @pytest.mark.parametrize("model", AT_ONCE, indirect=True)
-def test_stalled_stdout_does_not_keep_a_stopped_server_alive(serve, connect):
+def test_stalled_stdout_does_not_keep_a_stopped_server_alive(serve, model, connect):
     # Nobody reads stdout: the client stalls (backpressure), then SIGTERM.  The client is closed
     # after the grace period; stdout then gets the grace period (at least 1 s) to take the rest,
-    # and the server gives up with one line and status 1 instead of hanging forever.
-    server = serve("--raw", "--grace", "0.5", read_stdout=False)
+    # and the server gives up with one line and status 1 instead of hanging forever.  (The trio
+    # model's splicing holds the client back without taking its bytes first, so nothing is
+    # left to drain: tests/test_splice.py; here its copy path, without accelerators.)
+    copy_path = ("--no-accelerator",) if model == "trio" else ()
+    server = serve("--raw", "--grace", "0.5", *copy_path, read_stdout=False)
     client = connect(server.port)
     client.setblocking(False)
     block = b"x" * 65536

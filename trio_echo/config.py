@@ -105,7 +105,8 @@ class Config:
     # (worker, conn) names a connection across the workers.
     worker_id: int | None = attrs.field(default=None, validator=_optional_positive)
     # Use the optional accelerators where the platform has them (the epoll readiness hub,
-    # trio_echo.server.hub); False reads sockets through Trio alone (--no-accelerator).
+    # trio_echo.server.hub; splicing --raw output, trio_echo.output.splice); False reads
+    # sockets through Trio alone and copies output (--no-accelerator).
     accelerate: bool = True
     # UDP (--udp; trio model only; trio_echo.server.datagram): serve datagrams on hosts/port
     # instead of TCP connections: one output record per datagram, --echo sends it back.

@@ -156,6 +156,14 @@ class Connection:
             return b""
         return self.assembler.feed(data) if self.assembler else data
 
+    def spliced(self, size: int) -> None:
+        """Count ``size`` bytes that went from the client's socket straight to stdout
+        (:mod:`trio_echo.output.splice`, ``--raw``): received like :meth:`feed`'s, never
+        seen by Python."""
+        self.last_received = _monotonic()
+        self.received += size
+        self.stats.bytes_received += size
+
     def finish(self) -> bytes:
         """Count the client out and log it; return the last output (partial line, close event)."""
         duration = time.monotonic() - self.started

@@ -18,13 +18,14 @@ from typing import Any
 
 import attrs
 
-from trio_echo.bench import bare
+from trio_echo.bench import bare, csink
 from trio_echo.bench.scenarios import Context
 from trio_echo.bench.server import METRICS, NOHUB, VARIANTS, W2
 from trio_echo.models import MODELS, Model
 
 __all__ = [
     "BARE_MODEL",
+    "C_SINK_MODEL",
     "METRICS_MODEL",
     "NOHUB_MODEL",
     "REFERENCES",
@@ -43,8 +44,13 @@ BARE_MODEL = Model(
     "trio_echo.bench.bare:main",
     unsupported=bare.UNSUPPORTED,
 )
+# The C reference for raw streaming (issue 16): ``sink.c``, started by
+# :func:`.server.server_command` like the bare reference.
+C_SINK_MODEL = Model(
+    csink.C_SINK, csink.SUMMARY, "trio_echo.bench.csink:build", unsupported=csink.UNSUPPORTED
+)
 # Why each reference cannot run a scenario, after "does not support --flag".
-REFERENCES = {bare.BARE: bare.WHY_UNSUPPORTED}
+REFERENCES = {bare.BARE: bare.WHY_UNSUPPORTED, csink.C_SINK: csink.WHY_UNSUPPORTED}
 
 # The trio model with two worker processes: the trio model (same entry, same flags supported),
 # started as ``python -m trio_echo --model trio --workers 2`` (:func:`.server.server_command`).
@@ -79,7 +85,7 @@ def bench_models() -> dict[str, Model]:
     """Every model the bench knows, in report order: the CLI's, with the reference, the
     2-worker trio, the trio without accelerator and the watched trio right after trio."""
     found: dict[str, Model] = {}
-    ours = (BARE_MODEL, W2_MODEL, NOHUB_MODEL, METRICS_MODEL)
+    ours = (BARE_MODEL, W2_MODEL, NOHUB_MODEL, METRICS_MODEL, C_SINK_MODEL)
     for name, model in MODELS.items():
         found[name] = model
         if name == "trio":

@@ -246,6 +246,12 @@ HOW: tuple[tuple[str, str], ...] = (
     ("costs", "see *Where the time goes* below"),
     ("latency", "see *Latency under load, open loop* below"),
     (
+        "stream_into",
+        "`--raw` streaming as below, but stdout is a pipe read by `cat` into /dev/null, or a "
+        "regular file (emptied before each run): where the trio model splices "
+        "(docs/performance.md, round 3)",
+    ),
+    (
         "stream_raw",
         "one client writes blocks as fast as the server reads them, then half-closes; the "
         "clock stops when the server closes, so bytes left in kernel buffers do not count; "

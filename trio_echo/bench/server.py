@@ -37,6 +37,7 @@ from typing import IO, Any
 
 import attrs
 
+from trio_echo.bench import csink
 from trio_echo.bench.bare import BARE
 from trio_echo.bench.machine import (
     Counters,
@@ -112,6 +113,8 @@ def server_command(model: str, flags: Sequence[str]) -> list[str]:
     reference (:mod:`.bare`), which is no model of the CLI."""
     if model == BARE:
         return [sys.executable, "-m", "trio_echo.bench.bare", "--port", "0", *flags]
+    if model == csink.C_SINK:
+        return csink.command()
     variant = VARIANTS.get(model, Variant(model, ()))
     return [
         sys.executable,

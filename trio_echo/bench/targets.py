@@ -324,6 +324,26 @@ TARGETS: tuple[Target, ...] = (
     ),
 )
 
+# Raw streaming (issue 16): where a consumer reads stdout (a pipe, a file), the trio model (which
+# splices there, trio_echo/output/splice.py) against the threads model and the C sink
+# (c-sink, sink.c), medians of runs taken in turns: ``bench --models trio,threads,c-sink
+# --scenarios stream_into`` (the second run of ``nox -s perf``).
+THREADS, C_SINK = "threads", "c-sink"
+RAW_INTO = (("stream_into_pipe", "a pipe"), ("stream_into_file", "a file"))
+TARGETS += tuple(
+    Target(
+        f"{key}_vs_{short}",
+        f"stream --raw into {what} MB/s: trio ÷ {reference}",
+        Figure(TRIO, key, "mb_per_s"),
+        ">=",
+        threshold,
+        Figure(reference, key, "mb_per_s"),
+        "×",
+    )
+    for key, what in RAW_INTO
+    for reference, short, threshold in ((THREADS, "threads", 1.0), (C_SINK, "c_sink", 0.8))
+)
+
 # What --metrics may cost (issue 15): "nothing on the per-request hot path may cost more than a
 # counter increment", checked as the watched trio (trio-metrics, scraped every second of its
 # runs) over trio, in each echo and streaming scenario of the issue: (scenario, title, figure).

@@ -9,12 +9,15 @@ so memory would grow with the number of clients; bounding the bytes bounds the t
 from __future__ import annotations
 
 import collections
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 
 from trio_echo.config import DEFAULT_QUEUE_BYTES
 from trio_echo.output.stdout import write_batch
+
+if TYPE_CHECKING:
+    from trio_echo.output.splice import Splicer
 
 __all__ = ["ITEM_OVERHEAD", "OutputQueue", "OutputReader", "Waiter", "open_output_queue"]
 
@@ -55,6 +58,9 @@ class OutputQueue:
         self._broken = False  # the writer is gone: nobody will print anything any more
         # Set by the writer when stdout is /dev/null: see put_nowait.
         self._write_through: int | None = None
+        # Set by the writer when stdout is a pipe and splicing applies: raw handlers
+        # may move their bytes straight into it while this queue is idle (output/splice.py).
+        self.splicer: Splicer | None = None
         # For the metrics (trio_echo.metrics): the bytes written out (by the writer, or
         # here when writing through), the handlers waiting for room now, and the seconds
         # they have spent waiting in all -- backpressure made visible.  Counted per batch
@@ -62,6 +68,13 @@ class OutputQueue:
         self.written = 0
         self.waiting = 0
         self.blocked_seconds = 0.0
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and nothing being written (the writer releases a batch's budget
+        only once it is out), and somebody still writes: output may go straight to stdout
+        now without overtaking or splitting anybody's (:mod:`trio_echo.output.splice`)."""
+        return not self.used and not self._broken
 
     @staticmethod
     def cost(item: bytes) -> int:

@@ -21,6 +21,7 @@ import trio
 
 from trio_echo.output.frames import frame_header
 from trio_echo.output.queue import ITEM_OVERHEAD, OutputQueue, OutputReader
+from trio_echo.output.splice import open_splicer
 from trio_echo.output.stdout import WRITE_BATCH_BYTES, never_blocks, write_batch
 
 __all__ = ["write_stdout"]
@@ -40,6 +41,20 @@ async def write_stdout(
     inline = never_blocks(fd) and not framed
     if inline:
         queue._write_through = fd
+    elif not framed:
+        # A pipe: --raw handlers may splice into it while we are idle (else None).
+        queue.splicer = open_splicer(fd, queue)
+    try:
+        await _drain(queue, reader, fd, inline=inline, framed=framed)
+    finally:
+        if queue.splicer is not None:
+            queue.splicer.close()
+            queue.splicer = None
+
+
+async def _drain(
+    queue: OutputQueue, reader: OutputReader, fd: int, *, inline: bool, framed: bool
+) -> None:
     async with reader:
         while await queue.wait_for_items():
             batch, cost = queue.take(WRITE_BATCH_BYTES)

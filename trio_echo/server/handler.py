@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import math
 import ssl
+from collections.abc import Awaitable, Callable
+from functools import partial
 
 import attrs
 import trio
@@ -29,6 +31,7 @@ from trio_echo.connection import Connection
 from trio_echo.logs import LOGGER
 from trio_echo.net.proxy_protocol import HEADER_TIMEOUT, ProxyHeader, ProxyProtocolError, parse
 from trio_echo.net.tls import CLOSE_TIMEOUT, describe_ssl_error
+from trio_echo.output.format import OutputFormat
 from trio_echo.output.queue import OutputQueue
 from trio_echo.server.listener import peer_address
 from trio_echo.server.shutdown import Registry
@@ -105,12 +108,26 @@ class Handler:
                 refused = None
                 if config.max_bytes is not None:
                     stream = limited = LimitedStream(stream, config.max_bytes)
+                receive: Callable[[int], Awaitable[bytes | bytearray | int]]
                 receive, send, feed = stream.receive_some, stream.send_all, conn.feed
                 stats = self.stats
                 # Our stream's echo without a second scheduler trip (see its docstring).
                 send_nowait = getattr(stream, "send_some_nowait", None)
                 size, echo, idle = config.receive_size, config.echo, config.idle_timeout
                 printing = output is not None and conn.printing
+                # --raw into a pipe: zero-copy splicing where the stream can
+                # (output/splice.py); the bytes it moves come back as a count, not bytes.
+                splicer = output.splicer if output is not None else None
+                splice_some = getattr(stream, "splice_some", None)
+                if (
+                    splicer is not None
+                    and splice_some is not None
+                    and config.accelerate
+                    and stream is accepted
+                    and not echo
+                    and config.output_format is OutputFormat.RAW
+                ):
+                    receive = partial(splice_some, splicer)
                 if output is not None:
                     await output.put(conn.opened(), conn)
                 if echo and idle is None and not printing and isinstance(stream, LeanSocketStream):
@@ -140,6 +157,9 @@ class Handler:
                         if not data:
                             break
                         if type(data) is not bytes:
+                            if type(data) is int:  # spliced straight to stdout
+                                conn.spliced(data)
+                                continue
                             data = bytes(data)  # the Stream ABC allows a bytearray
                         printed = feed(data)
                         if printed and output is not None:

@@ -31,10 +31,15 @@ from __future__ import annotations
 import errno
 import math
 import socket
+from typing import TYPE_CHECKING
 
 import trio
 
+from trio_echo.output.splice import WOULD_BLOCK
 from trio_echo.server.hub import ReadinessHub
+
+if TYPE_CHECKING:
+    from trio_echo.output.splice import Splicer
 
 __all__ = ["LeanSocketStream"]
 
@@ -134,6 +139,59 @@ class LeanSocketStream(trio.abc.HalfCloseableStream):
                     data = self.socket.recv(max_bytes)
                 except BlockingIOError:
                     # Readable, yet nothing to read (a stale or raced wakeup): wait again.
+                    self._waiting = True
+                    await self._wait_readable()
+                    self._waiting = False
+                    continue
+                except OSError as exc:
+                    if self._closed:
+                        raise trio.ClosedResourceError("this stream was closed") from None
+                    raise _translate(exc) from exc
+                self._drained = len(data) < max_bytes
+                return data
+        finally:
+            self._receiving = False
+            self._waiting = False
+
+    async def splice_some(self, splicer: Splicer, max_bytes: int) -> int | bytes:
+        """Like :meth:`receive_some`, but the bytes go straight into the output when they can
+        (``--raw`` to a pipe, :mod:`trio_echo.output.splice`): how many were
+        spliced, or the bytes received as usual when they could not go now (the output queue
+        busy, stdout full); ``b""`` at the end of the stream.
+
+        The same contract as ``receive_some``: one checkpoint per call, the same waits (so
+        :meth:`end_receiving` ends it alike), errors translated alike."""
+        if self._receiving:
+            raise trio.BusyResourceError("another task is already receiving on this stream")
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            raise trio.ClosedResourceError("this stream was closed")
+        self._receiving = True
+        try:
+            if self._drained:
+                self._waiting = True
+                await self._wait_readable()
+                self._waiting = False
+            else:
+                await trio.lowlevel.checkpoint()
+            while True:
+                try:
+                    moved = splicer.move(self._fd, max_bytes)
+                    if moved is None:
+                        data = self.socket.recv(max_bytes)
+                    elif moved == WOULD_BLOCK:
+                        # The socket is empty (the peek raises BlockingIOError: wait for the
+                        # client, below), or stdout is full: wait for stdout, the client's
+                        # bytes left in its socket (the backpressure).
+                        self.socket.recv(1, socket.MSG_PEEK)
+                        await splicer.wait_for_room()
+                        continue
+                    else:
+                        # Not "drained" after a short splice: stdout may have taken less than
+                        # was waiting, and the hub is edge-triggered (see receive_some).
+                        self._drained = False
+                        return moved if moved else b""
+                except BlockingIOError:
                     self._waiting = True
                     await self._wait_readable()
                     self._waiting = False

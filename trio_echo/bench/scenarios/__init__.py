@@ -106,6 +106,17 @@ def scenarios_for(sizes: Sizes) -> list[Scenario]:
             stream.stream_session("raw", sizes.stream_block),
         )
     )
+    # Raw streaming where a consumer reads (and the trio model splices): issue 16's target.
+    for into, what in (("pipe", "into a pipe"), ("file", "into a file")):
+        found.append(
+            Scenario(
+                f"stream_into_{into}",
+                f"stream --raw {what}, {_size_label(sizes.stream_block)}B writes",
+                ("--raw",),
+                stream.stream("raw", sizes.stream_block, into),
+                stream.stream_session("raw", sizes.stream_block, into),
+            )
+        )
     for line in sizes.text_lines:
         found.append(
             Scenario(

@@ -1,0 +1,71 @@
+"""``c-sink``: the bench's C reference for raw streaming (``sink.c``, compiled on first use).
+
+Why: "how fast can a print server take one client's stream" has an answer that does not depend
+on Python: a C loop of ``read``/``write`` through one 64 KiB buffer, which is what ``nc -l``
+does.  The raw streaming target (issue 16) is the trio model's MB/s over this one's, measured
+in the same bench run (``bench --models trio,threads,c-sink --scenarios stream_raw,stream_into``).
+
+Built like the load generator (:func:`trio_echo.bench.loadgen.build`): the source ships as
+package data, compiled with ``cc -O2`` into the same cache, keyed by the source's hash.  It only
+streams raw bytes to stdout: every scenario that needs anything else is skipped for it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from importlib import resources
+from pathlib import Path
+
+from trio_echo.bench.loadgen import CFLAGS, LoadgenError, cache_dir
+
+__all__ = ["C_SINK", "SUMMARY", "UNSUPPORTED", "WHY_UNSUPPORTED", "build", "command"]
+
+C_SINK = "c-sink"
+SUMMARY = (
+    "reference: a C server that accepts one client at a time and copies what it sends to "
+    "stdout with read()/write() through a 64 KiB buffer (sink.c): the raw streaming ceiling"
+)
+# Every flag of the bench's scenarios but --raw (what it does anyway).
+UNSUPPORTED = frozenset(
+    {"--echo", "--quiet", "--format", "--grace", "--max-connections", "--idle-timeout"}
+)
+WHY_UNSUPPORTED = "the C sink only copies raw bytes to stdout"
+SOURCE_NAME = "sink.c"
+
+
+def build() -> Path:
+    """The compiled sink, compiling it if its source is new (into a temporary file renamed
+    into place, so two bench runs at once never run a half-written binary)."""
+    code = resources.files(__package__).joinpath(SOURCE_NAME).read_bytes()
+    digest = hashlib.sha256(code + " ".join(CFLAGS).encode()).hexdigest()[:16]
+    target = cache_dir() / f"sink-{digest}"
+    if target.is_file() and os.access(target, os.X_OK):
+        return target
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise LoadgenError("no C compiler found (install gcc or set CC): the C sink needs one")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        src = Path(tmp) / SOURCE_NAME
+        src.write_bytes(code)
+        out = Path(tmp) / "sink"
+        result = subprocess.run(
+            [compiler, *CFLAGS, "-o", str(out), str(src)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            first = (result.stderr.strip().splitlines() or ["no output"])[0]
+            raise LoadgenError(f"cannot compile the C sink with {compiler}: {first}")
+        os.replace(out, target)
+    return target
+
+
+def command() -> list[str]:
+    """The sink's command line (on a free port)."""
+    return [str(build()), "-p", "0"]

@@ -324,21 +324,22 @@ TARGETS: tuple[Target, ...] = (
     ),
 )
 
-# Raw streaming (issue 16): where a consumer reads stdout (a pipe, a file), the trio model (which
-# splices there, trio_echo/output/splice.py) against the threads model and the C sink
-# (c-sink, sink.c), medians of runs taken in turns: ``bench --models trio,threads,c-sink
-# --scenarios stream_into`` (the second run of ``nox -s perf``).
+# Raw streaming (issue 16) into a pipe or a file: trio (splicing into a pipe: output/splice.py)
+# against the threads model and the C sink (sink.c), medians of runs in turns (nox -s perf).
 THREADS, C_SINK = "threads", "c-sink"
 RAW_INTO = (("stream_into_pipe", "a pipe"), ("stream_into_file", "a file"))
+
+
+def _at_least(key: str, title: str, over: Figure, threshold: float, under: Figure) -> Target:
+    """The target ``over ÷ under >= threshold``."""
+    return Target(key, title, over, ">=", threshold, under, "×")
+
+
 TARGETS += tuple(
-    Target(
+    _at_least(
         f"{key}_vs_{short}",
         f"stream --raw into {what} MB/s: trio ÷ {reference}",
-        Figure(TRIO, key, "mb_per_s"),
-        ">=",
-        threshold,
-        Figure(reference, key, "mb_per_s"),
-        "×",
+        *(Figure(TRIO, key, "mb_per_s"), threshold, Figure(reference, key, "mb_per_s")),
     )
     for key, what in RAW_INTO
     for reference, short, threshold in ((THREADS, "threads", 1.0), (C_SINK, "c_sink", 0.8))
@@ -360,14 +361,10 @@ METRICS_FIGURES = (
 METRICS_THRESHOLD = 0.97
 
 TARGETS += tuple(
-    Target(
+    _at_least(
         f"metrics_{key}",
         f"metrics overhead, {title}: {METRICS} ÷ {TRIO}",
-        Figure(METRICS, key, field),
-        ">=",
-        METRICS_THRESHOLD,
-        Figure(TRIO, key, field),
-        "×",
+        *(Figure(METRICS, key, field), METRICS_THRESHOLD, Figure(TRIO, key, field)),
     )
     for key, title, field in METRICS_FIGURES
 )
@@ -383,32 +380,21 @@ TARGETS += tuple(
     target
     for key, title in ECHO_AHEAD
     for target in (
-        Target(
+        _at_least(
             f"ahead_{key}_asyncio",
             f"{title} median req/s: trio ÷ asyncio",
-            Figure(TRIO, key, "requests_per_s"),
-            ">=",
-            1.0,
-            Figure(ASYNCIO, key, "requests_per_s"),
-            "×",
+            *(Figure(TRIO, key, "requests_per_s"), 1.0, Figure(ASYNCIO, key, "requests_per_s")),
         ),
-        Target(
+        _at_least(
             f"ahead_{key}_asyncio_low",
             f"{title} req/s: trio's slowest run ÷ asyncio's median",
             Figure(TRIO, key, "requests_per_s_min"),
-            ">=",
-            0.95,
-            Figure(ASYNCIO, key, "requests_per_s"),
-            "×",
+            *(0.95, Figure(ASYNCIO, key, "requests_per_s")),
         ),
-        Target(
+        _at_least(
             f"ahead_{key}_uvloop",
             f"{title} median req/s: trio ÷ uvloop (the moonshot)",
-            Figure(TRIO, key, "requests_per_s"),
-            ">=",
-            1.0,
-            Figure(UVLOOP, key, "requests_per_s"),
-            "×",
+            *(Figure(TRIO, key, "requests_per_s"), 1.0, Figure(UVLOOP, key, "requests_per_s")),
         ),
     )
 )

@@ -13,14 +13,10 @@ streams raw bytes to stdout: every scenario that needs anything else is skipped 
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
-import subprocess
-import tempfile
 from importlib import resources
 from pathlib import Path
 
-from trio_echo.bench.loadgen import CFLAGS, LoadgenError, cache_dir
+from trio_echo.bench.loadgen import CFLAGS, compile_cached
 
 __all__ = ["C_SINK", "SUMMARY", "UNSUPPORTED", "WHY_UNSUPPORTED", "build", "command"]
 
@@ -42,28 +38,7 @@ def build() -> Path:
     into place, so two bench runs at once never run a half-written binary)."""
     code = resources.files(__package__).joinpath(SOURCE_NAME).read_bytes()
     digest = hashlib.sha256(code + " ".join(CFLAGS).encode()).hexdigest()[:16]
-    target = cache_dir() / f"sink-{digest}"
-    if target.is_file() and os.access(target, os.X_OK):
-        return target
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        raise LoadgenError("no C compiler found (install gcc or set CC): the C sink needs one")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        src = Path(tmp) / SOURCE_NAME
-        src.write_bytes(code)
-        out = Path(tmp) / "sink"
-        result = subprocess.run(
-            [compiler, *CFLAGS, "-o", str(out), str(src)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if result.returncode != 0:
-            first = (result.stderr.strip().splitlines() or ["no output"])[0]
-            raise LoadgenError(f"cannot compile the C sink with {compiler}: {first}")
-        os.replace(out, target)
-    return target
+    return compile_cached(code, SOURCE_NAME, CFLAGS, f"sink-{digest}", "the C sink")
 
 
 def command() -> list[str]:

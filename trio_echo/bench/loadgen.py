@@ -25,12 +25,12 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BACKENDS", "Background", "Hold", "LoadgenError", "build", "run"]
+__all__ = ["BACKENDS", "Background", "Hold", "LoadgenError", "build", "compile_cached", "run"]
 
 SOURCE_NAME = "loadgen.c"
 CFLAGS = ("-O2", "-std=gnu11", "-Wall")
@@ -84,20 +84,32 @@ def build(backend: str = "native") -> Path:
     code = source()
     digest = hashlib.sha256(code + " ".join(cflags).encode()).hexdigest()[:16]
     suffix = "" if _resolve(backend) == "native" else f"-{_resolve(backend)}"
-    target = cache_dir() / f"loadgen-{digest}{suffix}"
+    return compile_cached(
+        code, SOURCE_NAME, cflags, f"loadgen-{digest}{suffix}", "the bench's load generator"
+    )
+
+
+def compile_cached(
+    code: bytes, source_name: str, cflags: Sequence[str], name: str, what: str
+) -> Path:
+    """``code`` compiled with ``cflags`` as ``name`` in the cache (name it by a digest of the
+    code and the flags: an existing file is taken as it is).  Compiles into a temporary file and
+    renames it into place, so two bench runs at once never execute a half-written binary.
+    ``what`` names the program in the one-line errors (:class:`LoadgenError`)."""
+    target = cache_dir() / name
     if target.is_file() and os.access(target, os.X_OK):
         return target
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         raise LoadgenError(
-            "no C compiler found (install gcc, e.g. apt-get install gcc, or set CC): the bench "
-            "needs it to build its load generator"
+            f"no C compiler found (install gcc, e.g. apt-get install gcc, or set CC): {what} "
+            "is compiled on first use"
         )
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        src = Path(tmp) / SOURCE_NAME
+        src = Path(tmp) / source_name
         src.write_bytes(code)
-        out = Path(tmp) / "loadgen"
+        out = Path(tmp) / "program"
         result = subprocess.run(
             [compiler, *cflags, "-o", str(out), str(src)],
             capture_output=True,
@@ -106,7 +118,7 @@ def build(backend: str = "native") -> Path:
         )
         if result.returncode != 0:
             first = (result.stderr.strip().splitlines() or ["no output"])[0]
-            raise LoadgenError(f"cannot compile the load generator with {compiler}: {first}")
+            raise LoadgenError(f"cannot compile {what} with {compiler}: {first}")
         os.replace(out, target)
     return target
 

@@ -20,7 +20,7 @@ import trio
 from trio_echo.logs import LOGGER, NOTICE
 from trio_echo.metrics.exposition import content_type, families, render, wants_openmetrics
 from trio_echo.metrics.snapshot import Snapshot
-from trio_echo.net.bind import bind_sockets, describe_addresses, is_loopback
+from trio_echo.net.bind import bind_sockets, describe_addresses, warn_if_exposed
 
 __all__ = ["MAX_HEAD_BYTES", "MAX_SCRAPES", "REQUEST_TIMEOUT", "answer", "serve_metrics"]
 
@@ -121,14 +121,12 @@ async def serve_metrics(
     )
     addresses = [sock.getsockname() for sock in sockets]
     listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(sock)) for sock in sockets]
-    exposed = [address for address in addresses if not is_loopback(address)]
-    if exposed:
-        LOGGER.warning(
-            "metrics exposed to the network: %s %s not loopback; other machines can read "
-            "the server's counters (--metrics 127.0.0.1:PORT keeps them local)",
-            describe_addresses(exposed),
-            "is" if len(exposed) == 1 else "are",
-        )
+    warn_if_exposed(
+        addresses,
+        what="metrics ",
+        risk="other machines can read the server's counters",
+        remedy="--metrics 127.0.0.1:PORT keeps them local",
+    )
     LOGGER.log(NOTICE, "metrics at %s", ", ".join(f"http://{a}/metrics" for a in _urls(addresses)))
     limiter = trio.CapacityLimiter(MAX_SCRAPES)
     async with trio.open_nursery() as nursery:

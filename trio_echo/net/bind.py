@@ -254,16 +254,25 @@ def is_loopback(address: tuple[object, ...]) -> bool:
     return ip.is_loopback
 
 
-def warn_if_exposed(addresses: list[tuple[object, ...]]) -> None:
+def warn_if_exposed(
+    addresses: list[tuple[object, ...]],
+    *,
+    what: str = "",
+    risk: str = "other machines can connect and have their data printed",
+    remedy: str = "--host 127.0.0.1 keeps the server local",
+) -> None:
     """One warning line naming the bound addresses that are not loopback: a server that prints
-    whatever it is sent must not be opened to the network by accident (every model)."""
+    whatever it is sent must not be opened to the network by accident (every model); nor its
+    metrics endpoint (``what``, ``risk`` and ``remedy`` say so in its words)."""
     exposed = [address for address in addresses if not is_loopback(address)]
     if exposed:
         LOGGER.warning(
-            "exposed to the network: %s %s not loopback; other machines can connect and have "
-            "their data printed (--host 127.0.0.1 keeps the server local)",
+            "%sexposed to the network: %s %s not loopback; %s (%s)",
+            what,
             describe_addresses(exposed),
             "is" if len(exposed) == 1 else "are",
+            risk,
+            remedy,
         )
 
 

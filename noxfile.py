@@ -47,7 +47,7 @@ def stress(session: nox.Session) -> None:
 
 @nox.session(default=False)
 def bench(session: nox.Session) -> None:
-    """Run the full benchmark (about 25 minutes on 2 cores; every wait in it is bounded) and
+    """Run the full benchmark (about 26 minutes on 2 cores; every wait in it is bounded) and
     regenerate docs/benchmarks.{json,png,md} and docs/lab.md from it.  Not part of CI: the
     figures depend on the machine (run it on a quiet one, from committed code: the page says
     when either was not so).  Arguments after -- replace the defaults, e.g.

@@ -376,3 +376,27 @@ def test_a_refused_target_is_a_line_per_connection_and_exit_1(tmp_path: Path) ->
         )
     assert lines[2].startswith("trio-echo replay: replayed 0 of 2 connections")
     assert lines[2].endswith("; 2 failed")
+
+
+def test_ctrl_c_among_many_connecting_leaks_nothing(tmp_path: Path, listener: socket.socket) -> None:
+    """Ctrl-C while hundreds of connections are at every stage of connecting and waiting: each
+    closes its socket (under ``-W error`` a leaked one would be a ResourceWarning on stderr)."""
+    capture = tmp_path / "capture.jsonl"
+    capture.write_bytes(
+        b"".join(
+            GOOD_CAPTURE.replace(b'"conn": 1', b'"conn": %d' % conn).replace(
+                b"00.100000", b"59.000000"
+            )
+            for conn in range(1, 301)
+        )
+    )
+    port = listener.getsockname()[1]
+    command = [*STRICT_REPLAY, str(capture), "--to", f"127.0.0.1:{port}", "--speed", "1"]
+    with subprocess.Popen(command, stderr=subprocess.PIPE, text=True) as proc:
+        listener.settimeout(EVENT_TIMEOUT)
+        client, _ = listener.accept()  # the first is connected; the rest are on their way
+        with client:
+            proc.send_signal(signal.SIGINT)
+            _, stderr = proc.communicate(timeout=EVENT_TIMEOUT)
+    assert proc.returncode == 130
+    assert stderr == "trio-echo replay: error: interrupted\n"

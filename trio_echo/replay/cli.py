@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import signal
 import socket
 import sys
 from collections.abc import Sequence
@@ -78,7 +79,7 @@ def main(argv: Sequence[str]) -> int:
     try:
         return _replay(args)
     except KeyboardInterrupt:  # while reading a large capture, or resolving
-        return _fail("interrupted", 128 + 2)
+        return _fail("interrupted", 128 + signal.SIGINT)
 
 
 def _replay(args: argparse.Namespace) -> int:
@@ -87,7 +88,7 @@ def _replay(args: argparse.Namespace) -> int:
 
     from trio_echo.cli.failures import describe_failure, raise_fd_limit
     from trio_echo.replay.capture import CaptureError, read_capture
-    from trio_echo.replay.play import ConnectionResult, Target, replay
+    from trio_echo.replay.play import ConnectionResult, ReplayResult, Target, replay
 
     try:
         capture = read_capture(args.capture)
@@ -110,14 +111,35 @@ def _replay(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
 
+    async def replay_until_interrupted() -> ReplayResult | None:
+        # Ctrl-C arrives as a message, not as a KeyboardInterrupt raised wherever the code
+        # happens to be (say, between a connect and the ``async with`` that would close its
+        # socket): every connection is cancelled at a checkpoint and closes what it holds.
+        outcome: ReplayResult | None = None
+        with trio.open_signal_receiver(signal.SIGINT) as signals:
+            async with trio.open_nursery() as nursery:
+
+                async def play() -> None:
+                    nonlocal outcome
+                    outcome = await replay(capture, target, args.speed, report)
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(play)
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+                    break
+        return outcome
+
     try:
-        outcome = trio.run(replay, capture, target, args.speed, report)
+        outcome = trio.run(replay_until_interrupted)
     except BaseException as exc:
         if isinstance(exc, SystemExit):
             raise
         # Ctrl-C (however deep in exception groups): 130 and one line, like anything else.
         status, message = describe_failure(exc)
         return _fail(message or "interrupted", status)
+    if outcome is None:
+        return _fail("interrupted", 128 + signal.SIGINT)
     failed = len(outcome.failed)
     total = len(outcome.results)
     done = f"{total - failed} of {total}" if failed else f"{total}"

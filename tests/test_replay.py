@@ -378,7 +378,9 @@ def test_a_refused_target_is_a_line_per_connection_and_exit_1(tmp_path: Path) ->
     assert lines[2].endswith("; 2 failed")
 
 
-def test_ctrl_c_among_many_connecting_leaks_nothing(tmp_path: Path, listener: socket.socket) -> None:
+def test_ctrl_c_among_many_connecting_leaks_nothing(
+    tmp_path: Path, listener: socket.socket
+) -> None:
     """Ctrl-C while hundreds of connections are at every stage of connecting and waiting: each
     closes its socket (under ``-W error`` a leaked one would be a ResourceWarning on stderr)."""
     capture = tmp_path / "capture.jsonl"

@@ -7,11 +7,16 @@ deterministic instead of a hung test.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
+import pytest
 import trio
 import trio.testing
 
 from trio_echo.config import DEFAULT_QUEUE_BYTES
 from trio_echo.output.queue import OutputQueue, open_output_queue
+from trio_echo.output.stdout import StdoutError
 
 CHUNK = b"x" * (1 << 20)
 
@@ -80,3 +85,45 @@ async def test_an_item_larger_than_the_budget_still_goes_through_async_for(
             nursery.start_soon(produce)
             assert [item async for item in reader] == items
     assert queue.used == 0
+
+
+async def test_writing_through_a_file_in_order_until_a_write_is_slow(tmp_path: Path) -> None:
+    """Items go straight into the file as they are put; once a write took longer than
+    ``slow``, they queue for the writer task (which writes from a worker thread), in order."""
+    path = tmp_path / "out"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        queue, _ = open_output_queue()
+        queue.write_through(fd)  # never slow
+        queue.put_nowait(b"one\n")
+        await queue.put(b"two\n")
+        assert path.read_bytes() == b"one\ntwo\n"
+        assert (queue.used, queue.written) == (0, 8)
+        queue.write_through(fd, slow=0.0)  # every write is slow: the first one ends it
+        queue.put_nowait(b"three\n")
+        assert path.read_bytes() == b"one\ntwo\nthree\n"
+        assert not queue.writing_through
+        queue.put_nowait(b"four\n")
+        assert path.read_bytes() == b"one\ntwo\nthree\n"  # queued for the writer now
+        (item,), cost = queue.take(0)
+        assert item == b"four\n"
+        assert cost == queue.used
+    finally:
+        os.close(fd)
+
+
+async def test_a_failure_while_writing_through_is_raised_by_the_writer(tmp_path: Path) -> None:
+    """stdout failing under a handler's put is the writer's to report, as for its own
+    writes: the handler goes on, the writer raises it."""
+    fd = os.open(tmp_path / "read-only", os.O_RDONLY | os.O_CREAT)
+    try:
+        queue, reader = open_output_queue()
+        queue.write_through(fd)
+        queue.put_nowait(b"lost\n")  # EBADF: no exception here
+        with pytest.raises(StdoutError, match="cannot write to stdout"):
+            async with reader:
+                await queue.wait_for_items()
+        await queue.put(b"x" * (1 << 20))  # the writer is gone: nothing waits, nothing kept
+        assert queue.used == 0
+    finally:
+        os.close(fd)

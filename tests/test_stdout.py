@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from trio_echo.output.stdout import StdoutClosed, StdoutError, never_blocks, write_all, write_batch
+from trio_echo.output.stdout import (
+    StdoutClosed,
+    StdoutError,
+    never_blocks,
+    on_local_disk,
+    write_all,
+    write_batch,
+)
 
 
 def _through_a_pipe(write: Callable[[int], None]) -> bytes:
@@ -77,4 +84,36 @@ def test_only_dev_null_never_blocks(tmp_path: Path) -> None:
         assert not never_blocks(file_fd)  # closed: not a descriptor at all
     finally:
         for fd in (null, read_fd, write_fd):
+            os.close(fd)
+
+
+def test_a_file_on_a_local_disk_may_be_written_from_the_event_loop(tmp_path: Path) -> None:
+    """By the file's device in the mount table: a local filesystem yes, a network one no, a
+    device the table does not know (or no table at all, as on macOS) no; and never a pipe."""
+    file_fd = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT)
+    read_fd, write_fd = os.pipe()
+    try:
+        st = os.fstat(file_fd)
+        device = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+
+        def table(filesystem: str, dev: str = device) -> str:
+            path = tmp_path / f"mountinfo-{filesystem}-{dev.replace(':', '-')}"
+            path.write_text(
+                "22 1 0:21 / /proc rw,nosuid shared:12 - proc proc rw\n"
+                f"23 1 {dev} / /data rw,relatime shared:1 - {filesystem} server:/x rw\n"
+            )
+            return str(path)
+
+        assert on_local_disk(file_fd, table("ext4"))
+        assert on_local_disk(file_fd, table("tmpfs"))
+        assert not on_local_disk(file_fd, table("nfs4"))
+        assert not on_local_disk(file_fd, table("fuse.sshfs"))
+        assert not on_local_disk(file_fd, table("ext4", dev="999:999"))
+        assert not on_local_disk(file_fd, str(tmp_path / "no-such-table"))
+        assert not on_local_disk(write_fd, table("ext4"))
+        if os.path.exists("/proc/self/mountinfo"):
+            # This machine's own table knows where the test's temporary directory is.
+            assert isinstance(on_local_disk(file_fd), bool)
+    finally:
+        for fd in (file_fd, read_fd, write_fd):
             os.close(fd)

@@ -9,12 +9,15 @@ so memory would grow with the number of clients; bounding the bytes bounds the t
 from __future__ import annotations
 
 import collections
+import math
+import time
 from typing import TYPE_CHECKING, Protocol
 
 import trio
 
 from trio_echo.config import DEFAULT_QUEUE_BYTES
-from trio_echo.output.stdout import write_batch
+from trio_echo.logs import LOGGER
+from trio_echo.output.stdout import StdoutClosed, StdoutError, write_batch
 
 if TYPE_CHECKING:
     from trio_echo.output.splice import Splicer
@@ -58,6 +61,9 @@ class OutputQueue:
         self._broken = False  # the writer is gone: nobody will print anything any more
         # Set by the writer when stdout is /dev/null: see put_nowait.
         self._write_through: int | None = None
+        self._slow_write = math.inf  # see write_through()
+        # A failure of stdout met while writing through, for the writer task to raise.
+        self.failure: StdoutClosed | StdoutError | None = None
         # Set by the writer when stdout is a pipe and splicing applies: raw handlers
         # may move their bytes straight into it while this queue is idle (output/splice.py).
         self.splicer: Splicer | None = None
@@ -117,15 +123,50 @@ class OutputQueue:
             # Nothing, or the writer is gone (stdout closed): nobody would print it.
             return
         if self._write_through is not None and not self._items:
-            # stdout is /dev/null and nothing is queued before this item: writing it here, in
-            # one piece, keeps the order and the lines whole, and saves the writer task a
-            # trip through the scheduler per item (measured in docs/performance.md).
-            write_batch(self._write_through, (item,))
-            self.written += len(item)
+            # stdout is /dev/null or a file on a local disk, and nothing is queued before
+            # this item: writing it here, in one piece, keeps the order and the lines whole,
+            # and saves the writer task a trip through the scheduler per item and a worker
+            # thread per batch (measured in docs/performance.md).
+            self._write_now(self._write_through, item)
             return
         self.used += self.cost(item)
         self._items.append(item)
         self._wake_reader()
+
+    def write_through(self, fd: int, slow: float = math.inf) -> None:
+        """From now on, write items to ``fd`` as they are put, while nothing is queued.
+
+        For descriptors whose writes do not wait for anybody (``/dev/null``, a file on a
+        local disk).  A write that takes longer than ``slow`` seconds (a disk the kernel
+        holds writers back for) ends this for good: then items queue for the writer task,
+        which writes from a worker thread, and the event loop is never held that long again.
+        """
+        self._write_through = fd
+        self._slow_write = slow
+
+    @property
+    def writing_through(self) -> bool:
+        return self._write_through is not None
+
+    def _write_now(self, fd: int, item: bytes) -> None:
+        began = time.perf_counter()
+        try:
+            write_batch(fd, (item,))
+        except (StdoutClosed, StdoutError) as exc:
+            # stdout failed: the writer task reports it (wait_for_items raises it there), as
+            # it reports a failure of its own writes.
+            self._write_through = None
+            self.failure = exc
+            self._wake_reader()
+            return
+        self.written += len(item)
+        took = time.perf_counter() - began
+        if took > self._slow_write:
+            self._write_through = None
+            LOGGER.info(
+                "stdout: a write took %.0f ms: writing it from a worker thread from now on",
+                took * 1000,
+            )
 
     def release(self, cost: int) -> None:
         """The writer wrote ``cost`` worth of items: wake the handlers waiting for room.
@@ -153,6 +194,8 @@ class OutputQueue:
         """Wait until there is output to take; False once the queue is closed and empty.
         Not a checkpoint when items are already waiting (the caller's loop has its own)."""
         while not self._items:
+            if self.failure is not None:
+                raise self.failure
             if self._closed:
                 return False
             if self._reader is not None:

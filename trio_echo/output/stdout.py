@@ -20,6 +20,7 @@ __all__ = [
     "StdoutClosed",
     "StdoutError",
     "never_blocks",
+    "on_local_disk",
     "write_all",
     "write_batch",
 ]
@@ -52,6 +53,41 @@ def never_blocks(fd: int) -> bool:
         return stat.S_ISCHR(st.st_mode) and st.st_rdev == os.stat(os.devnull).st_rdev
     except OSError:
         return False
+
+
+# Filesystems whose writes land in this machine's page cache: a write to a file there returns
+# once the bytes are copied, unless the kernel holds the writer back because too much is
+# waiting for the disk (see on_local_disk).  Network and FUSE filesystems are not here: a
+# write there may wait for a server, for as long as it is unreachable.
+LOCAL_FILESYSTEMS = frozenset(
+    {"ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs", "jfs", "reiserfs", "bcachefs", "zfs"}
+    | {"tmpfs", "ramfs", "overlay"}
+)
+
+
+def on_local_disk(fd: int, mountinfo: str = "/proc/self/mountinfo") -> bool:
+    """True if ``fd`` is a regular file on a local filesystem (:data:`LOCAL_FILESYSTEMS`).
+
+    Then the Trio writer may write it from the event loop, like ``/dev/null`` (measured in
+    docs/performance.md: the worker thread's hand-off and the queue in between cost a third
+    of streaming into a file), watching each write's time.  Known from the mount table by the
+    file's device (Linux); False where there is none, or when unsure: the thread is the safe
+    way."""
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return False
+        device = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+        with open(mountinfo, encoding="utf-8", errors="replace") as mounts:
+            for line in mounts:
+                # "36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw,..."
+                fields, _, filesystem = line.partition(" - ")
+                parts = fields.split()
+                if len(parts) > 2 and parts[2] == device:
+                    return filesystem.split(" ", 1)[0] in LOCAL_FILESYSTEMS
+    except (OSError, ValueError):
+        pass
+    return False
 
 
 def _write(fd: int, buffers: Sequence[bytes | memoryview]) -> int:

@@ -22,45 +22,59 @@ import trio
 from trio_echo.output.frames import frame_header
 from trio_echo.output.queue import ITEM_OVERHEAD, OutputQueue, OutputReader
 from trio_echo.output.splice import open_splicer
-from trio_echo.output.stdout import WRITE_BATCH_BYTES, never_blocks, write_batch
+from trio_echo.output.stdout import WRITE_BATCH_BYTES, never_blocks, on_local_disk, write_batch
 
-__all__ = ["write_stdout"]
+__all__ = ["SLOW_FILE_WRITE", "write_stdout"]
+
+# A write into a file on a local disk that takes longer than this (seconds) means the kernel
+# holds writers back (more waits for the disk than it allows): the event loop must not wait
+# like that again, so the file is written from a worker thread from then on.  Far above a
+# write into the page cache (a batch of 1 MiB: well under a millisecond).
+SLOW_FILE_WRITE = 0.1
 
 
 async def write_stdout(
-    queue: OutputQueue, reader: OutputReader, fd: int = 1, *, framed: bool = False
+    queue: OutputQueue,
+    reader: OutputReader,
+    fd: int = 1,
+    *,
+    framed: bool = False,
+    accelerate: bool = True,
 ) -> None:
     """Drain the queue into ``fd`` until it is closed and empty.
 
     Takes everything that is waiting (up to ``WRITE_BATCH_BYTES``) and writes it with one
-    ``writev`` in a worker thread (inline when ``fd`` is ``/dev/null``, which never blocks).
-    Cancellation abandons a write that is stuck (a stalled pipe during a forced shutdown); the
-    worker threads are daemons, so the process can still exit.  ``framed``: each batch goes as
-    one frame (:mod:`trio_echo.output.frames`), for the supervisor of a ``--workers`` worker.
+    ``writev`` in a worker thread.  Where writes do not wait for anybody, the handlers write
+    their output through as they put it, from the event loop, while nothing is queued:
+    ``/dev/null``, and with ``accelerate`` a file on a local disk (until one of its writes is
+    slow: ``SLOW_FILE_WRITE``).  Cancellation abandons a write that is stuck (a stalled pipe
+    during a forced shutdown); the worker threads are daemons, so the process can still exit.
+    ``framed``: each batch goes as one frame (:mod:`trio_echo.output.frames`), for the
+    supervisor of a ``--workers`` worker.
     """
-    inline = never_blocks(fd) and not framed
-    if inline:
-        queue._write_through = fd
-    elif not framed:
-        # A pipe: --raw handlers may splice into it while we are idle (else None).
-        queue.splicer = open_splicer(fd, queue)
+    if not framed:
+        if never_blocks(fd):
+            queue.write_through(fd)
+        elif accelerate and on_local_disk(fd):
+            queue.write_through(fd, slow=SLOW_FILE_WRITE)
+        else:
+            # A pipe: --raw handlers may splice into it while we are idle (else None).
+            queue.splicer = open_splicer(fd, queue)
     try:
-        await _drain(queue, reader, fd, inline=inline, framed=framed)
+        await _drain(queue, reader, fd, framed=framed)
     finally:
         if queue.splicer is not None:
             queue.splicer.close()
             queue.splicer = None
 
 
-async def _drain(
-    queue: OutputQueue, reader: OutputReader, fd: int, *, inline: bool, framed: bool
-) -> None:
+async def _drain(queue: OutputQueue, reader: OutputReader, fd: int, *, framed: bool) -> None:
     async with reader:
         while await queue.wait_for_items():
             batch, cost = queue.take(WRITE_BATCH_BYTES)
             if framed:
                 batch.insert(0, frame_header(cost - len(batch) * ITEM_OVERHEAD))
-            if inline:
+            if queue.writing_through:
                 # No checkpoint needed: only handlers add items, so this loop drains at most
                 # the budget (8 MiB, a millisecond into /dev/null) before it parks and yields.
                 write_batch(fd, batch)

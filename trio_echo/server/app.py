@@ -165,7 +165,16 @@ async def run(
                 nursery.start_soon(watcher.stop_when, stop_when)
             async with trio.open_nursery() as work:
                 if output is None:
-                    work.start_soon(partial(write_stdout, queue, reader, stdout_fd, framed=framed))
+                    work.start_soon(
+                        partial(
+                            write_stdout,
+                            queue,
+                            reader,
+                            stdout_fd,
+                            framed=framed,
+                            accelerate=config.accelerate,
+                        )
+                    )
                 try:
                     serving = None if listeners is None else await listeners()
                     # --udp: datagrams instead of connections (trio_echo.server.datagram).

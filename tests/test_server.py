@@ -33,6 +33,7 @@ from trio_echo.output.stdout import StdoutClosed
 from trio_echo.output.writer import write_stdout
 from trio_echo.server import hub
 from trio_echo.server.app import run
+from trio_echo.server.handler import STREAMING_FACTOR
 
 
 @attrs.define(eq=False)
@@ -85,9 +86,11 @@ class Collected:
 
     data: bytearray = attrs.Factory(bytearray)
     changed: trio.Event = attrs.Factory(trio.Event)
+    items: int = 0
 
     async def run(self, queue: OutputQueue, receive: OutputReader) -> None:
         async for item in receive:
+            self.items += 1
             self.data += item
             self.changed.set()
             self.changed = trio.Event()
@@ -264,6 +267,28 @@ async def test_raw_output_is_byte_exact(start: Callable[..., Any]) -> None:
         await client.send_all(payload)
         await h.out.wait_for(payload)
     assert h.out.data == payload
+
+
+@pytest.mark.parametrize("output_format", [OutputFormat.RAW, OutputFormat.TEXT])
+async def test_a_streaming_raw_client_is_received_four_times_as_much_at_a_time(
+    start: Callable[..., Any], memory_only: None, output_format: OutputFormat
+) -> None:
+    """Raw output: once a receive fills the buffer, the next ones take 4x as much (fewer
+    passes per byte); text keeps its receive size (formatting is faster within the cache)."""
+    h = await start(output_format=output_format, receive_size=64 * 1024)
+    payload = (b"x" * 63 + b"\n") * (16 * 1024)  # 1 MiB, sent at once
+    async with await h.listener.connect() as client:
+        await client.send_all(payload)
+        await client.send_eof()
+        with trio.fail_after(10):
+            assert await client.receive_some() == b""  # the server read it all and closed
+        await trio.testing.wait_all_tasks_blocked()  # and the collector has every item
+    if output_format is OutputFormat.RAW:
+        assert h.out.data == payload
+        # 64 KiB, then the rest in receives of STREAMING_FACTOR x 64 KiB.
+        assert h.out.items == 1 - (-(len(payload) - 64 * 1024) // (STREAMING_FACTOR * 64 * 1024))
+    else:
+        assert h.out.items >= len(payload) // (64 * 1024)
 
 
 async def test_jsonl_has_open_data_and_close_events(start: Callable[..., Any]) -> None:

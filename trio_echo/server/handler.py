@@ -39,7 +39,14 @@ from trio_echo.server.stream import LeanSocketStream
 from trio_echo.server.wrappers import LimitedStream, PrefixedStream
 from trio_echo.stats import ServerStats
 
-__all__ = ["Handler"]
+__all__ = ["STREAMING_FACTOR", "Handler"]
+
+# How much more a streaming --raw client's receives take: the fixed costs of a receive (the
+# scheduler trip, the queue) are paid per 256 KiB instead of per 64 KiB.  Raw bytes only:
+# text is formatted in a few passes over each receive, faster while they fit in the CPU's
+# cache (4x made 64-byte lines 11-21 % slower, docs/performance.md).  Bounded: it bounds the
+# unprinted bytes a handler holds at once.
+STREAMING_FACTOR = 4
 
 
 class _Refused(Exception):
@@ -114,6 +121,11 @@ class Handler:
                 # Our stream's echo without a second scheduler trip (see its docstring).
                 send_nowait = getattr(stream, "send_some_nowait", None)
                 size, echo, idle = config.receive_size, config.echo, config.idle_timeout
+                # --raw: a receive that fills the buffer means a client streaming faster than
+                # we print; from then on, take STREAMING_FACTOR times as much at a time.
+                streaming = size
+                if config.output_format is OutputFormat.RAW and not echo:
+                    streaming *= STREAMING_FACTOR
                 printing = output is not None and conn.printing
                 # --raw into a pipe: zero-copy splicing where the stream can
                 # (output/splice.py); the bytes it moves come back as a count, not bytes.
@@ -159,8 +171,12 @@ class Handler:
                         if type(data) is not bytes:
                             if type(data) is int:  # spliced straight to stdout
                                 conn.spliced(data)
+                                if data == size:
+                                    size = streaming
                                 continue
                             data = bytes(data)  # the Stream ABC allows a bytearray
+                        if len(data) == size:
+                            size = streaming
                         printed = feed(data)
                         if printed and output is not None:
                             await output.put(printed, conn)

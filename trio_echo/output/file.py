@@ -125,10 +125,12 @@ async def write_file(queue: OutputQueue, reader: OutputReader, output: OutputFil
     output.close()
 
 
-async def write_output(queue: OutputQueue, reader: OutputReader, output: OutputFile | None) -> None:
+async def write_output(
+    queue: OutputQueue, reader: OutputReader, output: OutputFile | None, *, accelerate: bool = True
+) -> None:
     """:func:`write_file` into ``output`` if there is one, else
     :func:`~trio_echo.output.writer.write_stdout` (a ``--workers`` supervisor's writer)."""
     if output is None:
-        await write_stdout(queue, reader)
+        await write_stdout(queue, reader, accelerate=accelerate)
     else:
         await write_file(queue, reader, output)

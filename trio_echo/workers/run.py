@@ -6,6 +6,8 @@ runs in and the exit status it ends with, as :mod:`trio_echo.server.app` is for 
 
 from __future__ import annotations
 
+from functools import partial
+
 import trio
 
 from trio_echo.config import Config
@@ -54,7 +56,9 @@ async def supervise(config: Config, log_level: str) -> Outcome:
                         trio.Event(),
                     )
                 async with trio.open_nursery() as output:
-                    output.start_soon(write_output, queue, reader, out)
+                    output.start_soon(
+                        partial(write_output, queue, reader, out, accelerate=config.accelerate)
+                    )
                     try:
                         async with trio.open_nursery() as workers:
                             for _ in range(config.workers):

@@ -5,6 +5,7 @@ lines.  What a user sees from the command line is tests/test_metrics_e2e.py."""
 
 from __future__ import annotations
 
+import signal
 import socket
 
 import pytest
@@ -345,3 +346,17 @@ async def test_a_connection_line_says_idle_and_blocked(autojump_clock):
     conn.blocked_since = trio.current_time()
     await trio.sleep(1.5)
     assert connection_line(conn, conn.last_received).endswith("blocked on stdout for 1.5 s")
+
+
+def test_sigusr1_is_ignored_from_before_the_command_line_is_read() -> None:
+    """A status request that comes while the server is still starting (reading its flags, say)
+    does nothing rather than kill it: main() ignores SIGUSR1 before it parses anything."""
+    from trio_echo.cli.main import main
+
+    previous = signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+    try:
+        with pytest.raises(SystemExit):
+            main(["--no-such-flag"])
+        assert signal.getsignal(signal.SIGUSR1) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGUSR1, previous)

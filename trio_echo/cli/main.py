@@ -32,6 +32,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if sys.platform == "win32":
         print(WINDOWS_REFUSAL, file=sys.stderr)
         return EXIT_USAGE
+    # SIGUSR1 asks for the status dump (trio_echo.metrics.status), which the trio model and
+    # the supervisor give once they listen for it; until then (while the command line is
+    # read, too), and in every other model, it does nothing rather than its default, killing
+    # the server.
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     # Imported here, after the platform check: they import POSIX-only modules (resource, ...).
     from trio_echo.cli.failures import explain, fail, raise_fd_limit
     from trio_echo.cli.options import parse_args
@@ -55,10 +60,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError:
         return fail("stdout is closed; redirect it, e.g. >/dev/null")
     raise_fd_limit()
-    # SIGUSR1 asks for the status dump (trio_echo.metrics.status), which the trio model and
-    # the supervisor give once they listen for it; until then, and in every other model, it
-    # does nothing rather than its default, killing the server.
-    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     try:
         if config.workers > 1:
             from trio_echo.workers.run import run_supervisor

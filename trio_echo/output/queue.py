@@ -59,7 +59,8 @@ class OutputQueue:
         self._reader: trio.lowlevel.Task | None = None  # the writer, waiting for items
         self._closed = False  # no more output will come (aclose)
         self._broken = False  # the writer is gone: nobody will print anything any more
-        # Set by the writer when stdout is /dev/null: see put_nowait.
+        # Set by the writer when stdout is /dev/null or a file on a local disk: see
+        # put_nowait and write_through.
         self._write_through: int | None = None
         self._slow_write = math.inf  # see write_through()
         # A failure of stdout met while writing through, for the writer task to raise.

@@ -9,11 +9,13 @@ import itertools
 import json
 import os
 import unicodedata
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from trio_echo.output.clean import SAFE_SCAN
 from trio_echo.output.format import (
     DEFAULT_MAX_LINE,
     Formatter,
@@ -989,13 +991,17 @@ def test_property_jsonl_pieces_match_reference(case: Case) -> None:
     assert got == reference_pieces(data, max_line)
 
 
+@pytest.mark.parametrize("scan", [SAFE_SCAN, None], ids=["c-scan", "translate"])
 @settings(max_examples=examples(1000), deadline=None)
 @given(fast_streams)
-def test_property_text_block_matches_reference(data: bytes) -> None:
+def test_property_text_block_matches_reference(
+    scan: Callable[[bytes], bool] | None, data: bytes
+) -> None:
     # One block, as feed() hands it over: whole lines of any content (the limit is the
-    # assembler's business, so the reference gets one that cuts nothing).
+    # assembler's business, so the reference gets one that cuts nothing).  With the C safety
+    # scan (where it was built) and without it (--no-accelerator).
     block = data + b"\n"
-    assert TextFormatter(PEER).block(block) == reference_text(block, len(block))
+    assert TextFormatter(PEER, scan=scan).block(block) == reference_text(block, len(block))
 
 
 @settings(max_examples=examples(1000), deadline=None)

@@ -13,6 +13,7 @@ import attrs
 
 from trio_echo.config import Config
 from trio_echo.logs import LOGGER
+from trio_echo.output.clean import SAFE_SCAN
 from trio_echo.output.format import (
     JsonlFormatter,
     LineAssembler,
@@ -100,6 +101,7 @@ class Connection:
         """The line assembler for this peer (none with ``--raw`` or nothing printed)."""
         config = self.config
         tally = self.stats.printed
+        scan = SAFE_SCAN if config.accelerate else None  # text mode's C safety test
         hex_dump = config.output_format is OutputFormat.HEX
         if self.printing and (hex_dump or config.timestamps is not None):
             # --format hex, and --timestamps on text or hex (raw and jsonl have no use for it).
@@ -110,14 +112,14 @@ class Connection:
                 self.assembler = HexDumper(self.peer, clock, tally)
                 return
             if clock is not None and config.output_format is OutputFormat.TEXT:
-                stamped = StampedTextFormatter(self.peer, clock, tally)
+                stamped = StampedTextFormatter(self.peer, clock, tally, scan)
                 self.assembler = StampedLineAssembler(stamped, clock, config.max_line)
                 return
         if config.output_format is not OutputFormat.RAW and self.printing:
             formatter = (
                 JsonlFormatter(self.conn_id, self.peer, worker=config.worker_id, tally=tally)
                 if config.output_format is OutputFormat.JSONL
-                else TextFormatter(self.peer, tally)
+                else TextFormatter(self.peer, tally, scan)
             )
             self.assembler = LineAssembler(formatter, config.max_line)
 

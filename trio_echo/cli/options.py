@@ -217,8 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
         dest="accelerate",
         action="store_false",
         help="read sockets through Trio's own wait_readable instead of the epoll readiness "
-        "hub, as where epoll is missing, and copy --raw output instead of splicing it "
-        "(for comparing; trio model only)",
+        "hub, as where epoll is missing, copy --raw output instead of splicing it, and test "
+        "text for unsafe bytes with bytes.translate instead of the C scan (for comparing; "
+        "trio model only)",
     )
     parser.add_argument(
         "--log-level",

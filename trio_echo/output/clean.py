@@ -10,8 +10,9 @@ line, so the common case -- printable ASCII -- costs one C pass and no Python lo
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
-__all__ = ["SAFE_ASCII", "clean", "clean_bytes", "clean_unsafe", "fold_crlf"]
+__all__ = ["SAFE_ASCII", "SAFE_SCAN", "clean", "clean_bytes", "clean_unsafe", "fold_crlf"]
 
 
 def _build_escape_table() -> dict[int, str]:
@@ -55,6 +56,15 @@ _ESCAPES = _build_escape_table()
 # need work: one C pass at about 4 GB/s (a regex character-class search runs at 0.5 GB/s), and
 # its result, empty in the common case, says which bytes are there, not only whether.
 SAFE_ASCII = bytes([0x0A, *range(0x20, 0x5C), *range(0x5D, 0x7F)])
+
+# ``not data.translate(None, SAFE_ASCII)`` at memory speed, from the optional C extension
+# (_safescan.c says why it exists), or None where it was not built.  Text mode's formatter
+# uses it for the common case, a block that needs no work (--no-accelerator turns it off).
+SAFE_SCAN: Callable[[bytes], bool] | None
+try:
+    from trio_echo.output._safescan import all_safe as SAFE_SCAN
+except ImportError:  # installed without a C compiler: bytes.translate does the same test
+    SAFE_SCAN = None
 _ASCII = bytes(range(0x80))
 _NON_ASCII = bytes(range(0x80, 0x100))
 

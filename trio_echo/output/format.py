@@ -40,7 +40,14 @@ import enum
 import json
 from collections.abc import Callable
 
-from trio_echo.output.clean import SAFE_ASCII, clean, clean_bytes, clean_unsafe, fold_crlf
+from trio_echo.output.clean import (
+    SAFE_ASCII,
+    SAFE_SCAN,
+    clean,
+    clean_bytes,
+    clean_unsafe,
+    fold_crlf,
+)
 
 __all__ = [
     "DEFAULT_MAX_LINE",
@@ -143,8 +150,15 @@ class Formatter:
 class TextFormatter(Formatter):
     """``[peer] line`` per line; continuation pieces are marked ``[peer]+ line``."""
 
-    def __init__(self, peer: str, tally: Tally | None = None) -> None:
+    def __init__(
+        self,
+        peer: str,
+        tally: Tally | None = None,
+        scan: Callable[[bytes], bool] | None = SAFE_SCAN,
+    ) -> None:
         super().__init__(tally)
+        # The fast safety test (clean.SAFE_SCAN), or None: bytes.translate alone.
+        self._scan = scan
         # Everything in bytes: a block of printable ASCII, the common case, is never decoded.
         self._prefix = f"[{peer}] ".encode()
         self._continued_prefix = f"[{peer}]+ ".encode()
@@ -152,8 +166,10 @@ class TextFormatter(Formatter):
 
     def block(self, block: bytes) -> bytes:
         # A handful of C passes over the whole block, never a Python loop per line or per byte;
-        # for printable ASCII: one translate (the safety test) and one replace (the prefixes).
-        unsafe = block.translate(None, SAFE_ASCII)
+        # for printable ASCII: one safety test (the C scan, else a translate) and one replace
+        # (the prefixes).
+        scan = self._scan
+        unsafe = b"" if scan is not None and scan(block) else block.translate(None, SAFE_ASCII)
         if unsafe:
             if b"\r" in unsafe:
                 block = fold_crlf(block)

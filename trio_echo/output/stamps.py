@@ -28,6 +28,7 @@ import enum
 import time
 from collections.abc import Callable
 
+from trio_echo.output.clean import SAFE_SCAN
 from trio_echo.output.format import LineAssembler, Tally, TextFormatter
 
 __all__ = ["ReceiveClock", "StampedLineAssembler", "StampedTextFormatter", "Timestamps"]
@@ -90,8 +91,14 @@ class StampedTextFormatter(TextFormatter):
     makes it fast; here the prefix changes with every read, so it is rebuilt when the clock
     has moved (once per read at most) and the plain formatter does the rest."""
 
-    def __init__(self, peer: str, clock: ReceiveClock, tally: Tally | None = None) -> None:
-        super().__init__(peer, tally)
+    def __init__(
+        self,
+        peer: str,
+        clock: ReceiveClock,
+        tally: Tally | None = None,
+        scan: Callable[[bytes], bool] | None = SAFE_SCAN,
+    ) -> None:
+        super().__init__(peer, tally, scan)
         self._clock = clock
         self._peer_prefix = self._prefix
         self._peer_continued = self._continued_prefix

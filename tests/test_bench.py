@@ -27,7 +27,7 @@ import pytest
 from trio_echo.bench import baseline, loadgen
 from trio_echo.bench import server as bench_server
 from trio_echo.bench.cli import NOHUB_MODEL, W2_MODEL, bench_models
-from trio_echo.bench.lineup import model_entry, with_baseline
+from trio_echo.bench.lineup import OPT_IN, model_entry, with_baseline
 from trio_echo.bench.ratios import accelerator_gain, baseline_gain
 from trio_echo.bench.report import headroom, render_table, render_targets, workers_gain
 from trio_echo.bench.scenarios import Context, Sizes, _median_index, scenarios_for
@@ -196,8 +196,13 @@ def test_the_median_run_is_the_middle_one():
 
 def test_bench_models_put_the_reference_and_the_trio_variants_after_trio():
     names = list(bench_models())
-    assert names[:4] == ["trio", "trio-bare", "trio-w2", "trio-nohub"]
-    assert set(names) == {*MODELS, "trio-bare", "trio-w2", "trio-nohub", "trio-metrics", "c-sink"}
+    assert names[:5] == ["trio", "trio-bare", "trio-w2", "trio-wauto", "trio-nohub"]
+    assert set(names) == {
+        *MODELS,
+        *("trio-bare", "trio-w2", "trio-wauto", "trio-nohub", "trio-metrics", "c-sink"),
+    }
+    assert {"trio-wauto"} == OPT_IN  # known, run only when named
+    assert server_command("trio-wauto", [])[3:7] == ["--model", "trio", "--workers", "auto"]
     # All three are the bench's: the CLI's --model does not know them.
     assert "trio-bare" not in MODELS
     assert "trio-w2" not in MODELS
@@ -219,6 +224,17 @@ def test_the_2_worker_trio_runs_on_every_cpu_the_others_on_the_servers_cpus():
     assert ctx.cpus_for(bench_models()["trio-bare"]) == (0,)
     unpinned = Context(binary=Path("loadgen"), sizes=Sizes.quick())
     assert unpinned.cpus_for(W2_MODEL) is None
+    # On 16 cores (cli.pin_cpus: 10 for the servers, 6 for the load generators), the servers'
+    # CPUs, which --workers auto counts.
+    big = Context(
+        binary=Path("loadgen"),
+        sizes=Sizes.quick(),
+        server_cpus=tuple(range(10)),
+        all_cpus=tuple(range(16)),
+        loadgen_cpus=tuple(range(10, 16)),
+    )
+    assert big.cpus_for(W2_MODEL) == tuple(range(10))
+    assert big.cpus_for(bench_models()["trio-wauto"]) == tuple(range(10))
 
 
 # ---- trio-nohub, --baseline and the ratios of the same run -----------------------------------
@@ -875,7 +891,8 @@ def _quick_run(tmp_path, models, scenarios=None):
         for s in scenarios_for(Sizes.quick())
         if scenarios is None or s.key.startswith(tuple(scenarios.split(",")))
     ]
-    assert set(report["models"]) == (set(bench_models()) if models is None else set(QUICK_MODELS))
+    every = set(bench_models()) - OPT_IN
+    assert set(report["models"]) == (every if models is None else set(QUICK_MODELS))
     for name, entry in report["models"].items():
         assert list(entry["scenarios"]) == keys, name
         for key, figures in entry["scenarios"].items():

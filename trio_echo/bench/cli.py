@@ -38,11 +38,12 @@ from typing import Any
 
 import attrs
 
-from trio_echo.bench import baseline, loadgen
+from trio_echo.bench import baseline, fleet, loadgen
 from trio_echo.bench.labpage import render_lab_page
 from trio_echo.bench.lineup import (
     BARE_MODEL,
     NOHUB_MODEL,
+    OPT_IN,
     REFERENCES,
     W2_MODEL,
     bench_models,
@@ -82,11 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--models",
-        default=",".join(bench_models()),
+        default=",".join(name for name in bench_models() if name not in OPT_IN),
         help="comma-separated models to compare (default: all: %(default)s; trio-bare is the "
         "reference, a bare trio.serve_tcp handler; trio-w2 is trio with --workers 2; "
         "trio-nohub is trio with --no-accelerator; trio-metrics is trio with --metrics, scraped "
-        "every second of its echo and streaming runs)",
+        "every second of its echo and streaming runs; trio-wauto, trio with --workers auto, "
+        "only when named)",
     )
     parser.add_argument(
         "--baseline",
@@ -163,8 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def pin_cpus() -> tuple[tuple[int, ...] | None, tuple[int, ...] | None]:
-    """(the servers' CPUs, the load generator's CPUs): the last CPU for the load generator (one
-    single-threaded process) and this process, the others for the server under test.
+    """(the servers' CPUs, the load generators' CPUs): the last CPU for the load generator (one
+    single-threaded process) and this process, the others for the server under test.  On a
+    machine of many CPUs, the last :func:`.fleet.loadgen_share` of them, one load generator each
+    where a scenario drives many connections (:mod:`.fleet`).
 
     Why pin: on a small machine the server and the load generator otherwise fight over the same
     cores, and where the scheduler happens to put them (same core: a context switch per request;
@@ -182,9 +186,10 @@ def pin_cpus() -> tuple[tuple[int, ...] | None, tuple[int, ...] | None]:
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
         return None, None
-    loadgen_cpus = (cpus[-1],)
+    share = fleet.loadgen_share(len(cpus))
+    loadgen_cpus = tuple(cpus[-share:])
     os.sched_setaffinity(0, loadgen_cpus)  # inherited by every load generator started
-    return tuple(cpus[:-1]), loadgen_cpus
+    return tuple(cpus[:-share]), loadgen_cpus
 
 
 def _selected(all_scenarios: list[Scenario], wanted: str | None) -> list[Scenario]:
@@ -306,6 +311,7 @@ def main(argv: Sequence[str]) -> int:
         sizes=sizes,
         server_cpus=server_cpus,
         all_cpus=None if server_cpus is None else every_cpu,
+        loadgen_cpus=loadgen_cpus,
     )
 
     started = time.monotonic()

@@ -20,7 +20,7 @@ import attrs
 
 from trio_echo.bench import bare, csink
 from trio_echo.bench.scenarios import Context
-from trio_echo.bench.server import METRICS, NOHUB, VARIANTS, W2
+from trio_echo.bench.server import METRICS, NOHUB, VARIANTS, W2, WAUTO
 from trio_echo.models import MODELS, Model
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "C_SINK_MODEL",
     "METRICS_MODEL",
     "NOHUB_MODEL",
+    "OPT_IN",
     "REFERENCES",
     "W2_MODEL",
     "bench_models",
@@ -62,6 +63,17 @@ W2_MODEL = attrs.evolve(
     "load generator's included",
 )
 
+# The trio model with --workers auto: opt-in (``bench --models trio,trio-wauto``), not in the
+# default lineup (:data:`OPT_IN`).
+WAUTO_MODEL = attrs.evolve(
+    MODELS[VARIANTS[WAUTO].model],
+    name=WAUTO,
+    summary="the trio model with --workers auto: one worker process per CPU the servers get "
+    "(every CPU on a 2-core machine, the load generator's included)",
+)
+# Models the bench knows but runs only when named.
+OPT_IN = frozenset({WAUTO})
+
 # The trio model without its accelerator: ``python -m trio_echo --model trio --no-accelerator``.
 NOHUB_MODEL = attrs.evolve(
     MODELS[VARIANTS[NOHUB].model],
@@ -85,7 +97,7 @@ def bench_models() -> dict[str, Model]:
     """Every model the bench knows, in report order: the CLI's, with the reference, the
     2-worker trio, the trio without accelerator and the watched trio right after trio."""
     found: dict[str, Model] = {}
-    ours = (BARE_MODEL, W2_MODEL, NOHUB_MODEL, METRICS_MODEL, C_SINK_MODEL)
+    ours = (BARE_MODEL, W2_MODEL, WAUTO_MODEL, NOHUB_MODEL, METRICS_MODEL, C_SINK_MODEL)
     for name, model in MODELS.items():
         found[name] = model
         if name == "trio":

@@ -53,6 +53,7 @@ __all__ = [
     "NOHUB",
     "VARIANTS",
     "W2",
+    "WAUTO",
     "Counters",
     "ServerError",
     "ServerProcess",
@@ -79,8 +80,8 @@ class Variant:
 
     model: str
     flags: tuple[str, ...]
-    # Processes that serve (``--workers N``): a variant with more than one runs on every CPU the
-    # bench may use, not only the servers' (see ``cli.pin_cpus``).
+    # Processes that serve (``--workers N``; 0: ``--workers auto``, one per CPU it may use): a
+    # variant with several is placed apart (``scenarios.Context.cpus_for``).
     workers: int = 1
     # Another revision's source tree to run instead of this one (``bench --baseline``), and
     # that revision's commit.
@@ -94,6 +95,9 @@ class Variant:
 # The trio model with two worker processes behind a supervisor (``--workers 2``, the port shared
 # with SO_REUSEPORT): what a second core gains.
 W2 = "trio-w2"
+# The trio model with ``--workers auto``, one worker per CPU it runs on: not in the default
+# lineup (on 2 cores it is trio-w2), for a machine of many cores (docs/performance.md).
+WAUTO = "trio-wauto"
 # The trio model without its epoll readiness hub (``--no-accelerator``): what the hub is worth.
 NOHUB = "trio-nohub"
 # The trio model with its ``--metrics`` endpoint on a free loopback port, scraped by the bench
@@ -102,6 +106,7 @@ METRICS = "trio-metrics"
 # ``bench --baseline REV`` adds ``trio@REV`` here (:func:`.baseline.register`).
 VARIANTS: dict[str, Variant] = {
     W2: Variant("trio", ("--workers", "2"), workers=2),
+    WAUTO: Variant("trio", ("--workers", "auto"), workers=0),
     NOHUB: Variant("trio", ("--no-accelerator",)),
     METRICS: Variant("trio", ("--metrics", "127.0.0.1:0"), scraped=True),
 }

@@ -147,15 +147,20 @@ class Context:
     # use, the load generator's included (set whenever ``server_cpus`` is: the bench itself is
     # pinned to the load generator's CPU, which a server left unpinned would inherit).
     all_cpus: tuple[int, ...] | None = None
+    # The load generators' CPUs: one load generator each in the echo scenarios (bench.fleet);
+    # None or one CPU: a single load generator.
+    loadgen_cpus: tuple[int, ...] | None = None
 
     def cpus_for(self, model: Model) -> tuple[int, ...] | None:
-        """The CPUs a server of ``model`` is pinned to.  A server of several processes gets
-        every CPU: pinned to the servers' CPUs (one, on a 2-core machine) its workers could only
-        take turns, and the run would measure nothing but the supervisor's overhead.  So it
-        shares a core with the load generator, as the kernel sees fit: on a small machine that
-        is what a second worker gets in real life too (the report says so)."""
+        """The CPUs a server of ``model`` is pinned to.  A server of several processes where the
+        servers have one CPU (a 2-core machine) gets every CPU: pinned to that one its workers
+        could only take turns, and the run would measure nothing but the supervisor's overhead.
+        So it shares a core with the load generator, as the kernel sees fit: on a small machine
+        that is what a second worker gets in real life too (the report says so).  Where the
+        servers have several CPUs, it gets those (``--workers auto`` counts them)."""
         variant = VARIANTS.get(model.name)
-        if variant is not None and variant.workers > 1:
+        several = variant is not None and variant.workers != 1
+        if several and (self.server_cpus is None or len(self.server_cpus) < 2):
             return self.all_cpus
         return self.server_cpus
 

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from trio_echo.bench import loadgen
+from trio_echo.bench import fleet
 from trio_echo.bench.scenarios.base import Context, Figures, Result
 from trio_echo.bench.scenarios.common import GUARDED, CpuWindow, latency_figures, median_index
 from trio_echo.bench.server import Counters, ServerError, ServerProcess
@@ -157,10 +157,11 @@ class EchoSession:
         assert self.server is not None
         sizes = self.ctx.sizes
         timeout = duration + sizes.serve_timeout + 30
-        return loadgen.run(
+        return fleet.run(
             self.ctx.binary,
             "echo",
             self.server.port,
+            cpus=self.ctx.loadgen_cpus,
             timeout=timeout + 10,
             on_start=on_start,
             c=self.connections,

@@ -30,10 +30,11 @@ def test_trio_metrics_is_the_trio_model_with_an_endpoint_the_bench_scrapes():
     assert METRICS_MODEL.entry == MODELS["trio"].entry
     assert METRICS_MODEL.unsupported == MODELS["trio"].unsupported
     assert "trio-metrics" not in MODELS
-    assert list(bench_models())[:5] == [
+    assert list(bench_models())[:6] == [
         "trio",
         "trio-bare",
         "trio-w2",
+        "trio-wauto",
         "trio-nohub",
         "trio-metrics",
     ]

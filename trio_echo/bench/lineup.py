@@ -79,7 +79,8 @@ NOHUB_MODEL = attrs.evolve(
     MODELS[VARIANTS[NOHUB].model],
     name=NOHUB,
     summary="the trio model with --no-accelerator: sockets read through Trio's own "
-    "wait_readable, without the epoll readiness hub",
+    "wait_readable, without the epoll readiness hub; --raw copied, not spliced; text tested "
+    "with bytes.translate, not the C scan",
 )
 
 # The trio model with its metrics endpoint, watched: ``python -m trio_echo --model trio

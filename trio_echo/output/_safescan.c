@@ -4,7 +4,8 @@
  * true when every byte is \n or printable ASCII other than the backslash, the bytes that
  * clean() passes through unchanged.  bytes.translate tests one byte at a time, about 0.35 ns
  * a byte, a third of the server's time on text (docs/performance.md, "Text mode"); this loop
- * has no branch per byte, so the compiler turns it into vector instructions, ten times faster.
+ * has no branch per byte, so the compiler turns it into vector instructions: about 5 us per
+ * 64 KiB against translate's 23.
  * Optional: a build that fails leaves the pure-Python test in use (clean.py says how it is
  * chosen), with the same answers (tests/test_safescan.py).
  */
@@ -37,7 +38,7 @@ all_safe(PyObject *module, PyObject *arg)
     const unsigned char *p = (const unsigned char *)view.buf;
     Py_ssize_t n = view.len, i = 0;
     int unsafe = 0;
-    Py_BEGIN_ALLOW_THREADS  /* the GIL is not needed to read a buffer we hold */
+    /* The GIL is kept: a few microseconds are less than what taking it back can cost. */
     for (; i + BLOCK <= n; i += BLOCK) {
         if (block_unsafe(p + i, BLOCK)) {
             unsafe = 1;
@@ -47,7 +48,6 @@ all_safe(PyObject *module, PyObject *arg)
     if (!unsafe) {
         unsafe = block_unsafe(p + i, n - i);
     }
-    Py_END_ALLOW_THREADS
     PyBuffer_Release(&view);
     return PyBool_FromLong(!unsafe);
 }

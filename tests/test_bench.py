@@ -293,6 +293,45 @@ def test_a_baseline_runs_the_trio_model_from_its_own_tree(tmp_path, variants, mo
     }
 
 
+_TINY_EXTENSION = """
+#include <Python.h>
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_tiny", NULL, 0, NULL};
+PyMODINIT_FUNC PyInit__tiny(void) { return PyModuleDef_Init(&module); }
+"""
+
+
+def _tree_with_extension(root: Path, source: str) -> Path:
+    (root / "pkg").mkdir(parents=True)
+    (root / "pkg" / "__init__.py").write_text("")
+    (root / "pkg" / "_tiny.c").write_text(source)
+    (root / "pyproject.toml").write_text(
+        '[[tool.setuptools.ext-modules]]\nname = "pkg._tiny"\nsources = ["pkg/_tiny.c"]\n'
+    )
+    return root
+
+
+@needs_cc
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="tomllib is Python 3.11+")
+def test_a_baseline_gets_the_c_extensions_its_pyproject_declares(tmp_path, variants):
+    # As an install of that revision would: else trio@REV would run the pure-Python fallback
+    # of text mode's safety scan, and trio ÷ trio@REV would credit this checkout with the C.
+    built = _tree_with_extension(tmp_path / "good", _TINY_EXTENSION)
+    assert baseline.build_extensions(built) is None
+    assert list((built / "pkg").glob("_tiny*.so"))
+    assert baseline.build_extensions(built) is None  # again: a no-op
+    broken = _tree_with_extension(tmp_path / "broken", "this is not C")
+    why = baseline.build_extensions(broken)
+    assert why is not None
+    assert why.startswith("its C extensions were not built (")
+    assert not list((broken / "pkg").glob("_tiny*.so"))
+    model = baseline.register(attrs.evolve(_fake_baseline(broken), unbuilt=why))
+    assert model.summary.endswith(f"; {why}")  # the report says what it ran
+    none = tmp_path / "none"
+    none.mkdir()
+    (none / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    assert baseline.build_extensions(none) is None
+
+
 def test_the_baseline_comes_right_after_trio():
     assert with_baseline(["trio", "trio-nohub", "asyncio"], "trio@x") == [
         "trio",

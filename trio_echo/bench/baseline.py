@@ -6,7 +6,10 @@ worktree metadata is left behind), once: a directory whose marker names the comm
 Its server is ``python -m trio_echo --model trio`` started in that tree with the tree first on
 ``PYTHONPATH`` (:func:`.server.server_environment`), and before the run the bench checks that
 such a process really imports the revision's package, not this checkout's or the editable
-install's (:func:`check_import`).
+install's (:func:`check_import`).  A revision with C extensions (``[[tool.setuptools.ext-modules]]``
+in its pyproject.toml: text mode's safety scan) has them built in place, as an install of it
+would (:func:`build_extensions`); where they cannot be built, its summary says so, since it then
+runs its pure-Python fallbacks.
 
 The model is named ``trio@SHORT`` (``trio@d8d1f1a``): it runs in the same interleaved runs as
 everything else, so the report's ``trio ÷ trio@SHORT`` ratios (:mod:`.ratios`) come from one run
@@ -15,18 +18,30 @@ on one machine state.
 
 from __future__ import annotations
 
+import importlib
+import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import attrs
 
 from trio_echo.bench.server import VARIANTS, Variant
 from trio_echo.models import MODELS, Model
 
-__all__ = ["Baseline", "BaselineError", "check_import", "model", "prepare", "register", "resolve"]
+__all__ = [
+    "Baseline",
+    "BaselineError",
+    "build_extensions",
+    "check_import",
+    "model",
+    "prepare",
+    "register",
+    "resolve",
+]
 
 # What the export writes last, with the full commit: a directory without it (an interrupted
 # export) is exported again.
@@ -47,6 +62,8 @@ class Baseline:
     subject: str  # its commit message's first line
     source: Path  # the exported tree
     imports: Path  # the trio_echo/__init__.py a server started there imports (checked)
+    # Why its C extensions could not be built in place (None: built, or it has none).
+    unbuilt: str | None = None
 
     @property
     def name(self) -> str:
@@ -157,7 +174,52 @@ def prepare(revision: str, repo: Path | None = None) -> Baseline:
     marker = target / MARKER
     if not (marker.is_file() and marker.read_text().strip() == full):
         _export(top, full, target)
-    return Baseline(full, short, subject, target, check_import(target))
+    unbuilt = build_extensions(target)
+    return Baseline(full, short, subject, target, check_import(target), unbuilt)
+
+
+# Builds the extensions given as JSON in argv[1] in place, in the working directory.
+_BUILD = """
+import json, sys
+from setuptools import Distribution, Extension
+modules = [Extension(m["name"], m["sources"]) for m in json.loads(sys.argv[1])]
+command = Distribution({"ext_modules": modules}).get_command_obj("build_ext")
+command.inplace = True
+command.ensure_finalized()
+command.run()
+"""
+
+
+def build_extensions(source: Path) -> str | None:
+    """Build the C extensions the tree's pyproject.toml declares, in place (a no-op once they
+    are there); None when that worked or there are none, else why not, in a few words."""
+    try:
+        tomllib = importlib.import_module("tomllib")
+    except ImportError:  # Python 3.10: no TOML parser in the standard library
+        return "its C extensions were not built (Python 3.10 has no tomllib)"
+    try:
+        config: dict[str, Any] = tomllib.loads((source / "pyproject.toml").read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+    modules = config.get("tool", {}).get("setuptools", {}).get("ext-modules", [])
+    if not modules:
+        return None
+    spec = [{"name": m["name"], "sources": m["sources"]} for m in modules]
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _BUILD, json.dumps(spec)],
+            cwd=source,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"its C extensions were not built ({exc})"
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines()
+        return f"its C extensions were not built ({lines[-1] if lines else 'failed'})"
+    return None
 
 
 def model(baseline: Baseline) -> Model:
@@ -166,7 +228,7 @@ def model(baseline: Baseline) -> Model:
         MODELS["trio"],
         name=baseline.name,
         summary=f"the trio model of commit {baseline.short} ({baseline.subject}), run from "
-        f"{baseline.source}",
+        f"{baseline.source}" + (f"; {baseline.unbuilt}" if baseline.unbuilt else ""),
     )
 
 

